@@ -1,0 +1,107 @@
+//! Settings, from command-line flags or the environment (flags win), with
+//! defaults that let a bare `herald` start on port 3000 with nothing else.
+//! `.env.example` lists the same variables; keep the two in step.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Socket.IO-compatible realtime event server"
+)]
+pub struct Config {
+    /// Address to listen on. Use 0.0.0.0 to accept connections from other hosts.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// When set, every /api/v1/ request must carry `Authorization: Bearer <key>`.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Origins allowed by CORS, comma-separated, or `*` for any.
+    #[arg(long, env = "CORS_ORIGINS", default_value = "*", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Engine.IO ping interval, in milliseconds.
+    #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+
+    /// How long to wait for a pong before closing the connection, in milliseconds.
+    #[arg(long, env = "PING_TIMEOUT_MS", default_value_t = 20_000)]
+    pub ping_timeout_ms: u64,
+
+    /// Largest HTTP request body and Engine.IO payload, in bytes (Node's
+    /// `maxHttpBufferSize` default).
+    #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 1_048_576)]
+    pub max_payload_bytes: usize,
+
+    /// Packets that may wait for one socket before further events to it are
+    /// dropped (and counted in `herald_dropped_deliveries_total`).
+    #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 4096)]
+    pub socket_buffer_packets: usize,
+
+    /// How long a session's seq and last state are kept after its last publish
+    /// when no one is subscribed, in seconds.
+    #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 86_400)]
+    pub session_ttl_secs: u64,
+
+    /// Log filter: a level (`info`) or a tracing directive (`herald=debug,info`).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
+    }
+
+    pub fn session_ttl(&self) -> Duration {
+        Duration::from_secs(self.session_ttl_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::parse_from([
+            "herald",
+            "--port",
+            "4000",
+            "--cors-origins",
+            "http://a.test,http://b.test",
+            "--api-key",
+            "k",
+        ]);
+        assert_eq!(c.port, 4000);
+        assert_eq!(c.cors_origins, ["http://a.test", "http://b.test"]);
+        assert_eq!(c.api_key.as_deref(), Some("k"));
+    }
+}

@@ -1,0 +1,70 @@
+//! The `herald` binary: read the settings, start logging, serve until SIGINT
+//! or SIGTERM.
+
+use clap::Parser;
+use herald::{Config, Herald, config::LogFormat};
+use tokio::net::TcpListener;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    init_logging(&config);
+
+    let addr = config.listen_addr();
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(%addr, "cannot listen: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let herald = Herald::new(&config);
+    info!(
+        "herald {} listening on http://{addr} (Socket.IO at ws://{addr}/socket.io/, API at /api/v1), adapter: in-memory, API key: {}",
+        env!("CARGO_PKG_VERSION"),
+        if config.api_key.is_some() {
+            "required"
+        } else {
+            "off"
+        },
+    );
+    match herald.serve(listener, shutdown_signal()).await {
+        Ok(()) => {
+            info!("herald stopped");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("server error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|e| {
+        eprintln!("invalid LOG_LEVEL {:?} ({e}); using info", config.log_level);
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

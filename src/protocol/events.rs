@@ -1,0 +1,429 @@
+//! The session events a backend publishes and subscribers receive: one Rust
+//! type per event, which is at once the validation schema (serde, with unknown
+//! fields refused), the wire format, and the typed API of the emit helpers.
+//!
+//! A family of events is one `event_family!` list. Adding an event is adding a
+//! struct and a line; adding a family (ResearchFlow's run events, MeatyMusic's
+//! workflow events) is another list, and the publish pipeline, which only sees
+//! [`EventFamily`], stays as it is.
+
+use serde::{Deserialize, Serialize, de::value::MapDeserializer};
+use serde_json::value::RawValue;
+
+use super::{
+    Invalid, SessionId,
+    values::{JsonObject, Millis, Percent, Timestamp, json_kind},
+};
+
+/// Overall state of a session, as the `progress` event reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SessionStatus {
+    Active,
+    Processing,
+    Completed,
+    Failed,
+    Expired,
+}
+
+/// Prompt counters of a session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prompts {
+    pub total: u64,
+    pub completed: u64,
+    pub processing: u64,
+    pub pending: u64,
+    pub failed: u64,
+}
+
+/// `progress`: how far the whole session has come.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Progress {
+    pub status: SessionStatus,
+    pub progress: Percent,
+    pub prompts: Prompts,
+    pub has_clarifications: bool,
+    pub clarification_count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub has_result: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JsonObject>,
+}
+
+/// State of one model's run within a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelStatus {
+    Processing,
+    Completed,
+    Failed,
+}
+
+/// `model_result`: one model of a multi-model run reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelResult {
+    pub model_name: String,
+    pub duration: Millis,
+    pub result: String,
+    pub status: ModelStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
+/// Whether a clarification still waits for the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClarificationStatus {
+    Pending,
+    Answered,
+}
+
+/// `clarification`: the job needs an answer from the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Clarification {
+    pub clarification_id: String,
+    pub question: String,
+    pub status: ClarificationStatus,
+}
+
+/// `completed`: the session finished; `result` is its final output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Completed {
+    pub result: JsonObject,
+}
+
+/// `error`: the session failed. (A reply to a bad client request is also
+/// named `error` but carries `code` and no `seq`: see `realtime`.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionError {
+    pub error: String,
+}
+
+/// What publishing an event tells about the session as a whole, for the state
+/// `GET /api/v1/sessions/{id}` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outcome {
+    pub is_progress: bool,
+    pub completed: bool,
+    pub failed: bool,
+}
+
+/// One event type. `outcome` says what publishing it means for the session as
+/// a whole; most events mean nothing for it.
+pub trait Event: Serialize + serde::de::DeserializeOwned {
+    fn outcome(&self) -> Outcome {
+        Outcome::default()
+    }
+}
+
+/// What the publish pipeline needs of a family of events.
+pub trait EventFamily: Serialize + Send + Sync + Sized + 'static {
+    /// Every event name of the family, for error messages and docs.
+    const NAMES: &'static [&'static str];
+
+    /// The wire name of this event.
+    fn name(&self) -> &'static str;
+
+    /// Builds the named event from the fields of a `data` object, refusing
+    /// unknown fields and values outside the schema; `None` when the family
+    /// has no event of that name.
+    fn from_fields(name: &str, fields: Fields<'_>) -> Option<Result<Self, Invalid>>;
+
+    /// What this event says about the session's overall state.
+    fn outcome(&self) -> Outcome;
+}
+
+/// Declares a family: the enum of its events, their wire names, and its
+/// [`EventFamily`] implementation, from one list.
+macro_rules! event_family {
+    ($(#[$doc:meta])* $family:ident { $($name:literal => $variant:ident($ty:ty),)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        #[serde(untagged)]
+        pub enum $family {
+            $($variant($ty),)+
+        }
+
+        impl EventFamily for $family {
+            const NAMES: &'static [&'static str] = &[$($name),+];
+
+            fn name(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => $name,)+
+                }
+            }
+
+            fn from_fields(name: &str, fields: Fields<'_>) -> Option<Result<Self, Invalid>> {
+                match name {
+                    $($name => Some(fields.into_event().map(Self::$variant)),)+
+                    _ => None,
+                }
+            }
+
+            fn outcome(&self) -> Outcome {
+                match self {
+                    $(Self::$variant(event) => event.outcome(),)+
+                }
+            }
+        }
+
+        $(impl From<$ty> for $family {
+            fn from(event: $ty) -> Self {
+                Self::$variant(event)
+            }
+        })+
+    };
+}
+
+event_family! {
+    /// The document-processing session events of PROTOCOL.md section 1.
+    SessionEvent {
+        "progress" => Progress(Progress),
+        "model_result" => ModelResult(ModelResult),
+        "clarification" => Clarification(Clarification),
+        "completed" => Completed(Completed),
+        "error" => Error(SessionError),
+    }
+}
+
+impl Event for Progress {
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            is_progress: true,
+            completed: self.status == SessionStatus::Completed,
+            failed: self.status == SessionStatus::Failed,
+        }
+    }
+}
+
+impl Event for ModelResult {}
+
+impl Event for Clarification {}
+
+impl Event for Completed {
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            completed: true,
+            ..Outcome::default()
+        }
+    }
+}
+
+impl Event for SessionError {
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            failed: true,
+            ..Outcome::default()
+        }
+    }
+}
+
+/// The fields the server owns, which a backend may also set in `data`.
+#[derive(Debug, Default)]
+pub struct Envelope {
+    pub session_id: Option<SessionId>,
+    pub timestamp: Option<Timestamp>,
+}
+
+/// The top-level fields of a `data` object, each still as its JSON text.
+pub struct Fields<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    /// Splits `data` into the envelope fields and the event's own fields.
+    pub fn read(data: &'a RawValue) -> Result<(Envelope, Self), Invalid> {
+        let all: Vec<(String, &'a RawValue)> = serde_json::from_str::<FieldList<'a>>(data.get())
+            .map_err(|_| {
+                Invalid::new(
+                    "",
+                    format!("data must be a JSON object, got {}", json_kind(data.get())),
+                )
+            })?
+            .0;
+        let mut envelope = Envelope::default();
+        let mut own = Vec::with_capacity(all.len());
+        for (key, value) in all {
+            match key.as_str() {
+                // `null` for an optional field means absent.
+                "sessionId" | "timestamp" if value.get() == "null" => {}
+                "sessionId" => {
+                    let text: String = serde_json::from_str(value.get())
+                        .map_err(|_| Invalid::new("sessionId", "sessionId must be a string"))?;
+                    let id = SessionId::parse(&text)
+                        .map_err(|e| Invalid::new("sessionId", e.to_string()))?;
+                    envelope.session_id = Some(id);
+                }
+                "timestamp" => {
+                    let ts = serde_json::from_str::<Timestamp>(value.get())
+                        .map_err(|e| Invalid::from_serde("timestamp", &e))?;
+                    envelope.timestamp = Some(ts);
+                }
+                "seq" => {
+                    return Err(Invalid::new(
+                        "seq",
+                        "seq is assigned by the server and must not be sent",
+                    ));
+                }
+                _ => own.push((key, value)),
+            }
+        }
+        Ok((envelope, Self(own)))
+    }
+
+    fn into_event<T: Event>(self) -> Result<T, Invalid> {
+        let fields = MapDeserializer::<_, serde_json::Error>::new(self.0.into_iter());
+        serde_path_to_error::deserialize(fields).map_err(|e| {
+            let path = e.path().to_string();
+            Invalid::from_serde(if path == "." { "" } else { &path }, e.inner())
+        })
+    }
+}
+
+/// Every key and raw value of a JSON object, in order.
+struct FieldList<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for FieldList<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = FieldList<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    fields.push(entry);
+                }
+                Ok(FieldList(fields))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// An event on its way out: the event's fields plus the envelope.
+#[derive(Serialize)]
+struct Outgoing<'a, E> {
+    #[serde(rename = "sessionId")]
+    session_id: &'a SessionId,
+    timestamp: &'a Timestamp,
+    seq: u64,
+    #[serde(flatten)]
+    event: &'a E,
+}
+
+/// Serializes an event with its envelope once; the result is what every
+/// subscriber receives and what the session state keeps.
+pub fn encode<E: EventFamily>(
+    session_id: &SessionId,
+    timestamp: &Timestamp,
+    seq: u64,
+    event: &E,
+) -> Box<RawValue> {
+    let outgoing = Outgoing {
+        session_id,
+        timestamp,
+        seq,
+        event,
+    };
+    serde_json::value::to_raw_value(&outgoing).expect("event types always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str, data: &str) -> Result<(Envelope, SessionEvent), Invalid> {
+        let raw: Box<RawValue> = serde_json::from_str(data).unwrap();
+        let (envelope, fields) = Fields::read(&raw)?;
+        let event = SessionEvent::from_fields(name, fields)
+            .unwrap_or_else(|| Err(Invalid::new("event", "unknown")))?;
+        Ok((envelope, event))
+    }
+
+    const PROGRESS: &str = r#"{"status":"PROCESSING","progress":50,"prompts":{"total":3,"completed":1,"processing":1,"pending":1,"failed":0},"hasClarifications":false,"clarificationCount":0}"#;
+
+    #[test]
+    fn progress_round_trips_with_its_envelope() {
+        let (env, event) = parse("progress", PROGRESS).unwrap();
+        assert!(env.session_id.is_none() && env.timestamp.is_none());
+        let id = SessionId::parse("s1").unwrap();
+        let ts = Timestamp::try_from("2026-01-01T00:00:00.000Z".to_string()).unwrap();
+        let out: serde_json::Value =
+            serde_json::from_str(encode(&id, &ts, 7, &event).get()).unwrap();
+        let mut expected: serde_json::Value = serde_json::from_str(PROGRESS).unwrap();
+        expected["sessionId"] = "s1".into();
+        expected["timestamp"] = "2026-01-01T00:00:00.000Z".into();
+        expected["seq"] = 7.into();
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let cases = [
+            ("progress", r#"{"status":"DONE"}"#, "status"),
+            ("progress", &PROGRESS.replace("50", "150"), "progress"),
+            (
+                "progress",
+                &PROGRESS.replace("\"total\":3", "\"total\":-3"),
+                "prompts.total",
+            ),
+            (
+                "progress",
+                &PROGRESS.replace("\"failed\":0", "\"failed\":0,\"x\":1"),
+                "prompts.x",
+            ),
+            ("progress", &PROGRESS.replace("}", ",\"seq\":3}"), "seq"),
+            ("completed", r#"{"result":[1]}"#, "result"),
+            ("completed", r#"{}"#, ""),
+            ("error", r#"{"error":"x","eror":"y"}"#, "eror"),
+            (
+                "model_result",
+                r#"{"modelName":"m","duration":-1,"result":"","status":"completed"}"#,
+                "duration",
+            ),
+            ("nope", r#"{}"#, "event"),
+            ("error", r#"{"error":"x","timestamp":"later"}"#, "timestamp"),
+            ("error", r#"{"error":"x","sessionId":"a b"}"#, "sessionId"),
+            ("error", r#"[1]"#, ""),
+        ];
+        for (name, data, field) in cases {
+            match parse(name, data) {
+                Err(e) => assert_eq!(e.field, field, "{name} {data}: {}", e.message),
+                Ok(_) => panic!("{name} {data} was accepted"),
+            }
+        }
+    }
+
+    #[test]
+    fn null_optional_fields_are_absent() {
+        let (_, event) = parse(
+            "model_result",
+            r#"{"modelName":"m","duration":3,"result":"ok","status":"completed","error":null,"provider":null,"sessionId":null}"#,
+        )
+        .unwrap();
+        let id = SessionId::parse("s").unwrap();
+        let out = encode(&id, &Timestamp::now(), 1, &event);
+        assert!(!out.get().contains("provider") && !out.get().contains("null"));
+    }
+
+    #[test]
+    fn outcomes() {
+        let (_, p) = parse("progress", &PROGRESS.replace("PROCESSING", "COMPLETED")).unwrap();
+        assert!(p.outcome().completed && p.outcome().is_progress);
+        let (_, e) = parse("error", r#"{"error":"boom"}"#).unwrap();
+        assert!(e.outcome().failed);
+        assert_eq!(SessionEvent::NAMES.len(), 5);
+    }
+}

@@ -1,0 +1,347 @@
+//! The HTTP API for backends: publish one event, publish a batch, read a
+//! session's state. Handlers only translate between HTTP and the publish
+//! path; every refusal is JSON `{ error, field? }` with the status
+//! PROTOCOL.md section 2 gives it.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{Path, Request, State, rejection::PathRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
+use tracing::warn;
+
+use super::{Emitter, Publication, PublishError, Receipt};
+use crate::{
+    cluster::SessionStore,
+    ops::{self, Metrics, OpsState, StatusLabel},
+    protocol::{Invalid, SessionEvent, SessionId},
+    realtime::Subscriptions,
+};
+
+/// What the API handlers read.
+#[derive(Clone)]
+pub struct ApiState {
+    pub emitter: Emitter,
+    pub sessions: Arc<SessionStore>,
+    pub subscriptions: Arc<Subscriptions>,
+    pub max_body: usize,
+}
+
+/// The `/api/v1` routes, behind the API key when one is configured.
+pub fn routes(state: ApiState, ops: OpsState, api_key: Option<String>) -> Router {
+    let metrics = ops.metrics.clone();
+    let api = Router::new()
+        .route("/sessions/{session_id}/events", post(publish_one))
+        .route("/events", post(publish_batch))
+        .route("/sessions/{session_id}", get(session_state))
+        .with_state(state)
+        .merge(
+            Router::new()
+                .route("/stats", get(ops::stats))
+                .with_state(ops),
+        )
+        .method_not_allowed_fallback(method_not_allowed);
+    let api = match api_key {
+        Some(key) => api.route_layer(middleware::from_fn_with_state(
+            Arc::<str>::from(key),
+            require_key,
+        )),
+        None => api,
+    };
+    Router::new()
+        .nest("/api/v1", api)
+        .layer(middleware::from_fn_with_state(metrics, count_rejections))
+}
+
+/// A refused request: status, message, and the field at fault if any.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn invalid(e: Invalid) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: e.message,
+            field: (!e.field.is_empty()).then_some(e.field),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: &self.message,
+            field: self.field.as_deref(),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+/// Answers an unknown route with a JSON 404.
+pub async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn require_key(State(key): State<Arc<str>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(given) if bool::from(given.as_bytes().ct_eq(key.as_bytes())) => next.run(req).await,
+        _ => {
+            let mut res = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API key: send Authorization: Bearer <key>",
+            )
+            .into_response();
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            res
+        }
+    }
+}
+
+async fn count_rejections(
+    State(metrics): State<Arc<Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let res = next.run(req).await;
+    if res.status().is_client_error() || res.status().is_server_error() {
+        metrics
+            .publish_rejections
+            .get_or_create(&StatusLabel {
+                status: res.status().as_u16(),
+            })
+            .inc();
+    }
+    res
+}
+
+/// Reads a body: content type absent or JSON, not empty, size within the limit.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let mime = ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
+        let mime = mime.to_ascii_lowercase();
+        if mime != "application/json"
+            && !(mime.starts_with("application/") && mime.ends_with("+json"))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content type {mime:?} is not supported; send application/json"),
+            ));
+        }
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                too_large()
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {e}"),
+                )
+            }
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "request body is empty; expected JSON",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses JSON: syntax errors are 400, shape errors 422 with the field's path.
+fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_data() {
+            ApiError::invalid(Invalid::from_serde(
+                if path == "." { "" } else { &path },
+                &inner,
+            ))
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {inner}"))
+        }
+    })?;
+    Ok(value)
+}
+
+fn path_session(path: Result<Path<String>, PathRejection>) -> Result<SessionId, ApiError> {
+    let Path(raw) =
+        path.map_err(|e| ApiError::invalid(Invalid::new("sessionId", e.body_text())))?;
+    SessionId::parse(&raw).map_err(|e| ApiError::invalid(Invalid::new("sessionId", e.to_string())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody<'a> {
+    event: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct BatchItem<'a> {
+    session_id: SessionId,
+    event: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+async fn publish_one(
+    State(api): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Receipt>), ApiError> {
+    let session_id = path_session(path)?;
+    let bytes = read_body(&headers, body, api.max_body).await?;
+    let body: EventBody = parse_json(&bytes)?;
+    let publication = Publication::<SessionEvent>::from_json(session_id, &body.event, body.data)
+        .map_err(ApiError::invalid)?;
+    let receipt = api.emitter.publish(publication).await?;
+    Ok((StatusCode::ACCEPTED, Json(receipt)))
+}
+
+#[derive(Serialize)]
+struct BatchReceipt {
+    results: Vec<Receipt>,
+}
+
+/// All-or-nothing validation: every item is checked before any is sequenced.
+async fn publish_batch(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<BatchReceipt>), ApiError> {
+    let bytes = read_body(&headers, body, api.max_body).await?;
+    let items: Vec<BatchItem> = parse_json(&bytes)?;
+    let publications = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            Publication::<SessionEvent>::from_json(item.session_id, &item.event, item.data)
+                .map_err(|e| ApiError::invalid(e.within(&format!("[{i}]"))))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut results = Vec::with_capacity(publications.len());
+    for publication in publications {
+        match api.emitter.publish(publication).await {
+            Ok(receipt) => results.push(receipt),
+            Err(e) => {
+                warn!(published = results.len(), "batch stopped: {e}");
+                return Err(ApiError::from(e));
+            }
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(BatchReceipt { results })))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionState {
+    session_id: SessionId,
+    seq: u64,
+    progress: Option<Box<RawValue>>,
+    completed: bool,
+    failed: bool,
+    subscribers: u32,
+}
+
+async fn session_state(
+    State(api): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<SessionState>, ApiError> {
+    let session_id = path_session(path)?;
+    let (seq, progress, completed, failed) = api
+        .sessions
+        .read(&session_id, |r| {
+            (r.seq, r.progress.clone(), r.completed, r.failed)
+        })
+        .await
+        .unwrap_or_default();
+    let subscribers = api.subscriptions.count(&session_id);
+    Ok(Json(SessionState {
+        session_id,
+        seq,
+        progress,
+        completed,
+        failed,
+        subscribers,
+    }))
+}

@@ -1,0 +1,216 @@
+//! The Socket.IO side: the default namespace, `subscribe`/`unsubscribe`, and
+//! which local sockets watch which sessions.
+//!
+//! socketioxide runs every event handler in a task of its own, so two events
+//! from one socket may run in either order, and a `subscribe` sent just before
+//! an `unsubscribe` could win. Room changes must follow the client's order, so
+//! they are made by the [`InOrder`] extractor, which socketioxide calls while
+//! it reads the packet, in the order the packets arrived. Everything done
+//! there is synchronous (join, leave, emit, ack only queue packets), so the
+//! reading loop never waits.
+
+use std::{collections::HashSet, convert::Infallible, marker::PhantomData, sync::Arc};
+
+use dashmap::DashMap;
+use socketioxide::{
+    SocketIo,
+    adapter::Adapter,
+    extract::{AckSender, SocketRef, State, TryData},
+    handler::{ConnectHandler, FromMessageParts, Value},
+    socket::{DisconnectReason, Socket},
+};
+use tracing::{debug, info, info_span, warn};
+
+use crate::{
+    ops::Metrics,
+    protocol::{
+        Ack, Connected, RequestError, SessionId, SessionRequest, SubscriptionReply, Timestamp,
+    },
+};
+
+/// Which sessions the sockets of this instance watch, counted so that
+/// publishing and the stats never have to walk the rooms.
+#[derive(Default)]
+pub struct Subscriptions {
+    per_session: DashMap<SessionId, u32>,
+}
+
+impl Subscriptions {
+    fn add(&self, id: &SessionId) {
+        *self.per_session.entry(id.clone()).or_default() += 1;
+    }
+
+    fn remove(&self, id: &SessionId) {
+        self.per_session.remove_if_mut(id, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
+
+    /// Local sockets subscribed to the session.
+    pub fn count(&self, id: &SessionId) -> u32 {
+        self.per_session.get(id).map_or(0, |n| *n)
+    }
+
+    /// Sessions with at least one local subscriber.
+    pub fn sessions(&self) -> usize {
+        self.per_session.len()
+    }
+
+    /// Socket-session pairs on this instance.
+    pub fn total(&self) -> u64 {
+        self.per_session.iter().map(|n| u64::from(*n)).sum()
+    }
+}
+
+/// The state socketioxide hands to the handlers.
+#[derive(Clone)]
+pub struct Realtime {
+    pub subscriptions: Arc<Subscriptions>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The sessions one socket is subscribed to, kept on the socket.
+#[derive(Clone, Default)]
+struct SocketSessions(Arc<std::sync::Mutex<HashSet<SessionId>>>);
+
+fn sessions_of<A: Adapter>(s: &Socket<A>) -> SocketSessions {
+    s.extensions.get::<SocketSessions>().unwrap_or_default()
+}
+
+/// Registers the default namespace.
+pub fn attach(io: &SocketIo) {
+    io.ns("/", on_connect.with(prepare));
+}
+
+/// Runs before the client is told it is connected, so the handlers are in
+/// place before its first event can arrive.
+async fn prepare(s: SocketRef) -> Result<(), Infallible> {
+    s.extensions.insert(SocketSessions::default());
+    s.on("subscribe", async |_: InOrder<Subscribe>| {});
+    s.on("unsubscribe", async |_: InOrder<Unsubscribe>| {});
+    s.on_disconnect(on_disconnect);
+    Ok(())
+}
+
+async fn on_connect(s: SocketRef, State(rt): State<Realtime>) {
+    rt.metrics.connections.inc();
+    let transport = format!("{:?}", s.transport_type());
+    info!(socket = %s.id, %transport, "socket connected");
+    let hello = Connected {
+        socket_id: s.id.as_str(),
+        timestamp: Timestamp::now(),
+    };
+    if let Err(e) = s.emit("connected", &hello) {
+        debug!(socket = %s.id, "could not send connected: {e}");
+    }
+}
+
+async fn on_disconnect(s: SocketRef, reason: DisconnectReason, State(rt): State<Realtime>) {
+    rt.metrics.connections.dec();
+    let sessions = std::mem::take(&mut *sessions_of(&s).0.lock().unwrap());
+    for id in &sessions {
+        rt.subscriptions.remove(id);
+    }
+    info!(socket = %s.id, ?reason, subscriptions = sessions.len(), "socket disconnected");
+}
+
+/// A room change a client asks for.
+trait RoomChange: Send + Sync + 'static {
+    const EVENT: &'static str;
+    const REPLY: &'static str;
+    /// Makes the change; returns whether the socket's membership changed.
+    fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Realtime) -> bool;
+}
+
+struct Subscribe;
+struct Unsubscribe;
+
+impl RoomChange for Subscribe {
+    const EVENT: &'static str = "subscribe";
+    const REPLY: &'static str = "subscribed";
+    fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Realtime) -> bool {
+        let added = sessions_of(s).0.lock().unwrap().insert(id.clone());
+        if added {
+            s.join(id.room());
+            rt.subscriptions.add(id);
+        }
+        added
+    }
+}
+
+impl RoomChange for Unsubscribe {
+    const EVENT: &'static str = "unsubscribe";
+    const REPLY: &'static str = "unsubscribed";
+    fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Realtime) -> bool {
+        let removed = sessions_of(s).0.lock().unwrap().remove(id);
+        if removed {
+            s.leave(id.room());
+            rt.subscriptions.remove(id);
+        }
+        removed
+    }
+}
+
+/// An extractor that performs the room change `C` as the packet is read: see
+/// the module comment for why the work happens here and not in the handler.
+struct InOrder<C>(PhantomData<C>);
+
+impl<A: Adapter, C: RoomChange> FromMessageParts<A> for InOrder<C> {
+    type Error = Infallible;
+
+    fn from_message_parts(
+        s: &Arc<Socket<A>>,
+        v: &mut Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        let ack = AckSender::from_message_parts(s, v, ack_id)?;
+        let TryData(payload) = TryData::<serde_json::Value>::from_message_parts(s, v, ack_id)?;
+        let Ok(State(rt)) = State::<Realtime>::from_message_parts(s, v, ack_id) else {
+            unreachable!("the Socket.IO server is always built with its state");
+        };
+        let _span = info_span!("room", socket = %s.id, event = C::EVENT).entered();
+        match SessionRequest::parse(payload.ok().as_ref()) {
+            Ok(request) => change_room::<A, C>(s, &rt, &request.session_id, ack),
+            Err(message) => refuse(s, &rt, message, ack),
+        }
+        Ok(Self(PhantomData))
+    }
+}
+
+fn change_room<A: Adapter, C: RoomChange>(
+    s: &Socket<A>,
+    rt: &Realtime,
+    id: &SessionId,
+    ack: AckSender<A>,
+) {
+    let changed = C::apply(s, id, rt);
+    info!(session = %id, changed, "{}", C::REPLY);
+    let reply = SubscriptionReply {
+        session_id: id,
+        timestamp: Timestamp::now(),
+    };
+    if let Err(e) = s.emit(C::REPLY, &reply) {
+        warn!("could not send {}: {e}", C::REPLY);
+    }
+    let answer = Ack {
+        ok: true,
+        session_id: Some(id),
+        error: None,
+    };
+    let _ = ack.send(&answer);
+}
+
+fn refuse<A: Adapter>(s: &Socket<A>, rt: &Realtime, message: String, ack: AckSender<A>) {
+    rt.metrics.client_errors.inc();
+    info!(%message, "refused");
+    let answer = Ack {
+        ok: false,
+        session_id: None,
+        error: Some(&message),
+    };
+    let _ = ack.send(&answer);
+    if let Err(e) = s.emit("error", &RequestError::invalid_session_id(message)) {
+        warn!("could not send error: {e}");
+    }
+}
