@@ -60,7 +60,7 @@ impl Herald {
         let subscriptions = Arc::new(Subscriptions::default());
         let sessions = Arc::new(SessionStore::new(config.session_ttl()));
 
-        let (io_layer, io) = SocketIo::builder()
+        let (io_service, io) = SocketIo::builder()
             .ping_interval(config.ping_interval())
             .ping_timeout(config.ping_timeout())
             .max_payload(config.max_payload_bytes as u64)
@@ -69,7 +69,7 @@ impl Herald {
                 subscriptions: subscriptions.clone(),
                 metrics: metrics.clone(),
             })
-            .build_layer();
+            .build_svc();
         realtime::attach(&io);
 
         let emitter = Emitter::new(
@@ -89,7 +89,13 @@ impl Herald {
             subscriptions: subscriptions.clone(),
             max_body: config.max_payload_bytes,
         };
+        // One Socket.IO service behind explicit routes, not a layer: axum
+        // applies a layer to each route separately, and socketioxide's layer
+        // builds a separate Engine.IO session table each time it is applied,
+        // so a polling client's second request would find no session.
         let router = Router::new()
+            .route_service("/socket.io/", io_service.clone())
+            .route_service("/socket.io", io_service)
             .merge(publish::http::routes(
                 api_state,
                 ops_state.clone(),
@@ -97,7 +103,6 @@ impl Herald {
             ))
             .merge(ops::routes(ops_state))
             .fallback(publish::http::not_found)
-            .layer(io_layer)
             .layer(cors(&config.cors_origins))
             .layer(TraceLayer::new_for_http());
 

@@ -209,8 +209,8 @@ fn refuse<A: Adapter>(s: &Socket<A>, rt: &Realtime, message: String, ack: AckSen
         session_id: None,
         error: Some(&message),
     };
-    let _ = ack.send(&answer);
-    if let Err(e) = s.emit("error", &RequestError::invalid_session_id(message)) {
+    if let Err(e) = s.emit("error", &RequestError::invalid_session_id(message.clone())) {
         warn!("could not send error: {e}");
     }
+    let _ = ack.send(&answer);
 }

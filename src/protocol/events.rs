@@ -386,7 +386,7 @@ mod tests {
             ),
             ("progress", &PROGRESS.replace("}", ",\"seq\":3}"), "seq"),
             ("completed", r#"{"result":[1]}"#, "result"),
-            ("completed", r#"{}"#, ""),
+            ("completed", r#"{}"#, "result"),
             ("error", r#"{"error":"x","eror":"y"}"#, "eror"),
             (
                 "model_result",

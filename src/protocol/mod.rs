@@ -33,20 +33,25 @@ impl Invalid {
         }
     }
 
-    /// Wraps a serde error, naming the field and dropping serde_json's
-    /// "at line 1 column 7", which points into a fragment the sender never saw.
+    /// Wraps a serde error found at `field`, dropping serde_json's "at line 1
+    /// column 7" (it points into a fragment the sender never saw) and naming
+    /// the missing field itself when one is missing.
     pub fn from_serde(field: &str, err: &serde_json::Error) -> Self {
         let text = err.to_string();
         let message = match text.rfind(" at line ") {
             Some(cut) if err.line() > 0 => &text[..cut],
             _ => &text,
         };
-        let message = if field.is_empty() {
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'));
+        let at = Self::new(missing.unwrap_or_default(), String::new()).within(field);
+        let message = if at.field.is_empty() || missing.is_some() {
             message.to_string()
         } else {
-            format!("{field}: {message}")
+            format!("{}: {message}", at.field)
         };
-        Self::new(field, message)
+        Self::new(at.field, message)
     }
 
     /// The same refusal, located inside `parent` (`data`, `[3].data`, ...).

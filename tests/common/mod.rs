@@ -1,0 +1,249 @@
+//! Shared by the Rust integration tests: a real herald process on 127.0.0.1,
+//! and a raw Engine.IO v4 / Socket.IO v5 WebSocket client that sees every
+//! frame, as a `wscat` user does.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
+
+pub struct Herald {
+    child: Child,
+    pub port: u16,
+}
+
+impl Herald {
+    /// Starts the herald binary on a free port with extra flags, and waits
+    /// until `/health` answers.
+    pub async fn start(args: &[&str]) -> Self {
+        let port = free_port();
+        Self::start_on(port, args).await
+    }
+
+    pub async fn start_on(port: u16, args: &[&str]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--log-level",
+                "warn",
+            ])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn herald");
+        let herald = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(res) = reqwest::get(herald.url("/health")).await
+                && res.status() == 200
+            {
+                return herald;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "herald did not come up on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!(
+            "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
+            self.port
+        )
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("wait herald").is_none()
+    }
+
+    /// POSTs a JSON body, returning status and parsed body.
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let res = reqwest::Client::new()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("POST");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = reqwest::get(self.url(path)).await.expect("GET");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn publish(&self, session: &str, event: &str, data: Value) -> (u16, Value) {
+        let body = serde_json::json!({ "event": event, "data": data });
+        self.post(
+            &format!("/api/v1/sessions/{session}/events"),
+            &body.to_string(),
+        )
+        .await
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A valid payload for each session event.
+pub fn sample(event: &str) -> Value {
+    match event {
+        "progress" => serde_json::json!({
+            "status": "PROCESSING", "progress": 40,
+            "prompts": { "total": 5, "completed": 2, "processing": 1, "pending": 2, "failed": 0 },
+            "hasClarifications": false, "clarificationCount": 0
+        }),
+        "model_result" => serde_json::json!({
+            "modelName": "llama3.1:8b", "duration": 1234, "result": "summary", "status": "completed",
+            "provider": "ollama"
+        }),
+        "clarification" => serde_json::json!({
+            "clarificationId": "c-1", "question": "Which year?", "status": "pending"
+        }),
+        "completed" => serde_json::json!({ "result": { "summary": "done", "score": 0.9 } }),
+        "error" => serde_json::json!({ "error": "model timed out" }),
+        other => panic!("no sample for {other}"),
+    }
+}
+
+/// A raw Engine.IO WebSocket connection: text frames in, text frames out.
+pub struct RawSocket {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl RawSocket {
+    pub async fn open(url: &str) -> Self {
+        let (ws, _) = connect_async(url).await.expect("websocket handshake");
+        Self { ws }
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_string()))
+            .await
+            .expect("send frame");
+    }
+
+    pub async fn send_message(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send frame");
+    }
+
+    /// The next text frame, or `None` when the server closed the connection.
+    /// Panics after `wait` with no frame.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<String> {
+        loop {
+            let next = tokio::time::timeout(wait, self.ws.next())
+                .await
+                .expect("no frame from herald in time");
+            match next {
+                Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> String {
+        self.recv_within(Duration::from_secs(5))
+            .await
+            .expect("connection closed by herald")
+    }
+
+    /// The next frame that is not an Engine.IO ping (pings are answered).
+    pub async fn recv_skipping_pings(&mut self) -> String {
+        loop {
+            let frame = self.recv().await;
+            if frame == "2" {
+                self.send("3").await;
+            } else {
+                return frame;
+            }
+        }
+    }
+
+    /// Waits until the server closes the connection, answering pings, and
+    /// panics on anything else arriving first.
+    pub async fn expect_closed(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv_within(left).await {
+                None => return,
+                Some(frame) if frame == "2" => self.send("3").await,
+                Some(frame) => panic!("expected the connection to close, got {frame}"),
+            }
+        }
+    }
+
+    /// Opens the Engine.IO session and joins the default namespace; returns
+    /// the Socket.IO socket id and the `connected` payload.
+    pub async fn connect(url: &str) -> (Self, String, Value) {
+        let mut s = Self::open(url).await;
+        let open = s.recv().await;
+        assert!(
+            open.starts_with("0{"),
+            "expected the Engine.IO open packet, got {open}"
+        );
+        s.send("40").await;
+        let ack = s.recv_skipping_pings().await;
+        let sid = ack
+            .strip_prefix("40")
+            .and_then(|j| serde_json::from_str::<Value>(j).ok())
+            .and_then(|v| v["sid"].as_str().map(String::from))
+            .unwrap_or_else(|| panic!("expected 40{{sid}}, got {ack}"));
+        let (name, connected) = event(&s.recv_skipping_pings().await);
+        assert_eq!(name, "connected");
+        (s, sid, connected)
+    }
+
+    /// Sends a Socket.IO event and returns the next event frame (name, data).
+    pub async fn emit(&mut self, name: &str, data: Value) {
+        let frame = format!("42{}", serde_json::json!([name, data]));
+        self.send(&frame).await;
+    }
+
+    pub async fn next_event(&mut self) -> (String, Value) {
+        event(&self.recv_skipping_pings().await)
+    }
+}
+
+/// Splits a `42["name",data]` frame.
+pub fn event(frame: &str) -> (String, Value) {
+    let body = frame
+        .strip_prefix("42")
+        .unwrap_or_else(|| panic!("expected an event frame, got {frame}"));
+    let v: Value = serde_json::from_str(body).expect("event JSON");
+    (v[0].as_str().expect("event name").to_string(), v[1].clone())
+}

@@ -1,0 +1,445 @@
+//! The HTTP publish API against a real herald: what a backend sends, what
+//! subscribers receive, and that every refused request delivers nothing and
+//! consumes no seq.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Herald, RawSocket, sample};
+use serde_json::{Value, json};
+
+const EVENTS: [&str; 5] = [
+    "progress",
+    "model_result",
+    "clarification",
+    "completed",
+    "error",
+];
+
+async fn subscriber(herald: &Herald, session: &str) -> RawSocket {
+    let (mut s, _, _) = RawSocket::connect(&herald.ws_url()).await;
+    s.emit("subscribe", json!(session)).await;
+    let (name, data) = s.next_event().await;
+    assert_eq!(
+        (name.as_str(), data["sessionId"].as_str()),
+        ("subscribed", Some(session))
+    );
+    s
+}
+
+/// Asserts no event frame arrives for a while (pings are answered).
+async fn assert_silent(s: &mut RawSocket, wait: Duration) {
+    let got = tokio::time::timeout(wait, s.recv_skipping_pings()).await;
+    if let Ok(frame) = got {
+        panic!("expected nothing, received {frame}");
+    }
+}
+
+#[tokio::test]
+async fn every_event_arrives_with_its_fields_and_envelope() {
+    let herald = Herald::start(&[]).await;
+    let mut sub = subscriber(&herald, "doc-1").await;
+    for (i, name) in EVENTS.iter().enumerate() {
+        let data = sample(name);
+        let (status, receipt) = herald.publish("doc-1", name, data.clone()).await;
+        assert_eq!(status, 202, "{receipt}");
+        let seq = i as u64 + 1;
+        assert_eq!(
+            receipt,
+            json!({ "sessionId": "doc-1", "event": name, "seq": seq })
+        );
+
+        let (got, payload) = sub.next_event().await;
+        assert_eq!(&got, name);
+        let mut expected = data.as_object().unwrap().clone();
+        expected.insert("sessionId".into(), json!("doc-1"));
+        expected.insert("seq".into(), json!(seq));
+        let ts = payload["timestamp"]
+            .as_str()
+            .expect("timestamp")
+            .to_string();
+        assert!(
+            ts.ends_with('Z') && ts.len() == 24,
+            "ISO timestamp, got {ts}"
+        );
+        expected.insert("timestamp".into(), json!(ts));
+        assert_eq!(payload, Value::Object(expected));
+    }
+}
+
+#[tokio::test]
+async fn backend_timestamp_and_matching_session_id_are_kept() {
+    let herald = Herald::start(&[]).await;
+    let mut sub = subscriber(&herald, "doc-2").await;
+    let mut data = sample("error");
+    data["timestamp"] = json!("2026-01-31T12:00:00+02:00");
+    data["sessionId"] = json!("doc-2");
+    assert_eq!(herald.publish("doc-2", "error", data).await.0, 202);
+    let (_, payload) = sub.next_event().await;
+    assert_eq!(payload["timestamp"], "2026-01-31T12:00:00+02:00");
+    assert_eq!(payload["seq"], 1);
+}
+
+#[tokio::test]
+async fn optional_fields_pass_and_null_means_absent() {
+    let herald = Herald::start(&[]).await;
+    let mut sub = subscriber(&herald, "doc-3").await;
+    let mut progress = sample("progress");
+    progress["hasResult"] = json!(true);
+    progress["result"] = json!({ "z": 1, "a": [1, 2, { "deep": null }] });
+    assert_eq!(herald.publish("doc-3", "progress", progress).await.0, 202);
+    let (_, payload) = sub.next_event().await;
+    assert_eq!(
+        payload["result"],
+        json!({ "z": 1, "a": [1, 2, { "deep": null }] })
+    );
+    assert_eq!(payload["hasResult"], true);
+
+    let mut result = sample("model_result");
+    result["error"] = Value::Null;
+    result["provider"] = Value::Null;
+    assert_eq!(herald.publish("doc-3", "model_result", result).await.0, 202);
+    let (_, payload) = sub.next_event().await;
+    assert!(
+        payload.get("error").is_none() && payload.get("provider").is_none(),
+        "{payload}"
+    );
+}
+
+/// One refused request: how it is sent and what herald must answer.
+struct Refusal {
+    path: &'static str,
+    content_type: Option<&'static str>,
+    body: String,
+    status: u16,
+    field: Option<&'static str>,
+}
+
+fn refusals() -> Vec<Refusal> {
+    let one = "/api/v1/sessions/doc-9/events";
+    let bad = |body: Value, field: &'static str| Refusal {
+        path: one,
+        content_type: Some("application/json"),
+        body: body.to_string(),
+        status: 422,
+        field: Some(field),
+    };
+    let with = |event: &str, key: &str, value: Value| {
+        let mut data = sample(event);
+        data[key] = value;
+        json!({ "event": event, "data": data })
+    };
+    let without = |event: &str, key: &str| {
+        let mut data = sample(event);
+        data.as_object_mut().unwrap().remove(key);
+        json!({ "event": event, "data": data })
+    };
+    let raw = |content_type: Option<&'static str>, body: &str, status: u16| Refusal {
+        path: one,
+        content_type,
+        body: body.to_string(),
+        status,
+        field: None,
+    };
+    vec![
+        bad(json!({ "event": "nope", "data": {} }), "event"),
+        bad(json!({ "data": sample("error") }), "event"),
+        bad(json!({ "event": "error" }), "data"),
+        bad(json!({ "event": "error", "data": "boom" }), "data"),
+        bad(
+            json!({ "event": "error", "data": sample("error"), "extra": 1 }),
+            "extra",
+        ),
+        bad(with("progress", "progress", json!(150)), "data.progress"),
+        bad(with("progress", "progress", json!("50")), "data.progress"),
+        bad(with("progress", "status", json!("DONE")), "data.status"),
+        bad(
+            with(
+                "progress",
+                "prompts",
+                json!({ "total": -1, "completed": 0, "processing": 0, "pending": 0, "failed": 0 }),
+            ),
+            "data.prompts.total",
+        ),
+        bad(
+            with("progress", "clarificationCount", json!(1.5)),
+            "data.clarificationCount",
+        ),
+        bad(with("progress", "result", json!([1])), "data.result"),
+        bad(
+            without("progress", "hasClarifications"),
+            "data.hasClarifications",
+        ),
+        bad(with("model_result", "duration", json!(-5)), "data.duration"),
+        bad(with("model_result", "status", json!("done")), "data.status"),
+        bad(without("model_result", "modelName"), "data.modelName"),
+        bad(
+            with("clarification", "status", json!("open")),
+            "data.status",
+        ),
+        bad(with("completed", "result", json!("text")), "data.result"),
+        bad(with("error", "eror", json!("typo")), "data.eror"),
+        bad(with("error", "seq", json!(4)), "data.seq"),
+        bad(
+            with("error", "sessionId", json!("another")),
+            "data.sessionId",
+        ),
+        bad(
+            with("error", "timestamp", json!("yesterday")),
+            "data.timestamp",
+        ),
+        Refusal {
+            path: "/api/v1/sessions/bad%20id/events",
+            ..bad(
+                json!({ "event": "error", "data": sample("error") }),
+                "sessionId",
+            )
+        },
+        Refusal {
+            path: "/api/v1/events",
+            ..bad(
+                json!([{ "sessionId": "doc-9", "event": "error", "data": sample("error") }, { "sessionId": "doc-9", "event": "progress", "data": with("progress", "progress", json!(101))["data"].clone() }]),
+                "[1].data.progress",
+            )
+        },
+        Refusal {
+            path: "/api/v1/events",
+            ..bad(
+                json!([{ "sessionId": "doc 9", "event": "error", "data": sample("error") }]),
+                "[0].sessionId",
+            )
+        },
+        Refusal {
+            path: "/api/v1/events",
+            ..bad(json!({ "sessionId": "doc-9" }), "")
+        },
+        raw(Some("application/json"), "{\"event\": ", 400),
+        raw(Some("application/json"), "", 400),
+        raw(None, "not json", 400),
+        raw(
+            Some("text/plain"),
+            &json!({ "event": "error", "data": sample("error") }).to_string(),
+            415,
+        ),
+        raw(
+            Some("application/x-www-form-urlencoded"),
+            "event=error",
+            415,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_refusal_is_json_delivers_nothing_and_consumes_no_seq() {
+    let herald = Herald::start(&[]).await;
+    let mut sub = subscriber(&herald, "doc-9").await;
+    let client = reqwest::Client::new();
+    for r in refusals() {
+        let mut req = client.post(herald.url(r.path)).body(r.body.clone());
+        if let Some(ct) = r.content_type {
+            req = req.header("content-type", ct);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.expect("JSON error body");
+        assert_eq!(status, r.status, "{} {} -> {body}", r.path, r.body);
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "readable error: {body}"
+        );
+        if let Some(field) = r.field {
+            if field.is_empty() {
+                assert!(body.get("field").is_none(), "{body}");
+            } else {
+                assert_eq!(body["field"], field, "{} -> {body}", r.body);
+            }
+        }
+    }
+    assert_silent(&mut sub, Duration::from_millis(300)).await;
+    let (_, state) = herald.get("/api/v1/sessions/doc-9").await;
+    assert_eq!(state["seq"], 0, "{state}");
+
+    let (status, receipt) = herald.publish("doc-9", "error", sample("error")).await;
+    assert_eq!((status, receipt["seq"].as_u64()), (202, Some(1)));
+    let (_, payload) = sub.next_event().await;
+    assert_eq!(payload["seq"], 1);
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413() {
+    let herald = Herald::start(&["--max-payload-bytes", "2048"]).await;
+    let mut data = sample("error");
+    data["error"] = json!("x".repeat(4096));
+    let (status, body) = herald.publish("doc-1", "error", data).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("2048"));
+    assert_eq!(herald.get("/api/v1/sessions/doc-1").await.1["seq"], 0);
+}
+
+#[tokio::test]
+async fn batches_validate_everything_first_and_sequence_per_session() {
+    let herald = Herald::start(&[]).await;
+    let mut a = subscriber(&herald, "a").await;
+    let (status, body) = herald.post("/api/v1/events", "[]").await;
+    assert_eq!((status, body), (202, json!({ "results": [] })));
+
+    let batch = json!([
+        { "sessionId": "a", "event": "progress", "data": sample("progress") },
+        { "sessionId": "b", "event": "error", "data": sample("error") },
+        { "sessionId": "a", "event": "completed", "data": sample("completed") },
+    ]);
+    let (status, body) = herald.post("/api/v1/events", &batch.to_string()).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        body,
+        json!({ "results": [
+            { "sessionId": "a", "event": "progress", "seq": 1 },
+            { "sessionId": "b", "event": "error", "seq": 1 },
+            { "sessionId": "a", "event": "completed", "seq": 2 },
+        ]})
+    );
+    assert_eq!(a.next_event().await.0, "progress");
+    let (name, payload) = a.next_event().await;
+    assert_eq!(
+        (name.as_str(), payload["seq"].as_u64()),
+        ("completed", Some(2))
+    );
+}
+
+#[tokio::test]
+async fn session_state_follows_the_events() {
+    let herald = Herald::start(&[]).await;
+    let (status, state) = herald.get("/api/v1/sessions/never-seen").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        state,
+        json!({ "sessionId": "never-seen", "seq": 0, "progress": null, "completed": false, "failed": false, "subscribers": 0 })
+    );
+    let _sub = subscriber(&herald, "s").await;
+    herald.publish("s", "progress", sample("progress")).await;
+    herald
+        .publish("s", "model_result", sample("model_result"))
+        .await;
+    let (_, state) = herald.get("/api/v1/sessions/s").await;
+    assert_eq!(state["seq"], 2);
+    assert_eq!(state["subscribers"], 1);
+    assert_eq!(state["progress"]["progress"], 40);
+    assert_eq!(state["progress"]["seq"], 1);
+    assert_eq!(
+        (state["completed"].as_bool(), state["failed"].as_bool()),
+        (Some(false), Some(false))
+    );
+
+    let mut done = sample("progress");
+    done["status"] = json!("COMPLETED");
+    done["progress"] = json!(100);
+    herald.publish("s", "progress", done).await;
+    assert_eq!(herald.get("/api/v1/sessions/s").await.1["completed"], true);
+    herald.publish("f", "error", sample("error")).await;
+    assert_eq!(herald.get("/api/v1/sessions/f").await.1["failed"], true);
+    let (status, body) = herald.get("/api/v1/sessions/bad%2Fid").await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("sessionId")));
+}
+
+#[tokio::test]
+async fn api_key_guards_the_api_only() {
+    let herald = Herald::start(&["--api-key", "s3cret"]).await;
+    let client = reqwest::Client::new();
+    let publish = |auth: Option<&'static str>| {
+        let mut req = client
+            .post(herald.url("/api/v1/sessions/k/events"))
+            .header("content-type", "application/json")
+            .body(json!({ "event": "error", "data": sample("error") }).to_string());
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        req.send()
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret"),
+        Some("Basic czNjcmV0"),
+    ] {
+        let res = publish(auth).await.unwrap();
+        assert_eq!(res.status(), 401, "{auth:?}");
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        let body: Value = res.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("API key"));
+    }
+    assert_eq!(publish(Some("Bearer s3cret")).await.unwrap().status(), 202);
+    let stats = client
+        .get(herald.url("/api/v1/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), 401);
+    assert_eq!(herald.get("/health").await.0, 200);
+    assert_eq!(
+        reqwest::get(herald.url("/metrics")).await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let herald = Herald::start(&[]).await;
+    let (status, body) = herald.get("/nowhere").await;
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("/nowhere"));
+    let (status, body) = herald.get("/api/v1/events").await;
+    assert_eq!(status, 405);
+    assert!(body["error"].is_string());
+}
+
+#[tokio::test]
+async fn stats_and_metrics_count_what_happened() {
+    let herald = Herald::start(&[]).await;
+    let _a = subscriber(&herald, "m1").await;
+    let _b = subscriber(&herald, "m1").await;
+    let _c = subscriber(&herald, "m2").await;
+    herald.publish("m1", "progress", sample("progress")).await;
+    herald.publish("m2", "error", sample("error")).await;
+    herald.publish("m1", "nope", json!({})).await;
+    let (_, stats) = herald.get("/api/v1/stats").await;
+    assert_eq!(
+        stats,
+        json!({ "connections": 3, "sessions": 2, "subscriptions": 3, "eventsPublished": 2, "eventsDelivered": 3, "scope": "instance" })
+    );
+    let text = reqwest::get(herald.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "herald_connections 3",
+        "herald_subscriptions 3",
+        "herald_sessions_watched 2",
+        "herald_events_published_total{event=\"progress\"} 1",
+        "herald_events_delivered_total 3",
+        "herald_publish_rejections_total{status=\"422\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn cors_preflight_is_answered() {
+    let herald = Herald::start(&["--cors-origins", "http://app.test"]).await;
+    let res = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            herald.url("/socket.io/?EIO=4&transport=polling"),
+        )
+        .header("origin", "http://app.test")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "http://app.test"
+    );
+}
