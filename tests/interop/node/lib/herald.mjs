@@ -1,0 +1,528 @@
+// Shared helpers for the Node interop suite: run a real herald process on
+// 127.0.0.1, talk to its HTTP API with the built-in fetch, and drive stock
+// socket.io-client sockets against it.
+//
+// Every herald started here is registered so that, whatever happens in a test,
+// `process.on('exit')` still SIGKILLs it; tests also stop it in `after`.
+
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { io } from 'socket.io-client';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+/** The repository root (tests/interop/node/lib -> ../../../..). */
+export const REPO_ROOT = path.resolve(here, '../../../..');
+
+/** The herald binary under test: $HERALD_BIN, else the debug build. */
+export const HERALD_BIN = process.env.HERALD_BIN || path.join(REPO_ROOT, 'target/debug/herald');
+
+export const HOST = '127.0.0.1';
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+const liveChildren = new Set();
+process.on('exit', () => {
+  for (const child of liveChildren) {
+    try {
+      child.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+/** A TCP port that was free a moment ago: listen on port 0, read it, close. */
+export async function freePort() {
+  const server = net.createServer();
+  server.listen(0, HOST);
+  await once(server, 'listening');
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+// Settings herald reads from the environment; the tests pass flags instead, so
+// a stray API_KEY or PORT in the caller's environment must not leak in.
+const HERALD_ENV_VARS = [
+  'HOST',
+  'PORT',
+  'API_KEY',
+  'CORS_ORIGINS',
+  'PING_INTERVAL_MS',
+  'PING_TIMEOUT_MS',
+  'MAX_PAYLOAD_BYTES',
+  'SOCKET_BUFFER_PACKETS',
+  'SESSION_TTL_SECS',
+  'LOG_LEVEL',
+  'LOG_FORMAT',
+  'REDIS_URL',
+  'JWT_SECRET',
+];
+
+/**
+ * One herald process (and its successors after `restart()`), always on the same
+ * port. Create with `await startHerald(...)`.
+ */
+export class Herald {
+  constructor({ port, args = [], env = {}, echoLogs = !!process.env.HERALD_TEST_LOGS }) {
+    this.port = port;
+    this.args = args;
+    this.extraEnv = env;
+    this.echoLogs = echoLogs;
+    this.url = `http://${HOST}:${port}`;
+    this.child = null;
+    this.exitCode = undefined;
+    this.exitSignal = undefined;
+    this._logs = [];
+    this._exited = null;
+  }
+
+  /** Everything herald wrote to stdout/stderr so far, over all its runs. */
+  logs() {
+    return this._logs.join('');
+  }
+
+  /** The last `n` lines of the logs (for error messages). */
+  logTail(n = 30) {
+    return this.logs().split('\n').slice(-n).join('\n');
+  }
+
+  get running() {
+    return this.child !== null && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** Spawn herald and resolve once GET /health answers 200. */
+  async start({ timeoutMs = 15000 } = {}) {
+    if (this.running) throw new Error('herald is already running');
+    const env = { ...process.env };
+    for (const name of HERALD_ENV_VARS) delete env[name];
+    Object.assign(env, { NO_COLOR: '1' }, this.extraEnv);
+    const argv = ['--host', HOST, '--port', String(this.port), ...this.args];
+    this._logs.push(`--- spawn ${HERALD_BIN} ${argv.join(' ')}\n`);
+    const child = spawn(HERALD_BIN, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = child;
+    this.exitCode = undefined;
+    this.exitSignal = undefined;
+    liveChildren.add(child);
+    const onData = (chunk) => {
+      const text = chunk.toString();
+      this._logs.push(text);
+      if (this.echoLogs) process.stderr.write(`[herald:${this.port}] ${text}`);
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    this._exited = new Promise((resolve) => {
+      child.on('exit', (code, signal) => {
+        liveChildren.delete(child);
+        this.exitCode = code;
+        this.exitSignal = signal;
+        this._logs.push(`--- exited code=${code} signal=${signal}\n`);
+        resolve({ code, signal });
+      });
+    });
+    const spawnError = new Promise((_, reject) =>
+      child.on('error', (e) => reject(new Error(`cannot spawn ${HERALD_BIN}: ${e.message}`))),
+    );
+    spawnError.catch(() => {});
+
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (!this.running) {
+        await Promise.race([this._exited, spawnError]);
+        throw new Error(
+          `herald exited before becoming healthy (code=${this.exitCode} signal=${this.exitSignal})\n${this.logTail()}`,
+        );
+      }
+      try {
+        const res = await fetch(`${this.url}/health`, { signal: AbortSignal.timeout(1000) });
+        const body = await res.text();
+        if (res.status === 200) return this;
+        this._logs.push(`--- /health answered ${res.status} ${body}\n`);
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > deadline) {
+        await this.kill();
+        throw new Error(`herald on port ${this.port} not healthy after ${timeoutMs} ms\n${this.logTail()}`);
+      }
+      await Promise.race([sleep(50), spawnError]);
+    }
+  }
+
+  /**
+   * Send `signal` and wait for the process to exit. Resolves with the exit
+   * code (null when it died of a signal; see `exitSignal`). If it has not
+   * exited after `timeoutMs`, it is SIGKILLed and the promise rejects.
+   */
+  async stop(signal = 'SIGTERM', { timeoutMs = 10000 } = {}) {
+    if (!this.child) return this.exitCode;
+    if (this.running) this.child.kill(signal);
+    const timer = sleep(timeoutMs, 'timeout', { ref: false });
+    const winner = await Promise.race([this._exited, timer]);
+    if (winner === 'timeout') {
+      this.child.kill('SIGKILL');
+      await this._exited;
+      throw new Error(`herald did not exit within ${timeoutMs} ms of ${signal}\n${this.logTail()}`);
+    }
+    return this.exitCode;
+  }
+
+  /** Cleanup for `after`/`finally`: SIGTERM, then SIGKILL; never throws. */
+  async kill() {
+    if (!this.child || !this.running) return;
+    try {
+      await this.stop('SIGTERM', { timeoutMs: 5000 });
+    } catch {
+      // stop() already SIGKILLed it
+    }
+  }
+
+  /** Stop (if running) and start again on the same port. */
+  async restart(opts) {
+    if (this.running) await this.stop('SIGTERM');
+    return this.start(opts);
+  }
+
+  // --- HTTP ---------------------------------------------------------------
+
+  /**
+   * Raw HTTP request. `json` is serialised with content-type application/json;
+   * `body` is sent as is (set headers yourself). Resolves with
+   * `{ status, headers, text, body }` where body is the parsed JSON or null.
+   */
+  async request(method, urlPath, { json, body, headers = {}, apiKey, timeoutMs = 10000 } = {}) {
+    const h = { ...headers };
+    let payload = body;
+    if (json !== undefined) {
+      payload = JSON.stringify(json);
+      if (!Object.keys(h).some((k) => k.toLowerCase() === 'content-type')) {
+        h['content-type'] = 'application/json';
+      }
+    }
+    if (apiKey) h.authorization = `Bearer ${apiKey}`;
+    const res = await fetch(`${this.url}${urlPath}`, {
+      method,
+      headers: h,
+      body: payload,
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    const text = await res.text();
+    let parsed = null;
+    try {
+      parsed = text ? JSON.parse(text) : null;
+    } catch {
+      parsed = null;
+    }
+    return { status: res.status, headers: res.headers, text, body: parsed };
+  }
+
+  /** POST /api/v1/sessions/{session}/events `{event, data}`. */
+  publish(session, event, data, opts = {}) {
+    return this.request('POST', `/api/v1/sessions/${encodeURIComponent(session)}/events`, {
+      json: { event, data },
+      ...opts,
+    });
+  }
+
+  /** publish(), asserting a 202; resolves with the response body. */
+  async publishOk(session, event, data, opts = {}) {
+    const res = await this.publish(session, event, data, opts);
+    if (res.status !== 202) {
+      throw new Error(`publish ${event} to ${session}: expected 202, got ${res.status} ${res.text}`);
+    }
+    return res.body;
+  }
+
+  /** POST /api/v1/events with a batch array. */
+  publishBatch(items, opts = {}) {
+    return this.request('POST', '/api/v1/events', { json: items, ...opts });
+  }
+
+  /** GET /api/v1/sessions/{session}, asserting 200; resolves with the body. */
+  async session(session, opts = {}) {
+    const res = await this.request('GET', `/api/v1/sessions/${encodeURIComponent(session)}`, opts);
+    if (res.status !== 200) throw new Error(`GET session ${session}: ${res.status} ${res.text}`);
+    return res.body;
+  }
+
+  async stats(opts = {}) {
+    const res = await this.request('GET', '/api/v1/stats', opts);
+    if (res.status !== 200) throw new Error(`GET stats: ${res.status} ${res.text}`);
+    return res.body;
+  }
+}
+
+/** Start a herald on a free port (or `port`) with extra CLI `args`. */
+export async function startHerald({ args = [], port, env, echoLogs } = {}) {
+  let lastError;
+  // A port found free can be taken by someone else before herald binds it;
+  // retry a couple of times with another one (only when no port was forced).
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const h = new Herald({ port: port ?? (await freePort()), args, env, echoLogs });
+    try {
+      return await h.start();
+    } catch (e) {
+      lastError = e;
+      await h.kill();
+      if (port !== undefined || !/address|in use/i.test(h.logs())) break;
+    }
+  }
+  throw lastError;
+}
+
+// ---------------------------------------------------------------------------
+// Sample payloads: a valid `data` for each of the five session events.
+// ---------------------------------------------------------------------------
+
+const SAMPLES = {
+  progress: {
+    status: 'PROCESSING',
+    progress: 42.5,
+    prompts: { total: 10, completed: 4, processing: 2, pending: 3, failed: 1 },
+    hasClarifications: true,
+    clarificationCount: 2,
+  },
+  model_result: {
+    modelName: 'llama3.1:8b',
+    duration: 1834,
+    result: 'The contract renews automatically every 12 months.',
+    status: 'completed',
+  },
+  clarification: {
+    clarificationId: '5f0c6a9e-8a3b-4c1e-9d2f-2b7e4a1c9e10',
+    question: 'Which jurisdiction applies to this contract?',
+    status: 'pending',
+  },
+  completed: {
+    result: { summary: 'done', pages: 12, models: ['llama3.1:8b', 'gpt-4o'], nested: { ok: true, score: 0.93 } },
+  },
+  error: {
+    error: 'Model provider timed out after 3 retries',
+  },
+};
+
+/** The five event names herald publishes. */
+export const EVENT_TYPES = Object.keys(SAMPLES);
+
+/** A fresh (deep-copied) valid `data` payload for `event`, merged with `overrides`. */
+export function sample(event, overrides = {}) {
+  if (!(event in SAMPLES)) throw new Error(`no sample for event ${event}`);
+  return { ...structuredClone(SAMPLES[event]), ...overrides };
+}
+
+/** A unique, valid session id. */
+let sessionCounter = 0;
+export function sessionId(prefix = 'sess') {
+  sessionCounter += 1;
+  return `${prefix}-${process.pid}-${Date.now().toString(36)}-${sessionCounter}`;
+}
+
+export const ISO_TIMESTAMP = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/;
+
+/** True when `value` is an ISO 8601 date-time string within `skewMs` of now. */
+export function isRecentIsoTimestamp(value, skewMs = 5 * 60 * 1000) {
+  return (
+    typeof value === 'string' &&
+    ISO_TIMESTAMP.test(value) &&
+    !Number.isNaN(Date.parse(value)) &&
+    Math.abs(Date.parse(value) - Date.now()) < skewMs
+  );
+}
+
+// ---------------------------------------------------------------------------
+// Sockets
+// ---------------------------------------------------------------------------
+
+const openSockets = new Set();
+
+/**
+ * Attach a recorder: `socket.received` gets `{ event, args, at }` for every
+ * incoming event (via onAny), from before the connection is up, so events sent
+ * right after connecting (`connected`) are not missed.
+ */
+export function record(socket) {
+  if (socket.received) return socket;
+  socket.received = [];
+  socket.onAny((event, ...args) => {
+    socket.received.push({ event, args, at: Date.now() });
+  });
+  return socket;
+}
+
+/** The recorded payloads (first argument) of `event` on `socket`. */
+export function received(socket, event) {
+  return (socket.received || []).filter((r) => r.event === event).map((r) => r.args[0]);
+}
+
+/** A new socket.io-client socket (not waited for); recorded and tracked for closeAll(). */
+export function createSocket(url, opts = {}) {
+  const socket = io(url, { forceNew: true, ...opts });
+  record(socket);
+  openSockets.add(socket);
+  socket.once('disconnect', () => {
+    if (!socket.active) openSockets.delete(socket);
+  });
+  return socket;
+}
+
+/**
+ * Connect a stock socket.io-client socket and resolve once `connect` fired.
+ * Rejects on `connect_error` (when reconnection is off) or after `timeoutMs`.
+ */
+export function connect(url, opts = {}, { timeoutMs = 10000 } = {}) {
+  const socket = createSocket(url, opts);
+  return new Promise((resolve, reject) => {
+    const errors = [];
+    const timer = setTimeout(() => {
+      cleanup();
+      socket.disconnect();
+      reject(
+        new Error(
+          `socket.io-client did not connect to ${url} (${JSON.stringify(opts.transports ?? 'default transports')}) within ${timeoutMs} ms; connect_error: ${errors.join(' | ') || 'none'}`,
+        ),
+      );
+    }, timeoutMs);
+    const onConnect = () => {
+      cleanup();
+      resolve(socket);
+    };
+    const onError = (err) => {
+      errors.push(`${err.message}${err.description ? ` (${err.description})` : ''}`);
+      if (!socket.active || socket.io.reconnection() === false) {
+        cleanup();
+        socket.disconnect();
+        reject(new Error(`connect_error from ${url}: ${errors.join(' | ')}`));
+      }
+    };
+    const cleanup = () => {
+      clearTimeout(timer);
+      socket.off('connect', onConnect);
+      socket.off('connect_error', onError);
+    };
+    socket.on('connect', onConnect);
+    socket.on('connect_error', onError);
+  });
+}
+
+/** Disconnect every socket made by createSocket()/connect() that is still around. */
+export function closeAll() {
+  for (const socket of openSockets) socket.disconnect();
+  openSockets.clear();
+}
+
+function describe(fn) {
+  if (!fn) return 'any payload';
+  const src = String(fn).replace(/\s+/g, ' ');
+  return src.length > 120 ? `${src.slice(0, 117)}...` : src;
+}
+
+function short(value) {
+  const s = JSON.stringify(value);
+  return s && s.length > 300 ? `${s.slice(0, 297)}...` : s;
+}
+
+/**
+ * Resolve with the payload (first argument) of the next `event` on `socket`
+ * for which `predicate(payload, ...rest)` is true. With `{ past: true }`,
+ * events already recorded on the socket count too. Rejects after `timeoutMs`
+ * with a message naming the event, the predicate and what did arrive.
+ */
+export function waitFor(socket, event, predicate = () => true, timeoutMs = 5000, { past = false } = {}) {
+  if (past) {
+    const hit = (socket.received || []).find((r) => r.event === event && predicate(...r.args));
+    if (hit) return Promise.resolve(hit.args[0]);
+  }
+  return new Promise((resolve, reject) => {
+    const seen = [];
+    const handler = (...args) => {
+      let ok = false;
+      try {
+        ok = predicate(...args);
+      } catch {
+        ok = false;
+      }
+      if (ok) {
+        cleanup();
+        resolve(args[0]);
+      } else {
+        seen.push(args[0]);
+      }
+    };
+    const onDisconnect = (reason) => {
+      seen.push(`<disconnect: ${reason}>`);
+    };
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(
+        new Error(
+          `timed out after ${timeoutMs} ms waiting for "${event}" matching ${describe(predicate)} ` +
+            `on socket ${socket.id ?? '(not connected)'}; non-matching "${event}" events meanwhile: ` +
+            `${seen.length ? seen.map(short).join(', ') : 'none'}; last events recorded: ` +
+            `${short((socket.received || []).slice(-5).map((r) => [r.event, r.args[0]]))}`,
+        ),
+      );
+    }, timeoutMs);
+    const cleanup = () => {
+      clearTimeout(timer);
+      socket.off(event, handler);
+      socket.off('disconnect', onDisconnect);
+    };
+    socket.on(event, handler);
+    socket.on('disconnect', onDisconnect);
+  });
+}
+
+/** Emit with an ack callback; resolves with the ack or rejects after `timeoutMs`. */
+export async function emitAck(socket, event, payload, timeoutMs = 5000) {
+  try {
+    if (payload === undefined) return await socket.timeout(timeoutMs).emitWithAck(event);
+    return await socket.timeout(timeoutMs).emitWithAck(event, payload);
+  } catch (e) {
+    throw new Error(`no ack for ${event} ${short(payload)} within ${timeoutMs} ms (${e.message})`);
+  }
+}
+
+/**
+ * Subscribe `socket` to `session` and wait for both the ack and the
+ * `subscribed` event; asserts both. Resolves with `{ ack, event }`.
+ */
+export async function subscribe(socket, session, { timeoutMs = 5000, payload = session } = {}) {
+  const subscribed = waitFor(socket, 'subscribed', (d) => d && d.sessionId === session, timeoutMs);
+  const ack = await emitAck(socket, 'subscribe', payload, timeoutMs);
+  const event = await subscribed;
+  if (!ack || ack.ok !== true || ack.sessionId !== session) {
+    throw new Error(`subscribe ${session}: unexpected ack ${short(ack)}`);
+  }
+  return { ack, event };
+}
+
+/** Unsubscribe with ack + `unsubscribed` event. */
+export async function unsubscribe(socket, session, { timeoutMs = 5000, payload = session } = {}) {
+  const unsubscribed = waitFor(socket, 'unsubscribed', (d) => d && d.sessionId === session, timeoutMs);
+  const ack = await emitAck(socket, 'unsubscribe', payload, timeoutMs);
+  const event = await unsubscribed;
+  if (!ack || ack.ok !== true || ack.sessionId !== session) {
+    throw new Error(`unsubscribe ${session}: unexpected ack ${short(ack)}`);
+  }
+  return { ack, event };
+}
+
+/** Wait until `cond()` is truthy, polling every `intervalMs`; rejects with `what` after `timeoutMs`. */
+export async function until(cond, { timeoutMs = 5000, intervalMs = 20, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await cond();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(intervalMs);
+  }
+}
+
+export { sleep };
