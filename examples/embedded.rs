@@ -44,7 +44,7 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(config.log_level.as_str())
         .init();
-    let herald = Herald::new(&config);
+    let herald = Herald::new(&config).expect("valid settings");
 
     let app = Router::new()
         .route("/documents", post(create_document))
@@ -59,7 +59,7 @@ async fn main() {
         "document backend with embedded herald on http://{}",
         config.listen_addr()
     );
-    herald.spawn_housekeeping();
+    herald.spawn_background();
     axum::serve(listener, app).await.expect("serve");
 }
 

@@ -52,6 +52,16 @@ pub struct Config {
     #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 86_400)]
     pub session_ttl_secs: u64,
 
+    /// Redis URL (`redis://host:6379`). Set it to run several instances as one
+    /// cluster; unset, herald runs alone with an in-memory adapter.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of herald's Redis keys and channels, so several clusters can
+    /// share one Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "herald")]
+    pub redis_prefix: String,
+
     /// Log filter: a level (`info`) or a tracing directive (`herald=debug,info`).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -68,6 +78,18 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The Redis URL, if one is set; an empty `REDIS_URL=` means none.
+    pub fn redis(&self) -> Option<&str> {
+        self.redis_url
+            .as_deref()
+            .filter(|url| !url.trim().is_empty())
+    }
+
+    /// The API key, if one is required; an empty `API_KEY=` means none.
+    pub fn required_api_key(&self) -> Option<&str> {
+        self.api_key.as_deref().filter(|key| !key.trim().is_empty())
+    }
+
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
     }
@@ -88,6 +110,41 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    /// `.env.example` lists every variable with its default, and nothing else.
+    #[test]
+    fn env_example_matches_the_flags() {
+        let example: Vec<(String, String)> = include_str!("../.env.example")
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains('='))
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        let command = Config::command();
+        let args: Vec<(String, String)> = command
+            .get_arguments()
+            .filter_map(|a| {
+                let env = a.get_env()?.to_str()?.to_string();
+                let default = a
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                Some((env, default))
+            })
+            .collect();
+        assert_eq!(example, args);
+    }
+
+    #[test]
+    fn an_empty_api_key_means_none() {
+        let c = Config::parse_from(["herald", "--api-key", " "]);
+        assert_eq!(c.required_api_key(), None);
+    }
 
     #[test]
     fn flags_parse() {

@@ -27,16 +27,16 @@ use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
-    trace::TraceLayer,
+    trace::{DefaultOnFailure, TraceLayer},
 };
-use tracing::{info, warn};
+use tracing::{Level, info, warn};
 
 pub use config::Config;
 pub use protocol::SessionId;
 pub use publish::{Emitter, Publication, PublishError, Receipt};
 
 use crate::{
-    cluster::SessionStore,
+    cluster::{Cluster, memory::MemoryCluster, redis::RedisCluster},
     ops::{Metrics, OpsState},
     publish::http::ApiState,
     realtime::{Realtime, Subscriptions},
@@ -45,74 +45,121 @@ use crate::{
 /// How long shutdown waits for connections to close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Why herald could not be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("invalid REDIS_URL: {0}")]
+    RedisUrl(#[from] redis::RedisError),
+}
+
 /// A configured herald: its router, its Socket.IO server and its emitter.
 pub struct Herald {
     router: Router,
-    io: SocketIo,
+    cluster: Arc<Cluster>,
     emitter: Emitter,
-    sessions: Arc<SessionStore>,
-    subscriptions: Arc<Subscriptions>,
+    close: Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
 }
 
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 impl Herald {
-    pub fn new(config: &Config) -> Self {
+    /// Builds herald from its settings. With a Redis URL it joins the
+    /// cluster in the background: it serves its own sockets at once, and
+    /// publishes once Redis answers (`/ready` says when).
+    pub fn new(config: &Config) -> Result<Self, SetupError> {
         let metrics = Arc::new(Metrics::default());
         let subscriptions = Arc::new(Subscriptions::default());
-        let sessions = Arc::new(SessionStore::new(config.session_ttl()));
-
-        let (io_service, io) = SocketIo::builder()
+        let local = Realtime {
+            subscriptions: subscriptions.clone(),
+            metrics: metrics.clone(),
+        };
+        let builder = SocketIo::builder()
             .ping_interval(config.ping_interval())
             .ping_timeout(config.ping_timeout())
             .max_payload(config.max_payload_bytes as u64)
             .max_buffer_size(config.socket_buffer_packets)
-            .with_state(Realtime {
-                subscriptions: subscriptions.clone(),
-                metrics: metrics.clone(),
-            })
-            .build_svc();
-        realtime::attach(&io);
+            .with_state(local.clone());
 
-        let emitter = Emitter::new(
-            io.clone(),
-            sessions.clone(),
-            subscriptions.clone(),
-            metrics.clone(),
-        );
-        let ops_state = OpsState {
-            metrics,
-            subscriptions: subscriptions.clone(),
-            sessions: sessions.clone(),
-        };
-        let api_state = ApiState {
-            emitter: emitter.clone(),
-            sessions: sessions.clone(),
-            subscriptions: subscriptions.clone(),
-            max_body: config.max_payload_bytes,
-        };
         // One Socket.IO service behind explicit routes, not a layer: axum
         // applies a layer to each route separately, and socketioxide's layer
         // builds a separate Engine.IO session table each time it is applied,
         // so a polling client's second request would find no session.
-        let router = Router::new()
-            .route_service("/socket.io/", io_service.clone())
-            .route_service("/socket.io", io_service)
+        let (sockets, cluster, close): (
+            Router,
+            Cluster,
+            Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
+        ) = match config.redis() {
+            None => {
+                let (service, io) = builder.build_svc();
+                realtime::attach(&io);
+                let closer = io.clone();
+                let cluster = MemoryCluster::new(io, local, config.session_ttl());
+                (
+                    socket_routes(service),
+                    Cluster::Memory(cluster),
+                    Box::new(move || {
+                        let io = closer.clone();
+                        Box::pin(async move { io.close().await })
+                    }),
+                )
+            }
+            Some(url) => {
+                let (setup, adapter) = cluster::redis::Setup::new(url, &config.redis_prefix)?;
+                let (service, io) = builder
+                    .with_adapter::<cluster::redis::RedisAdapter>(adapter)
+                    .build_svc();
+                realtime::attach(&io);
+                let closer = io.clone();
+                let cluster = RedisCluster::new(io, local, setup, config.session_ttl());
+                (
+                    socket_routes(service),
+                    Cluster::Redis(cluster),
+                    Box::new(move || {
+                        let io = closer.clone();
+                        Box::pin(async move { io.close().await })
+                    }),
+                )
+            }
+        };
+        let cluster = Arc::new(cluster);
+
+        let emitter = Emitter::new(cluster.clone(), metrics.clone());
+        let ops_state = OpsState {
+            metrics,
+            subscriptions,
+            cluster: cluster.clone(),
+        };
+        let api_state = ApiState {
+            emitter: emitter.clone(),
+            cluster: cluster.clone(),
+            max_body: config.max_payload_bytes,
+        };
+        let router = sockets
             .merge(publish::http::routes(
                 api_state,
                 ops_state.clone(),
-                config.api_key.clone(),
+                config.required_api_key().map(str::to_owned),
             ))
             .merge(ops::routes(ops_state))
             .fallback(publish::http::not_found)
             .layer(cors(&config.cors_origins))
-            .layer(TraceLayer::new_for_http());
+            // Refusals are answers, not failures of herald: an outage must
+            // log one error, not one per request answered 503.
+            .layer(
+                TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+            );
 
-        Self {
+        Ok(Self {
             router,
-            io,
+            cluster,
             emitter,
-            sessions,
-            subscriptions,
-        }
+            close,
+        })
+    }
+
+    /// `"memory"` or `"redis"`.
+    pub fn adapter(&self) -> &'static str {
+        self.cluster.readiness().adapter
     }
 
     /// The handle for publishing from Rust.
@@ -126,20 +173,12 @@ impl Herald {
         self.router.clone()
     }
 
-    /// Forgets idle sessions every minute, for as long as the server runs.
-    pub fn spawn_housekeeping(&self) -> tokio::task::JoinHandle<()> {
-        let sessions = self.sessions.clone();
-        let subscriptions = self.subscriptions.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                let evicted = sessions.evict_idle(|id| subscriptions.count(id) > 0);
-                if evicted > 0 {
-                    info!(evicted, "forgot idle sessions");
-                }
-            }
-        })
+    /// Starts herald's background work (cluster delivery and link watching
+    /// with Redis, forgetting idle sessions without). [`Herald::serve`] does
+    /// this itself; an app that serves [`Herald::router`] on its own calls it.
+    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move { cluster.run().await })
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, closes every
@@ -151,14 +190,14 @@ impl Herald {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let housekeeping = self.spawn_housekeeping();
-        let io = self.io.clone();
+        let background = self.spawn_background();
+        let close_sockets = (self.close)();
         let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
         let stop = async move {
             shutdown.await;
             info!("shutting down: closing connections");
             tokio::spawn(async move {
-                io.close().await;
+                close_sockets.await;
                 let _ = closed_tx.send(());
             });
         };
@@ -178,9 +217,25 @@ impl Herald {
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e))),
         };
-        housekeeping.abort();
+        background.abort();
         result
     }
+}
+
+/// The Socket.IO endpoint, with or without the trailing slash.
+fn socket_routes<S>(service: S) -> Router
+where
+    S: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    Router::new()
+        .route_service("/socket.io/", service.clone())
+        .route_service("/socket.io", service)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

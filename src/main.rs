@@ -20,11 +20,25 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let herald = Herald::new(&config);
+    let herald = match Herald::new(&config) {
+        Ok(herald) => herald,
+        Err(e) => {
+            error!("cannot start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let adapter = match config.redis() {
+        Some(url) => format!(
+            "redis at {} (prefix {:?})",
+            redact(url),
+            config.redis_prefix
+        ),
+        None => "in-memory (single instance)".to_string(),
+    };
     info!(
-        "herald {} listening on http://{addr} (Socket.IO at ws://{addr}/socket.io/, API at /api/v1), adapter: in-memory, API key: {}",
+        "herald {} listening on http://{addr} (Socket.IO at ws://{addr}/socket.io/, API at /api/v1), adapter: {adapter}, API key: {}",
         env!("CARGO_PKG_VERSION"),
-        if config.api_key.is_some() {
+        if config.required_api_key().is_some() {
             "required"
         } else {
             "off"
@@ -39,6 +53,14 @@ async fn main() -> std::process::ExitCode {
             error!("server error: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// A URL without its credentials, for the logs.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+        _ => url.to_string(),
     }
 }
 

@@ -17,7 +17,7 @@ use prometheus_client::{
 };
 use serde::Serialize;
 
-use crate::{cluster::SessionStore, realtime::Subscriptions};
+use crate::{cluster::Cluster, realtime::Subscriptions};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
@@ -65,13 +65,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts one published event and the local sockets it was handed to.
-    pub fn published(&self, event: &'static str, recipients: u32) {
+    /// Counts one event published through this instance.
+    pub fn published(&self, event: &'static str) {
         self.events_published
             .get_or_create(&EventLabel { event })
             .inc();
         self.published_total.inc();
-        self.events_delivered.inc_by(u64::from(recipients));
     }
 
     /// Metric handles share their value with their clones, so the registry
@@ -131,7 +130,7 @@ impl Metrics {
 pub struct OpsState {
     pub metrics: Arc<Metrics>,
     pub subscriptions: Arc<Subscriptions>,
-    pub sessions: Arc<SessionStore>,
+    pub cluster: Arc<Cluster>,
 }
 
 /// `/health`, `/ready` and `/metrics`, outside the API key.
@@ -156,22 +155,39 @@ async fn health() -> Json<Health> {
 struct Ready {
     status: &'static str,
     adapter: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
-/// The in-memory adapter is always ready; with Redis this reports the
-/// subscription's liveness.
-async fn ready() -> Json<Ready> {
-    Json(Ready {
-        status: "ready",
-        adapter: "memory",
-    })
+/// 200 while this instance can publish to the whole cluster (always, with the
+/// in-memory adapter; with Redis, while the subscription is live), 503 with
+/// the reason otherwise.
+async fn ready(State(ops): State<OpsState>) -> (StatusCode, Json<Ready>) {
+    let readiness = ops.cluster.readiness();
+    let status = if readiness.problem.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Ready {
+        status: if status == StatusCode::OK {
+            "ready"
+        } else {
+            "unavailable"
+        },
+        adapter: readiness.adapter,
+        reason: readiness.problem,
+    };
+    (status, Json(body))
 }
 
 async fn metrics(State(ops): State<OpsState>) -> impl IntoResponse {
     let m = &ops.metrics;
     m.subscriptions.set(ops.subscriptions.total() as i64);
     m.sessions_watched.set(ops.subscriptions.sessions() as i64);
-    m.sessions_known.set(ops.sessions.len() as i64);
+    if let Some(known) = ops.cluster.sessions_known() {
+        m.sessions_known.set(known as i64);
+    }
     let mut body = String::new();
     match encode(&mut body, &m.registry) {
         Ok(()) => (
@@ -193,22 +209,34 @@ async fn metrics(State(ops): State<OpsState>) -> impl IntoResponse {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
-    connections: i64,
-    sessions: usize,
+    connections: u64,
+    sessions: u64,
     subscriptions: u64,
     events_published: u64,
     events_delivered: u64,
     scope: &'static str,
 }
 
-/// `GET /api/v1/stats`: this instance's figures.
+/// `GET /api/v1/stats`: the whole cluster's figures where Redis can give
+/// them (`scope: "cluster"`), this instance's otherwise (`"instance"`).
 pub async fn stats(State(ops): State<OpsState>) -> Json<Stats> {
-    Json(Stats {
-        connections: ops.metrics.connections.get(),
-        sessions: ops.subscriptions.sessions(),
-        subscriptions: ops.subscriptions.total(),
-        events_published: ops.metrics.published_total.get(),
-        events_delivered: ops.metrics.events_delivered.get(),
-        scope: "instance",
-    })
+    let stats = match ops.cluster.cluster_totals().await {
+        Some(t) => Stats {
+            connections: t.connections,
+            sessions: t.sessions,
+            subscriptions: t.subscriptions,
+            events_published: t.events_published,
+            events_delivered: t.events_delivered,
+            scope: "cluster",
+        },
+        None => Stats {
+            connections: ops.metrics.connections.get().max(0) as u64,
+            sessions: ops.subscriptions.sessions() as u64,
+            subscriptions: ops.subscriptions.total(),
+            events_published: ops.metrics.published_total.get(),
+            events_delivered: ops.metrics.events_delivered.get(),
+            scope: "instance",
+        },
+    };
+    Json(stats)
 }

@@ -12,13 +12,15 @@
 use std::{collections::HashSet, convert::Infallible, marker::PhantomData, sync::Arc};
 
 use dashmap::DashMap;
+use serde_json::value::RawValue;
 use socketioxide::{
-    SocketIo,
+    BroadcastError, SocketError, SocketIo,
     adapter::Adapter,
     extract::{AckSender, SocketRef, State, TryData},
     handler::{ConnectHandler, FromMessageParts, Value},
     socket::{DisconnectReason, Socket},
 };
+use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 use tracing::{debug, info, info_span, warn};
 
 use crate::{
@@ -78,22 +80,59 @@ fn sessions_of<A: Adapter>(s: &Socket<A>) -> SocketSessions {
     s.extensions.get::<SocketSessions>().unwrap_or_default()
 }
 
-/// Registers the default namespace.
-pub fn attach(io: &SocketIo) {
-    io.ns("/", on_connect.with(prepare));
+/// Registers the default namespace. A remote adapter finishes setting it up
+/// in the background; until then clients are told the namespace is unknown
+/// and retry.
+pub fn attach<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) {
+    io.ns("/", on_connect::<A>.with(prepare::<A>)).spawn();
+}
+
+/// Hands a session's event to this instance's subscribers of it, and counts
+/// the deliveries. Returns how many sockets took it.
+pub async fn deliver<A: Adapter>(
+    io: &SocketIo<A>,
+    rt: &Realtime,
+    session: &SessionId,
+    name: &str,
+    payload: &RawValue,
+) -> Result<u32, BroadcastError> {
+    let recipients = rt.subscriptions.count(session);
+    if recipients == 0 {
+        return Ok(0);
+    }
+    let undelivered = match io.local().to(session.room()).emit(name, payload).await {
+        Ok(()) => 0,
+        // Closing sockets, and slow ones whose buffer is full: those lose
+        // this event (counted and logged); everyone else has it.
+        Err(BroadcastError::Socket(errors)) => {
+            let full = errors
+                .iter()
+                .filter(|e| matches!(e, SocketError::InternalChannelFull))
+                .count();
+            if full > 0 {
+                rt.metrics.dropped_deliveries.inc_by(full as u64);
+                warn!(%session, sockets = full, "socket buffers full: event dropped for slow consumers");
+            }
+            errors.len() as u32
+        }
+        Err(e) => return Err(e),
+    };
+    let delivered = recipients.saturating_sub(undelivered);
+    rt.metrics.events_delivered.inc_by(u64::from(delivered));
+    Ok(delivered)
 }
 
 /// Runs before the client is told it is connected, so the handlers are in
 /// place before its first event can arrive.
-async fn prepare(s: SocketRef) -> Result<(), Infallible> {
+async fn prepare<A: Adapter>(s: SocketRef<A>) -> Result<(), Infallible> {
     s.extensions.insert(SocketSessions::default());
     s.on("subscribe", async |_: InOrder<Subscribe>| {});
     s.on("unsubscribe", async |_: InOrder<Unsubscribe>| {});
-    s.on_disconnect(on_disconnect);
+    s.on_disconnect(on_disconnect::<A>);
     Ok(())
 }
 
-async fn on_connect(s: SocketRef, State(rt): State<Realtime>) {
+async fn on_connect<A: Adapter>(s: SocketRef<A>, State(rt): State<Realtime>) {
     rt.metrics.connections.inc();
     let transport = format!("{:?}", s.transport_type());
     info!(socket = %s.id, %transport, "socket connected");
@@ -106,7 +145,11 @@ async fn on_connect(s: SocketRef, State(rt): State<Realtime>) {
     }
 }
 
-async fn on_disconnect(s: SocketRef, reason: DisconnectReason, State(rt): State<Realtime>) {
+async fn on_disconnect<A: Adapter>(
+    s: SocketRef<A>,
+    reason: DisconnectReason,
+    State(rt): State<Realtime>,
+) {
     rt.metrics.connections.dec();
     let sessions = std::mem::take(&mut *sessions_of(&s).0.lock().unwrap());
     for id in &sessions {

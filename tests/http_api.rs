@@ -216,6 +216,8 @@ fn refusals() -> Vec<Refusal> {
         },
         raw(Some("application/json"), "{\"event\": ", 400),
         raw(Some("application/json"), "", 400),
+        raw(Some("application/json"), r#"{"event":"completed","data":{"result":{}}} x"#, 400),
+        raw(Some("application/json"), r#"{"event":"nope","data":{}"#, 400),
         raw(None, "not json", 400),
         raw(
             Some("text/plain"),

@@ -1,11 +1,10 @@
-//! Where each session's `seq` and last-known state live, and the lock that
-//! makes "take the next seq, then broadcast" one step per session.
+//! The single-instance cluster: each session's seq and last state in this
+//! process's memory, and delivery straight to the local sockets.
 //!
 //! Holding the session's lock from the moment a seq is taken until its event
-//! is handed to the adapter is what keeps delivery in seq order when several
+//! is handed to the sockets is what keeps delivery in seq order when several
 //! publishers race on one session; different sessions never wait for each
-//! other. Today this is one process's memory; the Redis-backed store of the
-//! multi-instance setup keeps the same shape (take seq, broadcast, commit).
+//! other.
 
 use std::{
     sync::Arc,
@@ -16,17 +15,23 @@ use dashmap::DashMap;
 use serde_json::value::RawValue;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::protocol::{Outcome, SessionId};
+use socketioxide::SocketIo;
+
+use super::{ClusterError, Outbound, SessionSnapshot};
+use crate::{
+    protocol::{Outcome, SessionId},
+    realtime::{self, Realtime},
+};
 
 /// What herald remembers of one session.
 #[derive(Debug)]
-pub struct SessionRecord {
+struct SessionRecord {
     /// The last seq handed out; 0 before the first publish.
-    pub seq: u64,
+    seq: u64,
     /// The latest `progress` payload, as subscribers received it.
-    pub progress: Option<Box<RawValue>>,
-    pub completed: bool,
-    pub failed: bool,
+    progress: Option<Box<RawValue>>,
+    completed: bool,
+    failed: bool,
     touched: Instant,
 }
 
@@ -45,7 +50,7 @@ impl Default for SessionRecord {
 impl SessionRecord {
     /// Records a published event: called only once it was handed to the
     /// broadcast, so a failed publish consumes no seq.
-    pub fn commit(&mut self, seq: u64, outcome: Outcome, payload: Box<RawValue>) {
+    fn commit(&mut self, seq: u64, outcome: Outcome, payload: Box<RawValue>) {
         self.seq = seq;
         self.completed |= outcome.completed;
         self.failed |= outcome.failed;
@@ -56,14 +61,80 @@ impl SessionRecord {
     }
 }
 
+/// Sessions sequenced and delivered by this process alone.
+pub struct MemoryCluster {
+    io: SocketIo,
+    local: Realtime,
+    sessions: SessionStore,
+}
+
+impl MemoryCluster {
+    pub fn new(io: SocketIo, local: Realtime, ttl: Duration) -> Self {
+        Self {
+            io,
+            local,
+            sessions: SessionStore::new(ttl),
+        }
+    }
+
+    pub async fn publish(&self, out: Outbound<'_>) -> Result<u64, ClusterError> {
+        // The lock is held until the event is handed to the sockets: the
+        // next publish to this session cannot overtake it.
+        let mut record = self.sessions.lock(out.session_id).await;
+        let seq = record.seq + 1;
+        let payload = out.encoded.with_seq(seq);
+        realtime::deliver(&self.io, &self.local, out.session_id, out.name, &payload)
+            .await
+            .map_err(|e| {
+                ClusterError::Unavailable(format!("the event could not be broadcast: {e}"))
+            })?;
+        record.commit(seq, out.outcome, payload);
+        Ok(seq)
+    }
+
+    pub async fn snapshot(&self, id: &SessionId) -> SessionSnapshot {
+        let mut snapshot = self
+            .sessions
+            .read(id, |r| SessionSnapshot {
+                seq: r.seq,
+                progress: r.progress.clone(),
+                completed: r.completed,
+                failed: r.failed,
+                subscribers: 0,
+            })
+            .await
+            .unwrap_or_default();
+        snapshot.subscribers = self.local.subscriptions.count(id) as usize;
+        snapshot
+    }
+
+    pub fn sessions_known(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Forgets idle, unwatched sessions every minute, for as long as it runs.
+    pub async fn housekeeping(&self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let evicted = self
+                .sessions
+                .evict_idle(|id| self.local.subscriptions.count(id) > 0);
+            if evicted > 0 {
+                tracing::info!(evicted, "forgot idle sessions");
+            }
+        }
+    }
+}
+
 /// The session records of this instance.
-pub struct SessionStore {
+struct SessionStore {
     records: DashMap<SessionId, Arc<Mutex<SessionRecord>>>,
     ttl: Duration,
 }
 
 impl SessionStore {
-    pub fn new(ttl: Duration) -> Self {
+    fn new(ttl: Duration) -> Self {
         Self {
             records: DashMap::new(),
             ttl,
@@ -72,30 +143,26 @@ impl SessionStore {
 
     /// Locks the session's record, creating it on first use. Publishes to one
     /// session queue here in arrival order (tokio's mutex is fair).
-    pub async fn lock(&self, id: &SessionId) -> OwnedMutexGuard<SessionRecord> {
+    async fn lock(&self, id: &SessionId) -> OwnedMutexGuard<SessionRecord> {
         let record = self.records.entry(id.clone()).or_default().clone();
         record.lock_owned().await
     }
 
     /// Reads a session's record without creating one.
-    pub async fn read<T>(&self, id: &SessionId, f: impl FnOnce(&SessionRecord) -> T) -> Option<T> {
+    async fn read<T>(&self, id: &SessionId, f: impl FnOnce(&SessionRecord) -> T) -> Option<T> {
         let record = self.records.get(id).map(|r| r.clone())?;
         let guard = record.lock().await;
         Some(f(&guard))
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
     }
 
     /// Forgets sessions idle for longer than the TTL that nobody holds, so a
     /// long-running server's memory follows its live sessions. Returns how
     /// many were dropped.
-    pub fn evict_idle(&self, is_watched: impl Fn(&SessionId) -> bool) -> usize {
+    fn evict_idle(&self, is_watched: impl Fn(&SessionId) -> bool) -> usize {
         let before = self.records.len();
         let ttl = self.ttl;
         // `strong_count == 1` under the shard lock means no publish holds or

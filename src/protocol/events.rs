@@ -312,32 +312,44 @@ impl<'de> Deserialize<'de> for FieldList<'de> {
     }
 }
 
-/// An event on its way out: the event's fields plus the envelope.
-#[derive(Serialize)]
-struct Outgoing<'a, E> {
-    #[serde(rename = "sessionId")]
-    session_id: &'a SessionId,
-    timestamp: &'a Timestamp,
-    seq: u64,
-    #[serde(flatten)]
-    event: &'a E,
+/// An event serialized once, around the one field that is not known yet:
+/// `head` + seq + `tail` is the payload every subscriber receives. Keeping the
+/// seq out lets the sequencer (this process, or a Redis script) splice it in
+/// without serializing again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub head: String,
+    pub tail: String,
 }
 
-/// Serializes an event with its envelope once; the result is what every
-/// subscriber receives and what the session state keeps.
-pub fn encode<E: EventFamily>(
-    session_id: &SessionId,
-    timestamp: &Timestamp,
-    seq: u64,
-    event: &E,
-) -> Box<RawValue> {
-    let outgoing = Outgoing {
-        session_id,
-        timestamp,
-        seq,
-        event,
+impl Encoded {
+    pub fn with_seq(&self, seq: u64) -> Box<RawValue> {
+        let mut text = String::with_capacity(self.head.len() + 20 + self.tail.len());
+        text.push_str(&self.head);
+        text.push_str(itoa::Buffer::new().format(seq));
+        text.push_str(&self.tail);
+        RawValue::from_string(text).expect("head + seq + tail is a JSON object")
+    }
+}
+
+/// Serializes an event with its envelope (`sessionId`, `timestamp`, `seq`).
+pub fn encode<E: EventFamily>(session_id: &SessionId, timestamp: &Timestamp, event: &E) -> Encoded {
+    let fields = serde_json::to_string(event).expect("event types always serialize");
+    let fields = fields
+        .strip_prefix('{')
+        .expect("every event serializes to a JSON object");
+    let mut head = String::with_capacity(64);
+    head.push_str("{\"sessionId\":");
+    head.push_str(&serde_json::to_string(session_id).expect("string"));
+    head.push_str(",\"timestamp\":");
+    head.push_str(&serde_json::to_string(timestamp).expect("string"));
+    head.push_str(",\"seq\":");
+    let tail = if fields == "}" {
+        "}".to_string()
+    } else {
+        format!(",{fields}")
     };
-    serde_json::value::to_raw_value(&outgoing).expect("event types always serialize")
+    Encoded { head, tail }
 }
 
 #[cfg(test)]
@@ -361,7 +373,7 @@ mod tests {
         let id = SessionId::parse("s1").unwrap();
         let ts = Timestamp::try_from("2026-01-01T00:00:00.000Z".to_string()).unwrap();
         let out: serde_json::Value =
-            serde_json::from_str(encode(&id, &ts, 7, &event).get()).unwrap();
+            serde_json::from_str(encode(&id, &ts, &event).with_seq(7).get()).unwrap();
         let mut expected: serde_json::Value = serde_json::from_str(PROGRESS).unwrap();
         expected["sessionId"] = "s1".into();
         expected["timestamp"] = "2026-01-01T00:00:00.000Z".into();
@@ -414,7 +426,7 @@ mod tests {
         )
         .unwrap();
         let id = SessionId::parse("s").unwrap();
-        let out = encode(&id, &Timestamp::now(), 1, &event);
+        let out = encode(&id, &Timestamp::now(), &event).with_seq(1);
         assert!(!out.get().contains("provider") && !out.get().contains("null"));
     }
 

@@ -9,7 +9,7 @@ mod session_id;
 mod values;
 
 pub use events::{
-    Clarification, ClarificationStatus, Completed, Envelope, Event, EventFamily, Fields,
+    Clarification, ClarificationStatus, Completed, Encoded, Envelope, Event, EventFamily, Fields,
     ModelResult, ModelStatus, Outcome, Progress, Prompts, SessionError, SessionEvent,
     SessionStatus, encode,
 };

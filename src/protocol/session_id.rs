@@ -58,6 +58,11 @@ impl SessionId {
         &self.0
     }
 
+    /// Whether a Socket.IO room is a session's room.
+    pub fn is_room(room: &str) -> bool {
+        room.starts_with(Self::ROOM_PREFIX)
+    }
+
     /// The Socket.IO room whose members are this session's subscribers.
     pub fn room(&self) -> String {
         let mut room = String::with_capacity(Self::ROOM_PREFIX.len() + self.0.len());

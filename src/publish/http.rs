@@ -22,18 +22,16 @@ use tracing::warn;
 
 use super::{Emitter, Publication, PublishError, Receipt};
 use crate::{
-    cluster::SessionStore,
+    cluster::{Cluster, SessionSnapshot},
     ops::{self, Metrics, OpsState, StatusLabel},
     protocol::{Invalid, SessionEvent, SessionId},
-    realtime::Subscriptions,
 };
 
 /// What the API handlers read.
 #[derive(Clone)]
 pub struct ApiState {
     pub emitter: Emitter,
-    pub sessions: Arc<SessionStore>,
-    pub subscriptions: Arc<Subscriptions>,
+    pub cluster: Arc<Cluster>,
     pub max_body: usize,
 }
 
@@ -224,20 +222,18 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 
 /// Parses JSON: syntax errors are 400, shape errors 422 with the field's path.
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    // The whole body must be JSON before its shape is judged, as `JSON.parse`
+    // would: trailing junk or a syntax error after a shape error is a 400.
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_data() {
-            ApiError::invalid(Invalid::from_serde(
-                if path == "." { "" } else { &path },
-                &inner,
-            ))
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {inner}"))
-        }
-    })?;
-    Ok(value)
+        ApiError::invalid(Invalid::from_serde(
+            if path == "." { "" } else { &path },
+            e.inner(),
+        ))
+    })
 }
 
 fn path_session(path: Result<Path<String>, PathRejection>) -> Result<SessionId, ApiError> {
@@ -320,7 +316,7 @@ struct SessionState {
     progress: Option<Box<RawValue>>,
     completed: bool,
     failed: bool,
-    subscribers: u32,
+    subscribers: usize,
 }
 
 async fn session_state(
@@ -328,14 +324,17 @@ async fn session_state(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionState>, ApiError> {
     let session_id = path_session(path)?;
-    let (seq, progress, completed, failed) = api
-        .sessions
-        .read(&session_id, |r| {
-            (r.seq, r.progress.clone(), r.completed, r.failed)
-        })
+    let SessionSnapshot {
+        seq,
+        progress,
+        completed,
+        failed,
+        subscribers,
+    } = api
+        .cluster
+        .snapshot(&session_id)
         .await
-        .unwrap_or_default();
-    let subscribers = api.subscriptions.count(&session_id);
+        .map_err(PublishError::from)?;
     Ok(Json(SessionState {
         session_id,
         seq,

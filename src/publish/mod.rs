@@ -1,8 +1,8 @@
 //! The one path every published event takes, whether it comes from the HTTP
 //! API or from a Rust backend holding an [`Emitter`]:
-//! validate -> take the session's next seq -> serialize once -> broadcast ->
-//! record. Validation happens before a seq is taken, and the seq is recorded
-//! only after the event reached the adapter, so a refused or failed publish
+//! validate -> serialize once -> sequence and broadcast ([`Cluster`]).
+//! Validation happens before a seq is taken, and a seq is recorded only with
+//! an event that reached the broadcast, so a refused or failed publish
 //! delivers nothing and consumes nothing.
 
 pub mod http;
@@ -11,17 +11,15 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use socketioxide::{BroadcastError, SocketError, SocketIo};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span};
 
 use crate::{
-    cluster::SessionStore,
+    cluster::{Cluster, ClusterError, Outbound},
     ops::Metrics,
     protocol::{
         Clarification, Completed, EventFamily, Fields, Invalid, ModelResult, Progress,
         SessionError, SessionEvent, SessionId, Timestamp, encode,
     },
-    realtime::Subscriptions,
 };
 
 /// A validated event, addressed to a session, not yet sequenced.
@@ -84,34 +82,23 @@ pub struct Receipt {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The adapter could not take the event; nothing was delivered.
-    #[error("the event could not be broadcast: {0}")]
-    Broadcast(String),
+    /// The event could not be made to reach every subscriber (the cluster
+    /// link is down); nothing was delivered and no seq consumed.
+    #[error(transparent)]
+    Unavailable(#[from] ClusterError),
 }
 
 /// The handle a Rust backend embeds to publish events, and the HTTP API's
 /// way in. Cheap to clone.
 #[derive(Clone)]
 pub struct Emitter {
-    io: SocketIo,
-    sessions: Arc<SessionStore>,
-    subscriptions: Arc<Subscriptions>,
+    cluster: Arc<Cluster>,
     metrics: Arc<Metrics>,
 }
 
 impl Emitter {
-    pub(crate) fn new(
-        io: SocketIo,
-        sessions: Arc<SessionStore>,
-        subscriptions: Arc<Subscriptions>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            io,
-            sessions,
-            subscriptions,
-            metrics,
-        }
+    pub(crate) fn new(cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> Self {
+        Self { cluster, metrics }
     }
 
     pub async fn progress(
@@ -177,24 +164,17 @@ impl Emitter {
         let span =
             info_span!("publish", session = %session_id, event = name, seq = tracing::field::Empty);
         async move {
-            // The lock is held until the event is handed to the adapter: the
-            // next publish to this session cannot overtake it.
-            let mut record = self.sessions.lock(&session_id).await;
-            let seq = record.seq + 1;
-            tracing::Span::current().record("seq", seq);
             let timestamp = timestamp.unwrap_or_else(Timestamp::now);
-            let payload = encode(&session_id, &timestamp, seq, &event);
-            let recipients = self.subscriptions.count(&session_id);
-            let undelivered = match self.io.to(session_id.room()).emit(name, &*payload).await {
-                Ok(()) => 0,
-                Err(BroadcastError::Socket(errors)) => self.count_undelivered(&errors),
-                Err(e) => return Err(PublishError::Broadcast(e.to_string())),
+            let out = Outbound {
+                session_id: &session_id,
+                name,
+                encoded: encode(&session_id, &timestamp, &event),
+                outcome: event.outcome(),
             };
-            record.commit(seq, event.outcome(), payload);
-            drop(record);
-            let delivered = recipients.saturating_sub(undelivered);
-            self.metrics.published(name, delivered);
-            debug!(delivered, "published");
+            let seq = self.cluster.publish(out).await?;
+            tracing::Span::current().record("seq", seq);
+            self.metrics.published(name);
+            debug!("published");
             Ok(Receipt {
                 session_id,
                 event: name,
@@ -203,22 +183,5 @@ impl Emitter {
         }
         .instrument(span)
         .await
-    }
-
-    /// Sockets that could not take an event: closing ones, and slow ones
-    /// whose buffer is full, which lose this event (counted and logged).
-    fn count_undelivered(&self, errors: &[SocketError]) -> u32 {
-        let full = errors
-            .iter()
-            .filter(|e| matches!(e, SocketError::InternalChannelFull))
-            .count();
-        if full > 0 {
-            self.metrics.dropped_deliveries.inc_by(full as u64);
-            warn!(
-                sockets = full,
-                "socket buffers full: event dropped for slow consumers"
-            );
-        }
-        errors.len() as u32
     }
 }

@@ -1,0 +1,279 @@
+//! herald's connection to Redis: one connection manager that reconnects by
+//! itself, the pub/sub messages it receives routed to whoever subscribed, a
+//! liveness probe, and the [`Driver`] socketioxide-redis runs on.
+//!
+//! Why not socketioxide-redis's own driver: it holds one multiplexed
+//! connection that never reconnects or resubscribes once Redis restarts, and
+//! drops messages when a consumer lags. Here the connection manager
+//! reconnects and resubscribes; the probe publishes to a channel of this
+//! instance every second and counts the link live only while the message
+//! comes back, which is the only proof that the subscription, not just the
+//! connection, works.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use redis::{
+    AsyncCommands, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisError,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+/// How often the probe runs, and how long its message may take to return.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// Where the messages of a subscribed channel go.
+enum Route {
+    /// socketioxide-redis's request and response channels: bounded, as its
+    /// driver interface requires.
+    Adapter(mpsc::Sender<ChanItem>),
+    /// herald's event channel: never dropped, in order.
+    Events(mpsc::UnboundedSender<Vec<u8>>),
+    /// This instance's probe channel.
+    Probe,
+}
+
+struct Shared {
+    routes: RwLock<HashMap<String, Route>>,
+    probe_channel: String,
+    probe_seen: AtomicU64,
+    probe_arrived: Notify,
+    /// `None` while live; the reason otherwise.
+    problem: watch::Sender<Option<String>>,
+}
+
+/// A cheap handle on the link.
+#[derive(Clone)]
+pub struct Link {
+    manager: ConnectionManager,
+    shared: Arc<Shared>,
+}
+
+impl Link {
+    /// Sets up the link without waiting for Redis: herald starts and serves
+    /// its local sockets even when Redis is down. `events` receives every
+    /// message of `events_channel`, in the order Redis published them.
+    pub fn new(
+        url: &str,
+        events_channel: &str,
+        probe_channel: String,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Vec<u8>>), RedisError> {
+        // Pub/sub over a multiplexed connection needs RESP3.
+        let info = url.into_connection_info()?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings))?;
+
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let mut routes = HashMap::new();
+        routes.insert(events_channel.to_string(), Route::Events(events_tx));
+        routes.insert(probe_channel.clone(), Route::Probe);
+        let shared = Arc::new(Shared {
+            routes: RwLock::new(routes),
+            probe_channel,
+            probe_seen: AtomicU64::new(0),
+            probe_arrived: Notify::new(),
+            problem: watch::Sender::new(Some("not connected to Redis yet".into())),
+        });
+
+        let router = shared.clone();
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(move |push: PushInfo| {
+                router.route(push);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok((Self { manager, shared }, events_rx))
+    }
+
+    /// A connection for commands; it reconnects by itself.
+    pub fn connection(&self) -> ConnectionManager {
+        self.manager.clone()
+    }
+
+    /// `None` while Redis is reachable and this instance's subscription
+    /// delivers; otherwise why not.
+    pub fn problem(&self) -> Option<String> {
+        self.shared.problem.borrow().clone()
+    }
+
+    /// Probes the link every second for as long as it runs, logging one
+    /// error when it goes down and one line when it is back.
+    pub async fn watch(&self) {
+        let mut nonce = 0u64;
+        let mut outage_logged = false;
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            nonce += 1;
+            let now = self.check(nonce).await.err();
+            match (&now, outage_logged) {
+                (Some(problem), false) => {
+                    error!(%problem, "cluster link down: serving local sockets, publishes answer 503, retrying every second");
+                    outage_logged = true;
+                }
+                (None, true) => {
+                    info!("cluster link up: Redis reachable and subscribed");
+                    outage_logged = false;
+                }
+                (None, false) if self.problem().is_some() => {
+                    info!("cluster link up: Redis reachable and subscribed")
+                }
+                _ => {}
+            }
+            self.shared.problem.send_replace(now);
+        }
+    }
+
+    async fn check(&self, nonce: u64) -> Result<(), String> {
+        if self.problem().is_some() {
+            // Whatever was subscribed before an outage (or before Redis first
+            // answered) is subscribed again; SUBSCRIBE is idempotent.
+            self.subscribe_all()
+                .await
+                .map_err(|e| format!("Redis is unreachable: {e}"))?;
+        }
+        self.probe(nonce).await
+    }
+
+    async fn subscribe_all(&self) -> Result<(), RedisError> {
+        let channels: Vec<String> = self.shared.routes.read().unwrap().keys().cloned().collect();
+        self.connection().subscribe(channels).await
+    }
+
+    async fn probe(&self, nonce: u64) -> Result<(), String> {
+        let arrived = self.shared.probe_arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        let published: Result<(), RedisError> = self
+            .connection()
+            .publish(&self.shared.probe_channel, nonce)
+            .await;
+        published.map_err(|e| format!("Redis is unreachable: {e}"))?;
+        let seen = tokio::time::timeout(PROBE_WAIT, async {
+            while self.shared.probe_seen.load(Ordering::Acquire) < nonce {
+                arrived.as_mut().await;
+                arrived.set(self.shared.probe_arrived.notified());
+                arrived.as_mut().enable();
+            }
+        })
+        .await;
+        seen.map_err(|_| "the Redis subscription is not delivering messages".to_string())
+    }
+}
+
+impl Shared {
+    /// Called by the connection for every push message, in order; must not block.
+    fn route(&self, push: PushInfo) {
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {}
+            PushKind::Disconnection => {
+                // Not live until the probe says so again.
+                self.problem
+                    .send_replace(Some("lost the connection to Redis".into()));
+                return;
+            }
+            _ => return,
+        }
+        let mut data = push.data.into_iter();
+        let (Some(channel), Some(message)) = (data.next(), data.next()) else {
+            return;
+        };
+        let (Ok(channel), Ok(message)) = (
+            redis::from_redis_value::<String>(channel),
+            redis::from_redis_value::<Vec<u8>>(message),
+        ) else {
+            warn!("ignoring a malformed pub/sub message");
+            return;
+        };
+        match self.routes.read().unwrap().get(&channel) {
+            Some(Route::Events(tx)) => {
+                let _ = tx.send(message);
+            }
+            Some(Route::Adapter(tx)) => {
+                let sent = tx.try_send((channel, message));
+                if sent.is_err() {
+                    warn!("socket.io adapter channel full: a cluster request message was dropped");
+                }
+            }
+            Some(Route::Probe) => {
+                let nonce = std::str::from_utf8(&message)
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                self.probe_seen.fetch_max(nonce, Ordering::AcqRel);
+                self.probe_arrived.notify_waiters();
+            }
+            None => {}
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct LinkError(#[from] RedisError);
+
+/// socketioxide-redis runs its requests (cluster-wide rooms and sockets) over
+/// this link, so they survive Redis restarts too.
+impl Driver for Link {
+    type Error = LinkError;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), LinkError> {
+        self.connection().publish::<_, _, ()>(chan, val).await?;
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        chan: String,
+        size: usize,
+    ) -> Result<MessageStream<ChanItem>, LinkError> {
+        let (tx, rx) = mpsc::channel(size);
+        self.shared
+            .routes
+            .write()
+            .unwrap()
+            .insert(chan.clone(), Route::Adapter(tx));
+        // Not awaited: the namespace must work at once even while Redis is
+        // down, and `watch` subscribes every route again once it is back.
+        let mut conn = self.connection();
+        tokio::spawn(async move {
+            if let Err(e) = conn.subscribe(&chan).await {
+                debug!(%chan, "subscription deferred until Redis answers: {e}");
+            }
+        });
+        Ok(MessageStream::new(rx))
+    }
+
+    async fn unsubscribe(&self, chan: String) -> Result<(), LinkError> {
+        self.shared.routes.write().unwrap().remove(&chan);
+        self.connection().unsubscribe(&chan).await?;
+        Ok(())
+    }
+
+    async fn num_serv(&self, chan: &str) -> Result<u16, LinkError> {
+        let (_, count): (String, u16) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(chan)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(count)
+    }
+}
