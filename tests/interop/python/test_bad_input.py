@@ -1,0 +1,169 @@
+"""Bad subscribe/unsubscribe payloads over Socket.IO: each class gets an
+`error` event {error, code: INVALID_SESSION_ID, timestamp} (and, when the
+client asked for an ack, {ok: false, error}); nothing is published or
+sequenced, no membership changes, and the same socket keeps working."""
+
+import pytest
+
+from conftest import (
+    QUIET, WAIT, assert_delivered, assert_iso8601, model_result_payload,
+    new_session_id, progress_payload,
+)
+
+MISSING = object()
+
+BAD_PAYLOADS = {
+    "missing": MISSING,
+    "null": None,
+    "number": 42,
+    "float": 1.5,
+    "boolean": True,
+    "array": ["abc"],
+    "empty-string": "",
+    "too-long-129": "a" * 129,
+    "space": "bad id",
+    "slash": "a/b",
+    "non-ascii": "séance",
+    "semicolon": "id;drop",
+    "newline": "line\nbreak",
+    "object-empty": {},
+    "object-other-key": {"session": "abc"},
+    "object-null-id": {"sessionId": None},
+    "object-number-id": {"sessionId": 42},
+    "object-empty-id": {"sessionId": ""},
+    "object-too-long-id": {"sessionId": "b" * 129},
+    "object-bad-chars-id": {"sessionId": "a b"},
+}
+
+
+def _send(conn, event, payload, ack):
+    """Emits the bad payload; returns the ack when one was asked for."""
+    sio = conn.sio
+    if payload is MISSING:
+        if ack:
+            return sio.call(event, timeout=WAIT)
+        sio.emit(event)
+        return None
+    data = (None,) if payload is None else payload  # (None,) sends a JSON null
+    if ack:
+        return sio.call(event, data, timeout=WAIT)
+    sio.emit(event, data)
+    return None
+
+
+def _request_errors(conn):
+    return conn.events.all("error", lambda d: "code" in d)
+
+
+@pytest.mark.parametrize("ack", [False, True], ids=["no-ack", "ack"])
+@pytest.mark.parametrize("event", ["subscribe", "unsubscribe"])
+@pytest.mark.parametrize("case", list(BAD_PAYLOADS))
+def test_bad_payload_is_refused_and_socket_stays_usable(herald, connect,
+                                                        case, event, ack):
+    c = connect(["websocket"], name=f"{event}-{case}")
+    control = new_session_id("control")
+    c.subscribe(control)
+    herald.publish(control, "progress", progress_payload(1))
+    c.events.wait_for("progress", lambda d: d["sessionId"] == control)
+    published_before = herald.stats()["eventsPublished"]
+
+    answer = _send(c, event, BAD_PAYLOADS[case], ack)
+
+    err = c.events.wait_for("error", lambda d: "code" in d,
+                            what="a request error (with `code`)")
+    assert set(err) == {"error", "code", "timestamp"}, (
+        f"request error should be {{error, code, timestamp}}, got {err!r}")
+    assert err["code"] == "INVALID_SESSION_ID"
+    assert isinstance(err["error"], str) and err["error"].strip(), err
+    assert_iso8601(err["timestamp"], "error.timestamp")
+    if ack:
+        assert isinstance(answer, dict), f"ack should be an object, got {answer!r}"
+        assert answer.get("ok") is False, answer
+        assert isinstance(answer.get("error"), str) and answer["error"].strip(), answer
+        assert set(answer) == {"ok", "error"}, answer
+
+    # No reply of the success kind, no membership change, nothing published.
+    reply = "subscribed" if event == "subscribe" else "unsubscribed"
+    assert c.events.all(reply, lambda d: d["sessionId"] != control) == []
+    state = herald.session(control)
+    assert state["seq"] == 1 and state["subscribers"] == 1, state
+    assert herald.stats()["eventsPublished"] == published_before
+    assert c.sio.connected
+
+    # The same socket still subscribes and receives, on both sessions.
+    fresh = new_session_id("after")
+    c.subscribe(fresh, ack=not ack)
+    data = model_result_payload(7)
+    assert herald.publish(fresh, "model_result", data)["seq"] == 1
+    assert_delivered(c.events.wait_for("model_result",
+                                       lambda d: d["sessionId"] == fresh),
+                     data, fresh, seq=1)
+    later = progress_payload(2)
+    assert herald.publish(control, "progress", later)["seq"] == 2
+    assert_delivered(c.events.wait_for("progress", lambda d: d["seq"] == 2),
+                     later, control, seq=2)
+
+    # Exactly one refusal was sent (everything the server sent before the
+    # last delivery has been read off the connection by now).
+    wire_errors = [d for e, d in c.wire.pairs() if e == "error"]
+    assert len(wire_errors) == 1, wire_errors
+    assert len(_request_errors(c)) == 1
+    assert c.events.count("__disconnect__") == 0
+
+
+@pytest.mark.parametrize("transport", [["polling"], None], ids=["polling", "default"])
+def test_bad_payloads_in_a_row_on_other_transports(herald, connect, transport):
+    """All classes one after another on one polling / upgraded socket."""
+    c = connect(transport)
+    n = 0
+    for case, payload in BAD_PAYLOADS.items():
+        for event in ("subscribe", "unsubscribe"):
+            for ack in (False, True):
+                answer = _send(c, event, payload, ack)
+                n += 1
+                if ack:
+                    assert answer and answer.get("ok") is False, (case, answer)
+                errs = c.events.wait_for_count("error", n, lambda d: "code" in d,
+                                               what=f"after {case} ({event})")
+                assert all(e["code"] == "INVALID_SESSION_ID" for e in errs)
+    assert c.sio.connected
+    sid = new_session_id("row")
+    c.subscribe(sid)
+    data = progress_payload(50)
+    herald.publish(sid, "progress", data)
+    assert_delivered(c.events.wait_for("progress"), data, sid, seq=1)
+    assert len(_request_errors(c)) == n
+
+
+@pytest.mark.parametrize("session_id", [
+    "a",                                       # shortest
+    "x" * 128,                                 # longest
+    "AZaz09._:-",                              # every allowed class
+    "123e4567-e89b-12d3-a456-426614174000",    # UUID
+    "tenant:42.run_7-b",
+])
+def test_boundary_ids_are_accepted(herald, connect, session_id):
+    c = connect(["websocket"])
+    # Unique per run: the shared server may have seen these ids before.
+    seq0 = herald.session(session_id)["seq"]
+    c.subscribe(session_id)
+    data = progress_payload(3)
+    seq = herald.publish(session_id, "progress", data)["seq"]
+    assert seq == seq0 + 1
+    assert_delivered(c.events.wait_for("progress"), data, session_id, seq=seq)
+    assert _request_errors(c) == []
+
+
+def test_unknown_client_events_are_ignored(herald, connect):
+    c = connect(["websocket"])
+    c.sio.emit("subscrbe", "typo-session")
+    c.sio.emit("publish", {"sessionId": "x", "event": "progress"})
+    c.sio.emit("hello")
+    sid = new_session_id("unknown")
+    c.subscribe(sid)
+    c.events.assert_none("error", within=QUIET)
+    assert herald.session("typo-session")["subscribers"] == 0
+    data = progress_payload(9)
+    herald.publish(sid, "progress", data)
+    assert_delivered(c.events.wait_for("progress"), data, sid, seq=1)
+    assert c.sio.connected
