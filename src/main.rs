@@ -69,7 +69,12 @@ fn init_logging(config: &Config) {
         eprintln!("invalid LOG_LEVEL {:?} ({e}); using info", config.log_level);
         EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stderr, in color only when a person is watching.
+    let stderr = std::io::stderr;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

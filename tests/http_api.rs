@@ -17,29 +17,10 @@ const EVENTS: [&str; 5] = [
     "error",
 ];
 
-async fn subscriber(herald: &Herald, session: &str) -> RawSocket {
-    let (mut s, _, _) = RawSocket::connect(&herald.ws_url()).await;
-    s.emit("subscribe", json!(session)).await;
-    let (name, data) = s.next_event().await;
-    assert_eq!(
-        (name.as_str(), data["sessionId"].as_str()),
-        ("subscribed", Some(session))
-    );
-    s
-}
-
-/// Asserts no event frame arrives for a while (pings are answered).
-async fn assert_silent(s: &mut RawSocket, wait: Duration) {
-    let got = tokio::time::timeout(wait, s.recv_skipping_pings()).await;
-    if let Ok(frame) = got {
-        panic!("expected nothing, received {frame}");
-    }
-}
-
 #[tokio::test]
 async fn every_event_arrives_with_its_fields_and_envelope() {
     let herald = Herald::start(&[]).await;
-    let mut sub = subscriber(&herald, "doc-1").await;
+    let mut sub = RawSocket::subscribed(&herald, "doc-1").await;
     for (i, name) in EVENTS.iter().enumerate() {
         let data = sample(name);
         let (status, receipt) = herald.publish("doc-1", name, data.clone()).await;
@@ -71,7 +52,7 @@ async fn every_event_arrives_with_its_fields_and_envelope() {
 #[tokio::test]
 async fn backend_timestamp_and_matching_session_id_are_kept() {
     let herald = Herald::start(&[]).await;
-    let mut sub = subscriber(&herald, "doc-2").await;
+    let mut sub = RawSocket::subscribed(&herald, "doc-2").await;
     let mut data = sample("error");
     data["timestamp"] = json!("2026-01-31T12:00:00+02:00");
     data["sessionId"] = json!("doc-2");
@@ -84,7 +65,7 @@ async fn backend_timestamp_and_matching_session_id_are_kept() {
 #[tokio::test]
 async fn optional_fields_pass_and_null_means_absent() {
     let herald = Herald::start(&[]).await;
-    let mut sub = subscriber(&herald, "doc-3").await;
+    let mut sub = RawSocket::subscribed(&herald, "doc-3").await;
     let mut progress = sample("progress");
     progress["hasResult"] = json!(true);
     progress["result"] = json!({ "z": 1, "a": [1, 2, { "deep": null }] });
@@ -216,8 +197,16 @@ fn refusals() -> Vec<Refusal> {
         },
         raw(Some("application/json"), "{\"event\": ", 400),
         raw(Some("application/json"), "", 400),
-        raw(Some("application/json"), r#"{"event":"completed","data":{"result":{}}} x"#, 400),
-        raw(Some("application/json"), r#"{"event":"nope","data":{}"#, 400),
+        raw(
+            Some("application/json"),
+            r#"{"event":"completed","data":{"result":{}}} x"#,
+            400,
+        ),
+        raw(
+            Some("application/json"),
+            r#"{"event":"nope","data":{}"#,
+            400,
+        ),
         raw(None, "not json", 400),
         raw(
             Some("text/plain"),
@@ -235,7 +224,7 @@ fn refusals() -> Vec<Refusal> {
 #[tokio::test]
 async fn every_refusal_is_json_delivers_nothing_and_consumes_no_seq() {
     let herald = Herald::start(&[]).await;
-    let mut sub = subscriber(&herald, "doc-9").await;
+    let mut sub = RawSocket::subscribed(&herald, "doc-9").await;
     let client = reqwest::Client::new();
     for r in refusals() {
         let mut req = client.post(herald.url(r.path)).body(r.body.clone());
@@ -258,7 +247,7 @@ async fn every_refusal_is_json_delivers_nothing_and_consumes_no_seq() {
             }
         }
     }
-    assert_silent(&mut sub, Duration::from_millis(300)).await;
+    sub.assert_silent(Duration::from_millis(300)).await;
     let (_, state) = herald.get("/api/v1/sessions/doc-9").await;
     assert_eq!(state["seq"], 0, "{state}");
 
@@ -282,7 +271,7 @@ async fn oversized_bodies_are_413() {
 #[tokio::test]
 async fn batches_validate_everything_first_and_sequence_per_session() {
     let herald = Herald::start(&[]).await;
-    let mut a = subscriber(&herald, "a").await;
+    let mut a = RawSocket::subscribed(&herald, "a").await;
     let (status, body) = herald.post("/api/v1/events", "[]").await;
     assert_eq!((status, body), (202, json!({ "results": [] })));
 
@@ -318,7 +307,7 @@ async fn session_state_follows_the_events() {
         state,
         json!({ "sessionId": "never-seen", "seq": 0, "progress": null, "completed": false, "failed": false, "subscribers": 0 })
     );
-    let _sub = subscriber(&herald, "s").await;
+    let _sub = RawSocket::subscribed(&herald, "s").await;
     herald.publish("s", "progress", sample("progress")).await;
     herald
         .publish("s", "model_result", sample("model_result"))
@@ -398,9 +387,9 @@ async fn unknown_routes_and_methods_answer_json() {
 #[tokio::test]
 async fn stats_and_metrics_count_what_happened() {
     let herald = Herald::start(&[]).await;
-    let _a = subscriber(&herald, "m1").await;
-    let _b = subscriber(&herald, "m1").await;
-    let _c = subscriber(&herald, "m2").await;
+    let _a = RawSocket::subscribed(&herald, "m1").await;
+    let _b = RawSocket::subscribed(&herald, "m1").await;
+    let _c = RawSocket::subscribed(&herald, "m2").await;
     herald.publish("m1", "progress", sample("progress")).await;
     herald.publish("m2", "error", sample("error")).await;
     herald.publish("m1", "nope", json!({})).await;

@@ -17,6 +17,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungsten
 pub struct Herald {
     child: Child,
     pub port: u16,
+    log: Option<std::path::PathBuf>,
 }
 
 impl Herald {
@@ -28,6 +29,25 @@ impl Herald {
     }
 
     pub async fn start_on(port: u16, args: &[&str]) -> Self {
+        Self::spawn(port, args, None).await
+    }
+
+    /// Like [`Herald::start`], with its log (at info level) kept for [`Herald::log`].
+    pub async fn start_logged(args: &[&str]) -> Self {
+        let port = free_port();
+        let path =
+            std::env::temp_dir().join(format!("herald-test-{port}-{}.log", std::process::id()));
+        Self::spawn(port, args, Some(path)).await
+    }
+
+    async fn spawn(port: u16, args: &[&str], log: Option<std::path::PathBuf>) -> Self {
+        let (stderr, level) = match &log {
+            Some(path) => (
+                Stdio::from(std::fs::File::create(path).expect("log file")),
+                "info",
+            ),
+            None => (Stdio::inherit(), "warn"),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args([
                 "--host",
@@ -35,14 +55,16 @@ impl Herald {
                 "--port",
                 &port.to_string(),
                 "--log-level",
-                "warn",
+                level,
             ])
             .args(args)
+            .env_remove("REDIS_URL")
+            .env_remove("API_KEY")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn herald");
-        let herald = Self { child, port };
+        let herald = Self { child, port, log };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(res) = reqwest::get(herald.url("/health")).await
@@ -67,6 +89,36 @@ impl Herald {
             "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
             self.port
         )
+    }
+
+    /// What herald logged so far (only for [`Herald::start_logged`]).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// Kills the process at once, as SIGKILL does.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Polls `/ready` until it answers `status`, or panics after `wait`.
+    pub async fn wait_ready(&self, status: u16, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let (got, body) = self.get("/ready").await;
+            if got == status {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/ready stayed {got} {body}, expected {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Whether the process is still running.
@@ -105,8 +157,70 @@ impl Herald {
 
 impl Drop for Herald {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
+        if let Some(path) = &self.log {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A real `redis-server` on a free port, without persistence.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        let mut redis = Self {
+            child: None,
+            port: free_port(),
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port, and waits until it answers.
+    pub async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server must be installed (scripts/install-test-deps installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills it at once (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -236,6 +350,36 @@ impl RawSocket {
 
     pub async fn next_event(&mut self) -> (String, Value) {
         event(&self.recv_skipping_pings().await)
+    }
+
+    /// A socket on `herald`, subscribed to `session`.
+    pub async fn subscribed(herald: &Herald, session: &str) -> Self {
+        let (mut s, _, _) = Self::connect(&herald.ws_url()).await;
+        s.emit("subscribe", serde_json::json!(session)).await;
+        let (name, data) = s.next_event().await;
+        assert_eq!(
+            (name.as_str(), data["sessionId"].as_str()),
+            ("subscribed", Some(session))
+        );
+        s
+    }
+
+    /// Asserts no event frame arrives for `wait` (pings are answered).
+    pub async fn assert_silent(&mut self, wait: Duration) {
+        if let Ok(frame) = tokio::time::timeout(wait, self.recv_skipping_pings()).await {
+            panic!("expected nothing, received {frame}");
+        }
+    }
+
+    /// The seqs of the next `n` events, which must all be `name`.
+    pub async fn seqs(&mut self, name: &str, n: usize) -> Vec<u64> {
+        let mut seqs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (got, payload) = self.next_event().await;
+            assert_eq!(got, name, "{payload}");
+            seqs.push(payload["seq"].as_u64().expect("seq"));
+        }
+        seqs
     }
 }
 

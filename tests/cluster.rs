@@ -1,0 +1,300 @@
+//! Several herald processes sharing a real `redis-server`: one room space,
+//! one seq per session, delivery in seq order on every instance, and what
+//! happens when Redis or an instance dies.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Herald, RawSocket, Redis, sample};
+use serde_json::json;
+
+async fn instances(redis: &Redis, n: usize) -> Vec<Herald> {
+    let url = redis.url();
+    let mut all = Vec::new();
+    for _ in 0..n {
+        let herald = Herald::start(&["--redis-url", &url]).await;
+        herald.wait_ready(200, Duration::from_secs(10)).await;
+        all.push(herald);
+    }
+    all
+}
+
+#[tokio::test]
+async fn every_event_published_on_one_instance_reaches_the_other() {
+    let redis = Redis::start().await;
+    let [a, b]: [Herald; 2] = instances(&redis, 2).await.try_into().ok().unwrap();
+    let mut on_a = RawSocket::subscribed(&a, "x-1").await;
+    for (i, name) in [
+        "progress",
+        "model_result",
+        "clarification",
+        "completed",
+        "error",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (status, receipt) = b.publish("x-1", name, sample(name)).await;
+        assert_eq!(
+            (status, receipt["seq"].as_u64()),
+            (202, Some(i as u64 + 1)),
+            "{receipt}"
+        );
+        let (got, payload) = on_a.next_event().await;
+        assert_eq!(&got, name);
+        let mut expected = sample(name);
+        for (k, v) in [
+            ("sessionId", json!("x-1")),
+            ("seq", json!(i + 1)),
+            ("timestamp", payload["timestamp"].clone()),
+        ] {
+            expected[k] = v;
+        }
+        assert_eq!(payload, expected);
+    }
+    let (_, state) = a.get("/api/v1/sessions/x-1").await;
+    assert_eq!(
+        (state["seq"].as_u64(), state["failed"].as_bool()),
+        (Some(5), Some(true))
+    );
+    assert_eq!(state["progress"]["seq"], 1);
+}
+
+#[tokio::test]
+async fn sequential_publishes_alternating_instances_arrive_in_order_everywhere() {
+    let redis = Redis::start().await;
+    let [a, b]: [Herald; 2] = instances(&redis, 2).await.try_into().ok().unwrap();
+    let mut on_a = RawSocket::subscribed(&a, "alt").await;
+    let mut on_b = RawSocket::subscribed(&b, "alt").await;
+    const N: u64 = 1000;
+    for i in 0..N {
+        let via = if i % 2 == 0 { &a } else { &b };
+        let (status, receipt) = via
+            .publish("alt", "error", json!({ "error": format!("e{i}") }))
+            .await;
+        assert_eq!((status, receipt["seq"].as_u64()), (202, Some(i + 1)));
+    }
+    let expected: Vec<u64> = (1..=N).collect();
+    assert_eq!(on_a.seqs("error", N as usize).await, expected);
+    assert_eq!(on_b.seqs("error", N as usize).await, expected);
+    on_a.assert_silent(Duration::from_millis(300)).await;
+    on_b.assert_silent(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn concurrent_publishers_on_several_instances_share_one_ordered_sequence() {
+    let redis = Redis::start().await;
+    let all = instances(&redis, 2).await;
+    let mut subs = vec![
+        RawSocket::subscribed(&all[0], "race").await,
+        RawSocket::subscribed(&all[1], "race").await,
+    ];
+    let client = reqwest::Client::new();
+    let publishers = (0..4).map(|p| {
+        let url = all[p % 2].url("/api/v1/sessions/race/events");
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..100 {
+                let body = json!({ "event": "error", "data": { "error": format!("p{p}-{i}") } });
+                let res = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 202);
+                let receipt: serde_json::Value = res.json().await.unwrap();
+                seqs.push(receipt["seq"].as_u64().unwrap());
+            }
+            seqs
+        })
+    });
+    let mut granted: Vec<u64> = Vec::new();
+    for p in publishers.collect::<Vec<_>>() {
+        granted.extend(p.await.unwrap());
+    }
+    granted.sort_unstable();
+    let expected: Vec<u64> = (1..=400).collect();
+    assert_eq!(granted, expected, "every seq granted once");
+    for sub in &mut subs {
+        assert_eq!(sub.seqs("error", 400).await, expected);
+    }
+}
+
+#[tokio::test]
+async fn a_refused_publish_consumes_no_cluster_seq() {
+    let redis = Redis::start().await;
+    let [a, b]: [Herald; 2] = instances(&redis, 2).await.try_into().ok().unwrap();
+    let mut on_a = RawSocket::subscribed(&a, "r").await;
+    assert_eq!(a.publish("r", "error", sample("error")).await.0, 202);
+    assert_eq!(b.publish("r", "error", json!({ "error": 5 })).await.0, 422);
+    assert_eq!(b.publish("r", "nope", json!({})).await.0, 422);
+    let (_, receipt) = b.publish("r", "error", sample("error")).await;
+    assert_eq!(receipt["seq"], 2);
+    assert_eq!(on_a.seqs("error", 2).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn cluster_wide_subscriber_counts_and_stats() {
+    let redis = Redis::start().await;
+    let [a, b]: [Herald; 2] = instances(&redis, 2).await.try_into().ok().unwrap();
+    let _s1 = RawSocket::subscribed(&a, "counted").await;
+    let _s2 = RawSocket::subscribed(&a, "counted").await;
+    let _s3 = RawSocket::subscribed(&b, "counted").await;
+    let _s4 = RawSocket::subscribed(&b, "other").await;
+    let (_, state) = b.get("/api/v1/sessions/counted").await;
+    assert_eq!(state["subscribers"], 3, "{state}");
+    b.publish("counted", "error", sample("error")).await;
+
+    // Instances report their figures every second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, stats) = a.get("/api/v1/stats").await;
+        assert_eq!(stats["scope"], "cluster");
+        if stats["connections"] == 4 && stats["subscriptions"] == 4 && stats["eventsDelivered"] == 3
+        {
+            assert_eq!(
+                (
+                    stats["sessions"].as_u64(),
+                    stats["eventsPublished"].as_u64()
+                ),
+                (Some(2), Some(1)),
+                "{stats}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "stats never added up: {stats}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_down_and_back_mid_stream() {
+    let mut redis = Redis::start().await;
+    let url = redis.url();
+    let a = Herald::start_logged(&["--redis-url", &url]).await;
+    let b = Herald::start(&["--redis-url", &url]).await;
+    a.wait_ready(200, Duration::from_secs(10)).await;
+    b.wait_ready(200, Duration::from_secs(10)).await;
+    let mut on_a = RawSocket::subscribed(&a, "flaky").await;
+    for _ in 0..20 {
+        assert_eq!(b.publish("flaky", "error", sample("error")).await.0, 202);
+    }
+    assert_eq!(on_a.seqs("error", 20).await, (1..=20).collect::<Vec<u64>>());
+
+    redis.kill();
+    a.wait_ready(503, Duration::from_secs(4)).await;
+    b.wait_ready(503, Duration::from_secs(4)).await;
+    let (_, ready) = a.get("/ready").await;
+    assert!(
+        ready["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Redis")),
+        "{ready}"
+    );
+    for herald in [&a, &b] {
+        let started = Instant::now();
+        let (status, body) = herald.publish("flaky", "error", sample("error")).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("cluster-wide"),
+            "{body}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "503 took {:?}",
+            started.elapsed()
+        );
+    }
+    // Local sockets keep being served during the outage.
+    on_a.emit("subscribe", json!("during-outage")).await;
+    assert_eq!(on_a.next_event().await.0, "subscribed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    redis.restart().await;
+    a.wait_ready(200, Duration::from_secs(6)).await;
+    b.wait_ready(200, Duration::from_secs(6)).await;
+    let (status, receipt) = b.publish("flaky", "completed", sample("completed")).await;
+    assert_eq!(status, 202, "{receipt}");
+    let (name, payload) = on_a.next_event().await;
+    assert_eq!(name, "completed");
+    // This Redis kept nothing: the session's seq starts again.
+    assert_eq!(payload["seq"], receipt["seq"]);
+
+    let log = a.log();
+    assert_eq!(
+        log.matches("cluster link down").count(),
+        1,
+        "one error per outage:\n{log}"
+    );
+    assert_eq!(
+        log.lines().filter(|l| l.contains("ERROR")).count(),
+        1,
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn redis_down_at_start_then_up() {
+    let mut redis = Redis::start().await;
+    redis.kill();
+    let url = redis.url();
+    let herald = Herald::start(&["--redis-url", &url]).await;
+    herald.wait_ready(503, Duration::from_secs(3)).await;
+    let mut socket = RawSocket::subscribed(&herald, "late").await;
+    assert_eq!(
+        herald.publish("late", "error", sample("error")).await.0,
+        503
+    );
+    redis.restart().await;
+    herald.wait_ready(200, Duration::from_secs(6)).await;
+    let (status, _) = herald.publish("late", "error", sample("error")).await;
+    assert_eq!(status, 202);
+    assert_eq!(socket.seqs("error", 1).await, [1]);
+}
+
+#[tokio::test]
+async fn a_killed_instance_stalls_no_one_and_its_clients_resume_elsewhere() {
+    let redis = Redis::start().await;
+    let mut all = instances(&redis, 3).await;
+    let mut on_a = RawSocket::subscribed(&all[0], "survive").await;
+    let on_c = RawSocket::subscribed(&all[2], "survive").await;
+    for _ in 0..10 {
+        assert_eq!(
+            all[1].publish("survive", "error", sample("error")).await.0,
+            202
+        );
+    }
+    all[2].kill();
+    drop(on_c);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        assert_eq!(
+            all[1].publish("survive", "error", sample("error")).await.0,
+            202
+        );
+        let (status, stats) = all[0].get("/api/v1/stats").await;
+        assert_eq!(status, 200, "{stats}");
+        let (status, _) = all[1].get("/api/v1/sessions/survive").await;
+        assert_eq!(status, 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "a request took {slowest:?} after the kill"
+    );
+    assert_eq!(on_a.seqs("error", 20).await, (1..=20).collect::<Vec<u64>>());
+
+    // The killed instance's client reconnects to a survivor and re-subscribes.
+    let mut moved = RawSocket::subscribed(&all[0], "survive").await;
+    let (_, receipt) = all[1]
+        .publish("survive", "completed", sample("completed"))
+        .await;
+    assert_eq!(receipt["seq"], 21);
+    assert_eq!(moved.seqs("completed", 1).await, [21]);
+    assert_eq!(on_a.seqs("completed", 1).await, [21]);
+}
