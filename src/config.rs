@@ -53,9 +53,14 @@ pub struct Config {
     pub session_ttl_secs: u64,
 
     /// Redis URL (`redis://host:6379`). Set it to run several instances as one
-    /// cluster; unset, herald runs alone with an in-memory adapter.
+    /// cluster; unset, herald runs alone with an in-memory adapter. With
+    /// `--redis-cluster`, the comma-separated seed nodes of a Redis Cluster.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// Treat REDIS_URL as the seed nodes of a Redis Cluster.
+    #[arg(long, env = "REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
 
     /// Prefix of herald's Redis keys and channels, so several clusters can
     /// share one Redis.
@@ -78,11 +83,17 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// The Redis URL, if one is set; an empty `REDIS_URL=` means none.
-    pub fn redis(&self) -> Option<&str> {
-        self.redis_url
-            .as_deref()
-            .filter(|url| !url.trim().is_empty())
+    /// The Redis URLs (one, or a cluster's seed nodes), if any; an empty
+    /// `REDIS_URL=` means none.
+    pub fn redis(&self) -> Option<Vec<&str>> {
+        let urls: Vec<&str> = self
+            .redis_url
+            .as_deref()?
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect();
+        (!urls.is_empty()).then_some(urls)
     }
 
     /// The API key, if one is required; an empty `API_KEY=` means none.

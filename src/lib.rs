@@ -104,7 +104,8 @@ impl Herald {
                 )
             }
             Some(url) => {
-                let (setup, adapter) = cluster::redis::Setup::new(url, &config.redis_prefix)?;
+                let (setup, adapter) =
+                    cluster::redis::Setup::new(&url, config.redis_cluster, &config.redis_prefix)?;
                 let (service, io) = builder
                     .with_adapter::<cluster::redis::RedisAdapter>(adapter)
                     .build_svc();

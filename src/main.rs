@@ -28,9 +28,14 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let adapter = match config.redis() {
-        Some(url) => format!(
-            "redis at {} (prefix {:?})",
-            redact(url),
+        Some(urls) => format!(
+            "{} at {} (prefix {:?})",
+            if config.redis_cluster {
+                "redis cluster"
+            } else {
+                "redis"
+            },
+            urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(","),
             config.redis_prefix
         ),
         None => "in-memory (single instance)".to_string(),

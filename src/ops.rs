@@ -40,7 +40,7 @@ pub struct Metrics {
     subscriptions: Gauge,
     sessions_watched: Gauge,
     sessions_known: Gauge,
-    published_total: Counter,
+    pub published_total: Counter,
     registry: Registry,
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Herald, RawSocket, Redis, sample};
+use common::{Herald, RawSocket, Redis, RedisCluster, sample};
 use serde_json::json;
 
 async fn instances(redis: &Redis, n: usize) -> Vec<Herald> {
@@ -297,4 +297,44 @@ async fn a_killed_instance_stalls_no_one_and_its_clients_resume_elsewhere() {
     assert_eq!(receipt["seq"], 21);
     assert_eq!(moved.seqs("completed", 1).await, [21]);
     assert_eq!(on_a.seqs("completed", 1).await, [21]);
+}
+
+#[tokio::test]
+async fn a_redis_cluster_works_the_same() {
+    let redis = RedisCluster::start().await;
+    let urls = redis.urls();
+    let a = Herald::start(&["--redis-url", &urls, "--redis-cluster"]).await;
+    let b = Herald::start(&["--redis-url", &urls, "--redis-cluster"]).await;
+    a.wait_ready(200, Duration::from_secs(10)).await;
+    b.wait_ready(200, Duration::from_secs(10)).await;
+    // Sessions hash to different nodes; each keeps its own order.
+    let sessions = ["c-1", "c-2", "c-3"];
+    let mut subs = Vec::new();
+    for session in sessions {
+        subs.push((
+            RawSocket::subscribed(&a, session).await,
+            RawSocket::subscribed(&b, session).await,
+        ));
+    }
+    for i in 0..60u64 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        let session = sessions[(i % 3) as usize];
+        let (status, receipt) = via.publish(session, "error", sample("error")).await;
+        assert_eq!(
+            (status, receipt["seq"].as_u64()),
+            (202, Some(i / 3 + 1)),
+            "{receipt}"
+        );
+    }
+    for (on_a, on_b) in &mut subs {
+        let expected: Vec<u64> = (1..=20).collect();
+        assert_eq!(on_a.seqs("error", 20).await, expected);
+        assert_eq!(on_b.seqs("error", 20).await, expected);
+    }
+    let (_, state) = b.get("/api/v1/sessions/c-2").await;
+    assert_eq!(
+        (state["seq"].as_u64(), state["subscribers"].as_u64()),
+        (Some(20), Some(2)),
+        "{state}"
+    );
 }

@@ -20,8 +20,11 @@ use std::{
 };
 
 use redis::{
-    AsyncCommands, Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisError,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    AsyncCommands, Client, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo,
+    PushKind, RedisError, RedisFuture, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::{ClusterClient, ClusterClientBuilder},
+    cluster_async::ClusterConnection,
 };
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{Notify, mpsc, watch};
@@ -49,32 +52,87 @@ struct Shared {
     probe_arrived: Notify,
     /// `None` while live; the reason otherwise.
     problem: watch::Sender<Option<String>>,
+    /// The connection; a cluster's is made once Redis first answers.
+    conn: RwLock<Option<Conn>>,
+}
+
+/// A connection to one Redis, or to a Redis Cluster. Both reconnect and
+/// resubscribe by themselves.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Classic pub/sub subscription: on a Redis Cluster, one channel per
+    /// command, since the client routes a subscription by its channel.
+    async fn subscribe(&mut self, channels: &[String]) -> Result<(), RedisError> {
+        match self {
+            Self::Single(c) => c.subscribe(channels).await,
+            Self::Cluster(c) => {
+                for channel in channels {
+                    c.subscribe(channel).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How the link (re)connects.
+enum Target {
+    Single,
+    Cluster(Box<ClusterClient>),
 }
 
 /// A cheap handle on the link.
 #[derive(Clone)]
 pub struct Link {
-    manager: ConnectionManager,
     shared: Arc<Shared>,
+    target: Arc<Target>,
 }
 
 impl Link {
     /// Sets up the link without waiting for Redis: herald starts and serves
-    /// its local sockets even when Redis is down. `events` receives every
-    /// message of `events_channel`, in the order Redis published them.
+    /// its local sockets even when Redis is down. `urls` is one Redis, or
+    /// the seed nodes of a Redis Cluster when `cluster` is set. `events`
+    /// receives every message of `events_channel`, in the order Redis
+    /// published them.
     pub fn new(
-        url: &str,
+        urls: &[&str],
+        cluster: bool,
         events_channel: &str,
         probe_channel: String,
     ) -> Result<(Self, mpsc::UnboundedReceiver<Vec<u8>>), RedisError> {
-        // Pub/sub over a multiplexed connection needs RESP3.
-        let info = url.into_connection_info()?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings))?;
-
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut routes = HashMap::new();
         routes.insert(events_channel.to_string(), Route::Events(events_tx));
@@ -85,26 +143,64 @@ impl Link {
             probe_seen: AtomicU64::new(0),
             probe_arrived: Notify::new(),
             problem: watch::Sender::new(Some("not connected to Redis yet".into())),
+            conn: RwLock::new(None),
         });
-
         let router = shared.clone();
-        let config = ConnectionManagerConfig::new()
-            .set_push_sender(move |push: PushInfo| {
-                router.route(push);
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .set_automatic_resubscription()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok((Self { manager, shared }, events_rx))
+        let push = move |push: PushInfo| {
+            router.route(push);
+            Ok::<(), std::convert::Infallible>(())
+        };
+        let target = if cluster {
+            let client = ClusterClientBuilder::new(urls.to_vec())
+                .use_protocol(ProtocolVersion::RESP3)
+                .push_sender(push)
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(Duration::from_secs(2))
+                .build()?;
+            Target::Cluster(Box::new(client))
+        } else {
+            let [url] = urls else {
+                return Err(RedisError::from((
+                    ErrorKind::InvalidClientConfig,
+                    "several Redis URLs are the seed nodes of a cluster: set REDIS_CLUSTER",
+                )));
+            };
+            // Pub/sub over a multiplexed connection needs RESP3.
+            let info = url.into_connection_info()?;
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            let client = Client::open(info.set_redis_settings(settings))?;
+            let config = ConnectionManagerConfig::new()
+                .set_push_sender(push)
+                .set_automatic_resubscription()
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(Duration::from_secs(2)))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+            *shared.conn.write().unwrap() = Some(Conn::Single(manager));
+            Target::Single
+        };
+        Ok((
+            Self {
+                shared,
+                target: Arc::new(target),
+            },
+            events_rx,
+        ))
     }
 
     /// A connection for commands; it reconnects by itself.
-    pub fn connection(&self) -> ConnectionManager {
-        self.manager.clone()
+    pub fn connection(&self) -> Result<Conn, RedisError> {
+        self.shared.conn.read().unwrap().clone().ok_or_else(|| {
+            RedisError::from((ErrorKind::Io, "not connected to the Redis Cluster yet"))
+        })
+    }
+
+    fn sharded(&self) -> bool {
+        matches!(*self.target, Target::Cluster(_))
     }
 
     /// `None` while Redis is reachable and this instance's subscription
@@ -143,6 +239,15 @@ impl Link {
     }
 
     async fn check(&self, nonce: u64) -> Result<(), String> {
+        if let Target::Cluster(client) = &*self.target
+            && self.shared.conn.read().unwrap().is_none()
+        {
+            let conn = client
+                .get_async_connection()
+                .await
+                .map_err(|e| format!("Redis Cluster is unreachable: {e}"))?;
+            *self.shared.conn.write().unwrap() = Some(Conn::Cluster(conn));
+        }
         if self.problem().is_some() {
             // Whatever was subscribed before an outage (or before Redis first
             // answered) is subscribed again; SUBSCRIBE is idempotent.
@@ -154,18 +259,31 @@ impl Link {
     }
 
     async fn subscribe_all(&self) -> Result<(), RedisError> {
-        let channels: Vec<String> = self.shared.routes.read().unwrap().keys().cloned().collect();
-        self.connection().subscribe(channels).await
+        let (mut plain, mut sharded) = (Vec::new(), Vec::new());
+        for (channel, route) in self.shared.routes.read().unwrap().iter() {
+            match route {
+                Route::Adapter(_) if self.sharded() => sharded.push(channel.clone()),
+                _ => plain.push(channel.clone()),
+            }
+        }
+        let mut conn = self.connection()?;
+        conn.subscribe(&plain).await?;
+        if let Conn::Cluster(c) = &mut conn {
+            for channel in &sharded {
+                c.ssubscribe(channel).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn probe(&self, nonce: u64) -> Result<(), String> {
         let arrived = self.shared.probe_arrived.notified();
         tokio::pin!(arrived);
         arrived.as_mut().enable();
-        let published: Result<(), RedisError> = self
-            .connection()
-            .publish(&self.shared.probe_channel, nonce)
-            .await;
+        let published: Result<(), RedisError> = match self.connection() {
+            Ok(mut conn) => conn.publish(&self.shared.probe_channel, nonce).await,
+            Err(e) => Err(e),
+        };
         published.map_err(|e| format!("Redis is unreachable: {e}"))?;
         let seen = tokio::time::timeout(PROBE_WAIT, async {
             while self.shared.probe_seen.load(Ordering::Acquire) < nonce {
@@ -231,12 +349,19 @@ impl Shared {
 pub struct LinkError(#[from] RedisError);
 
 /// socketioxide-redis runs its requests (cluster-wide rooms and sockets) over
-/// this link, so they survive Redis restarts too.
+/// this link, so they survive Redis restarts too. On a Redis Cluster they use
+/// sharded pub/sub, as socketioxide-redis's own cluster driver does, so that
+/// counting subscribers (`SHARDNUMSUB`) sees every instance.
 impl Driver for Link {
     type Error = LinkError;
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), LinkError> {
-        self.connection().publish::<_, _, ()>(chan, val).await?;
+        let mut conn = self.connection()?;
+        if self.sharded() {
+            conn.spublish::<_, _, ()>(chan, val).await?;
+        } else {
+            conn.publish::<_, _, ()>(chan, val).await?;
+        }
         Ok(())
     }
 
@@ -253,9 +378,9 @@ impl Driver for Link {
             .insert(chan.clone(), Route::Adapter(tx));
         // Not awaited: the namespace must work at once even while Redis is
         // down, and `watch` subscribes every route again once it is back.
-        let mut conn = self.connection();
+        let link = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.subscribe(&chan).await {
+            if let Err(e) = link.subscribe_adapter(&chan).await {
                 debug!(%chan, "subscription deferred until Redis answers: {e}");
             }
         });
@@ -264,16 +389,33 @@ impl Driver for Link {
 
     async fn unsubscribe(&self, chan: String) -> Result<(), LinkError> {
         self.shared.routes.write().unwrap().remove(&chan);
-        self.connection().unsubscribe(&chan).await?;
+        match self.connection()? {
+            Conn::Single(mut c) => c.unsubscribe(&chan).await?,
+            Conn::Cluster(mut c) => c.sunsubscribe(&chan).await?,
+        }
         Ok(())
     }
 
     async fn num_serv(&self, chan: &str) -> Result<u16, LinkError> {
+        let command = if self.sharded() {
+            "SHARDNUMSUB"
+        } else {
+            "NUMSUB"
+        };
         let (_, count): (String, u16) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
+            .arg(command)
             .arg(chan)
-            .query_async(&mut self.connection())
+            .query_async(&mut self.connection()?)
             .await?;
         Ok(count)
+    }
+}
+
+impl Link {
+    async fn subscribe_adapter(&self, chan: &str) -> Result<(), RedisError> {
+        match self.connection()? {
+            Conn::Single(mut c) => c.subscribe(chan).await,
+            Conn::Cluster(mut c) => c.ssubscribe(chan).await,
+        }
     }
 }

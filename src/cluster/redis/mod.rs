@@ -51,9 +51,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(800);
 const INSTANCE_TTL_SECS: u64 = 5;
 
 /// Takes the session's next seq, records its state and publishes the payload,
-/// as one step. KEYS[1]: the session's hash. ARGV: payload head, payload tail,
-/// event channel, message header, flags (progress, completed, failed as
-/// "0"/"1"), TTL in ms, the cluster's published counter.
+/// as one step. KEYS[1]: the session's hash (its only key, so the script runs
+/// on a Redis Cluster too). ARGV: payload head, payload tail, event channel,
+/// message header, flags (progress, completed, failed as "0"/"1"), TTL in ms.
 const PUBLISH_SCRIPT: &str = r#"
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local payload = ARGV[1] .. seq .. ARGV[2]
@@ -61,7 +61,6 @@ if string.sub(ARGV[5], 1, 1) == '1' then redis.call('HSET', KEYS[1], 'progress',
 if string.sub(ARGV[5], 2, 2) == '1' then redis.call('HSET', KEYS[1], 'completed', 1) end
 if string.sub(ARGV[5], 3, 3) == '1' then redis.call('HSET', KEYS[1], 'failed', 1) end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('INCR', ARGV[7])
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. payload)
 return seq
 "#;
@@ -80,14 +79,13 @@ impl Keys {
     fn events(&self) -> String {
         format!("{}:events", self.prefix)
     }
-    fn published(&self) -> String {
-        format!("{}:published", self.prefix)
-    }
+    // The instance registry shares one slot (the braces), so it can be read
+    // with one MGET on a Redis Cluster.
     fn instances(&self) -> String {
-        format!("{}:instances", self.prefix)
+        format!("{{{}}}:instances", self.prefix)
     }
     fn instance(&self, uid: &str) -> String {
-        format!("{}:instance:{uid}", self.prefix)
+        format!("{{{}}}:instance:{uid}", self.prefix)
     }
     fn probe(&self, uid: &str) -> String {
         format!("{}:probe:{uid}", self.prefix)
@@ -99,6 +97,7 @@ impl Keys {
 struct InstanceFigures {
     connections: u64,
     subscriptions: u64,
+    published: u64,
     delivered: u64,
 }
 
@@ -114,14 +113,15 @@ impl Setup {
     /// Prepares the link (without waiting for Redis) and the Socket.IO
     /// adapter that runs over it.
     pub fn new(
-        url: &str,
+        urls: &[&str],
+        cluster: bool,
         prefix: &str,
     ) -> Result<(Self, RedisAdapterCtr<Link>), redis::RedisError> {
         let keys = Keys {
             prefix: prefix.to_string(),
         };
         let uid = format!("{:016x}", rand_u64());
-        let (link, events) = Link::new(url, &keys.events(), keys.probe(&uid))?;
+        let (link, events) = Link::new(urls, cluster, &keys.events(), keys.probe(&uid))?;
         let config = RedisAdapterConfig::new()
             .with_prefix(format!("{prefix}-socket.io"))
             .with_request_timeout(REQUEST_TIMEOUT);
@@ -205,19 +205,19 @@ impl RedisCluster {
             .arg(header)
             .arg(flags)
             .arg(self.ttl_ms)
-            .arg(self.keys.published())
-            .invoke_async(&mut self.link.connection())
+            .invoke_async(
+                &mut self
+                    .link
+                    .connection()
+                    .map_err(unavailable("cannot publish cluster-wide"))?,
+            )
             .await
-            .map_err(|e| {
-                ClusterError::Unavailable(format!("cannot publish cluster-wide: Redis: {e}"))
-            })?;
+            .map_err(unavailable("cannot publish cluster-wide"))?;
         Ok(seq)
     }
 
     pub async fn snapshot(&self, id: &SessionId) -> Result<SessionSnapshot, ClusterError> {
-        let unavailable = |e: redis::RedisError| {
-            ClusterError::Unavailable(format!("cannot read the session from Redis: {e}"))
-        };
+        let unavailable = unavailable("cannot read the session from Redis");
         let (seq, progress, completed, failed): (
             Option<u64>,
             Option<String>,
@@ -226,9 +226,9 @@ impl RedisCluster {
         ) = redis::cmd("HMGET")
             .arg(self.keys.session(id))
             .arg(&["seq", "progress", "completed", "failed"])
-            .query_async(&mut self.link.connection())
+            .query_async(&mut self.link.connection().map_err(&unavailable)?)
             .await
-            .map_err(unavailable)?;
+            .map_err(&unavailable)?;
         let subscribers = match self.io.to(id.room()).fetch_sockets().await {
             Ok(sockets) => sockets.len(),
             Err(e) => {
@@ -247,7 +247,7 @@ impl RedisCluster {
 
     /// Sums the figures the live instances reported; `None` when Redis cannot say.
     pub async fn totals(&self) -> Option<Totals> {
-        let mut conn = self.link.connection();
+        let mut conn = self.link.connection().ok()?;
         let uids: Vec<String> = conn.smembers(self.keys.instances()).await.ok()?;
         let keys: Vec<String> = uids.iter().map(|uid| self.keys.instance(uid)).collect();
         let reports: Vec<Option<String>> = if keys.is_empty() {
@@ -265,6 +265,7 @@ impl RedisCluster {
                 Some(f) => {
                     totals.connections += f.connections;
                     totals.subscriptions += f.subscriptions;
+                    totals.events_published += f.published;
                     totals.events_delivered += f.delivered;
                 }
                 // Its report expired: the instance is gone.
@@ -273,11 +274,6 @@ impl RedisCluster {
                 }
             }
         }
-        totals.events_published = conn
-            .get::<_, Option<u64>>(self.keys.published())
-            .await
-            .ok()?
-            .unwrap_or(0);
         let rooms = self.io.rooms().await.ok()?;
         totals.sessions = rooms.iter().filter(|r| SessionId::is_room(r)).count() as u64;
         Some(totals)
@@ -325,9 +321,12 @@ impl RedisCluster {
             let figures = InstanceFigures {
                 connections: self.local.metrics.connections.get().max(0) as u64,
                 subscriptions: self.local.subscriptions.total(),
+                published: self.local.metrics.published_total.get(),
                 delivered: self.local.metrics.events_delivered.get(),
             };
-            let mut conn = self.link.connection();
+            let Ok(mut conn) = self.link.connection() else {
+                continue;
+            };
             let report = serde_json::to_string(&figures).unwrap_or_default();
             let written: Result<(), _> = redis::pipe()
                 .set_ex(self.keys.instance(&self.uid), report, INSTANCE_TTL_SECS)
@@ -341,6 +340,11 @@ impl RedisCluster {
             }
         }
     }
+}
+
+/// Maps a Redis error to a refusal saying what could not be done.
+fn unavailable(what: &'static str) -> impl Fn(redis::RedisError) -> ClusterError {
+    move |e| ClusterError::Unavailable(format!("{what}: Redis: {e}"))
 }
 
 /// Splits `name \n session \n payload`.
