@@ -11,10 +11,12 @@
 //! - [`publish`]: HTTP API and emit helpers -> validate -> sequence -> broadcast;
 //! - [`cluster`]: each session's seq and last-known state;
 //! - [`realtime`]: the Socket.IO namespace, subscribe and unsubscribe;
-//! - [`ops`]: health, readiness, metrics, stats.
+//! - [`metrics`]: the counters everything updates;
+//! - [`ops`]: health, readiness, `/metrics`, stats.
 
 pub mod cluster;
 pub mod config;
+pub mod metrics;
 pub mod ops;
 pub mod protocol;
 pub mod publish;
@@ -37,7 +39,8 @@ pub use publish::{Emitter, Publication, PublishError, Receipt};
 
 use crate::{
     cluster::{Cluster, memory::MemoryCluster, redis::RedisCluster},
-    ops::{Metrics, OpsState},
+    metrics::Metrics,
+    ops::OpsState,
     publish::http::ApiState,
     realtime::{Realtime, Subscriptions},
 };
@@ -57,10 +60,7 @@ pub struct Herald {
     router: Router,
     cluster: Arc<Cluster>,
     emitter: Emitter,
-    close: Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
 }
-
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl Herald {
     /// Builds herald from its settings. With a Redis URL it joins the
@@ -84,42 +84,22 @@ impl Herald {
         // applies a layer to each route separately, and socketioxide's layer
         // builds a separate Engine.IO session table each time it is applied,
         // so a polling client's second request would find no session.
-        let (sockets, cluster, close): (
-            Router,
-            Cluster,
-            Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
-        ) = match config.redis() {
+        let (sockets, cluster) = match config.redis() {
             None => {
                 let (service, io) = builder.build_svc();
                 realtime::attach(&io);
-                let closer = io.clone();
                 let cluster = MemoryCluster::new(io, local, config.session_ttl());
-                (
-                    socket_routes(service),
-                    Cluster::Memory(cluster),
-                    Box::new(move || {
-                        let io = closer.clone();
-                        Box::pin(async move { io.close().await })
-                    }),
-                )
+                (socket_routes(service), Cluster::Memory(cluster))
             }
-            Some(url) => {
+            Some(urls) => {
                 let (setup, adapter) =
-                    cluster::redis::Setup::new(&url, config.redis_cluster, &config.redis_prefix)?;
+                    cluster::redis::Setup::new(&urls, config.redis_cluster, &config.redis_prefix)?;
                 let (service, io) = builder
                     .with_adapter::<cluster::redis::RedisAdapter>(adapter)
                     .build_svc();
                 realtime::attach(&io);
-                let closer = io.clone();
                 let cluster = RedisCluster::new(io, local, setup, config.session_ttl());
-                (
-                    socket_routes(service),
-                    Cluster::Redis(cluster),
-                    Box::new(move || {
-                        let io = closer.clone();
-                        Box::pin(async move { io.close().await })
-                    }),
-                )
+                (socket_routes(service), Cluster::Redis(cluster))
             }
         };
         let cluster = Arc::new(cluster);
@@ -154,7 +134,6 @@ impl Herald {
             router,
             cluster,
             emitter,
-            close,
         })
     }
 
@@ -192,13 +171,13 @@ impl Herald {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let background = self.spawn_background();
-        let close_sockets = (self.close)();
+        let cluster = self.cluster.clone();
         let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
         let stop = async move {
             shutdown.await;
             info!("shutting down: closing connections");
             tokio::spawn(async move {
-                close_sockets.await;
+                cluster.close_sockets().await;
                 let _ = closed_tx.send(());
             });
         };

@@ -1,5 +1,5 @@
 //! What operators look at: `/health`, `/ready`, `/metrics` (Prometheus text)
-//! and `/api/v1/stats`, and the counters behind them.
+//! and `/api/v1/stats`.
 
 use std::sync::Arc;
 
@@ -10,120 +10,13 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
 use serde::Serialize;
 
-use crate::{cluster::Cluster, realtime::Subscriptions};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EventLabel {
-    pub event: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabel {
-    pub status: u16,
-}
-
-/// Herald's counters. Cheap to update from any task: each is an atomic.
-pub struct Metrics {
-    pub connections: Gauge,
-    pub events_published: Family<EventLabel, Counter>,
-    pub events_delivered: Counter,
-    pub dropped_deliveries: Counter,
-    pub publish_rejections: Family<StatusLabel, Counter>,
-    pub client_errors: Counter,
-    subscriptions: Gauge,
-    sessions_watched: Gauge,
-    sessions_known: Gauge,
-    pub published_total: Counter,
-    registry: Registry,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut m = Self {
-            connections: Gauge::default(),
-            events_published: Family::default(),
-            events_delivered: Counter::default(),
-            dropped_deliveries: Counter::default(),
-            publish_rejections: Family::default(),
-            client_errors: Counter::default(),
-            subscriptions: Gauge::default(),
-            sessions_watched: Gauge::default(),
-            sessions_known: Gauge::default(),
-            published_total: Counter::default(),
-            registry: Registry::with_prefix("herald"),
-        };
-        m.register();
-        m
-    }
-}
-
-impl Metrics {
-    /// Counts one event published through this instance.
-    pub fn published(&self, event: &'static str) {
-        self.events_published
-            .get_or_create(&EventLabel { event })
-            .inc();
-        self.published_total.inc();
-    }
-
-    /// Metric handles share their value with their clones, so the registry
-    /// holds clones of the fields above.
-    fn register(&mut self) {
-        let r = &mut self.registry;
-        r.register(
-            "connections",
-            "Open Socket.IO connections",
-            self.connections.clone(),
-        );
-        r.register(
-            "subscriptions",
-            "Socket-session subscriptions",
-            self.subscriptions.clone(),
-        );
-        r.register(
-            "sessions_watched",
-            "Sessions with at least one subscriber",
-            self.sessions_watched.clone(),
-        );
-        r.register(
-            "sessions_known",
-            "Sessions whose seq and state this instance keeps",
-            self.sessions_known.clone(),
-        );
-        r.register(
-            "events_published",
-            "Events published, by event name",
-            self.events_published.clone(),
-        );
-        r.register(
-            "events_delivered",
-            "Event deliveries handed to sockets",
-            self.events_delivered.clone(),
-        );
-        r.register(
-            "dropped_deliveries",
-            "Deliveries dropped because a socket's buffer was full",
-            self.dropped_deliveries.clone(),
-        );
-        r.register(
-            "publish_rejections",
-            "Publish requests refused, by HTTP status",
-            self.publish_rejections.clone(),
-        );
-        r.register(
-            "client_errors",
-            "Invalid subscribe/unsubscribe requests from clients",
-            self.client_errors.clone(),
-        );
-    }
-}
+use crate::{
+    cluster::Cluster,
+    metrics::{Levels, Metrics},
+    realtime::Subscriptions,
+};
 
 /// What the ops endpoints read.
 #[derive(Clone)]
@@ -182,15 +75,13 @@ async fn ready(State(ops): State<OpsState>) -> (StatusCode, Json<Ready>) {
 }
 
 async fn metrics(State(ops): State<OpsState>) -> impl IntoResponse {
-    let m = &ops.metrics;
-    m.subscriptions.set(ops.subscriptions.total() as i64);
-    m.sessions_watched.set(ops.subscriptions.sessions() as i64);
-    if let Some(known) = ops.cluster.sessions_known() {
-        m.sessions_known.set(known as i64);
-    }
-    let mut body = String::new();
-    match encode(&mut body, &m.registry) {
-        Ok(()) => (
+    let levels = Levels {
+        subscriptions: ops.subscriptions.total(),
+        sessions_watched: ops.subscriptions.sessions() as u64,
+        sessions_known: ops.cluster.sessions_known().map(|n| n as u64),
+    };
+    match ops.metrics.render(levels) {
+        Ok(body) => (
             StatusCode::OK,
             [(
                 header::CONTENT_TYPE,

@@ -24,7 +24,7 @@ use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 use tracing::{debug, info, info_span, warn};
 
 use crate::{
-    ops::Metrics,
+    metrics::Metrics,
     protocol::{
         Ack, Connected, RequestError, SessionId, SessionRequest, SubscriptionReply, Timestamp,
     },

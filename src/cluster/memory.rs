@@ -77,6 +77,10 @@ impl MemoryCluster {
         }
     }
 
+    pub fn io(&self) -> &SocketIo {
+        &self.io
+    }
+
     pub async fn publish(&self, out: Outbound<'_>) -> Result<u64, ClusterError> {
         // The lock is held until the event is handed to the sockets: the
         // next publish to this session cannot overtake it.

@@ -107,6 +107,15 @@ impl Cluster {
         }
     }
 
+    /// Closes every socket's transport: clients see a transport close and
+    /// reconnect, rather than `io server disconnect`, which would stop them.
+    pub async fn close_sockets(&self) {
+        match self {
+            Self::Memory(c) => c.io().close().await,
+            Self::Redis(c) => c.io().close().await,
+        }
+    }
+
     /// Background upkeep, for as long as the server runs.
     pub async fn run(&self) {
         match self {

@@ -23,7 +23,8 @@ use tracing::warn;
 use super::{Emitter, Publication, PublishError, Receipt};
 use crate::{
     cluster::{Cluster, SessionSnapshot},
-    ops::{self, Metrics, OpsState, StatusLabel},
+    metrics::{Metrics, StatusLabel},
+    ops::{self, OpsState},
     protocol::{Invalid, SessionEvent, SessionId},
 };
 

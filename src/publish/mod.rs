@@ -15,7 +15,7 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::{
     cluster::{Cluster, ClusterError, Outbound},
-    ops::Metrics,
+    metrics::Metrics,
     protocol::{
         Clarification, Completed, EventFamily, Fields, Invalid, ModelResult, Progress,
         SessionError, SessionEvent, SessionId, Timestamp, encode,

@@ -179,6 +179,10 @@ impl RedisCluster {
         self.link.problem()
     }
 
+    pub fn io(&self) -> &SocketIo<RedisAdapter> {
+        &self.io
+    }
+
     pub async fn publish(&self, out: Outbound<'_>) -> Result<u64, ClusterError> {
         // A publish this instance could not receive back would reach the
         // other instances' subscribers but not its own: refuse it instead.
