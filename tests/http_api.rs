@@ -434,3 +434,49 @@ async fn cors_preflight_is_answered() {
         "http://app.test"
     );
 }
+
+/// A proxy still writing a body to a connection herald already answered and
+/// closed sees a broken pipe and marks the instance failed; so refusals made
+/// before the body is read still read it (within reason) and keep the
+/// connection usable.
+#[tokio::test]
+async fn early_refusals_read_the_body_and_keep_the_connection() {
+    let herald = Herald::start(&["--api-key", "k", "--max-payload-bytes", "262144"]).await;
+    let client = reqwest::Client::new();
+    let body = |size: usize| {
+        let mut data = sample("error");
+        data["error"] = json!("x".repeat(size));
+        json!({ "event": "error", "data": data }).to_string()
+    };
+    for (auth, size, status) in [
+        (None, 250_000, 401),
+        (Some("Bearer wrong"), 250_000, 401),
+        (Some("Bearer k"), 600_000, 413),
+        (Some("Bearer k"), 1_000_000, 413),
+    ] {
+        let mut req = client
+            .post(herald.url("/api/v1/sessions/big/events"))
+            .header("content-type", "application/json")
+            .body(body(size));
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        let res = req.send().await.expect("an answer, not a reset");
+        assert_eq!(res.status(), status);
+        assert!(
+            res.headers().get("connection").is_none(),
+            "{auth:?} {size}: connection kept"
+        );
+        let answer: serde_json::Value = res.json().await.unwrap();
+        assert!(answer["error"].is_string());
+    }
+    let res = client
+        .post(herald.url("/api/v1/sessions/big/events"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer k")
+        .body(body(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+}

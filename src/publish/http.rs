@@ -14,7 +14,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
@@ -39,6 +39,7 @@ pub struct ApiState {
 /// The `/api/v1` routes, behind the API key when one is configured.
 pub fn routes(state: ApiState, ops: OpsState, api_key: Option<String>) -> Router {
     let metrics = ops.metrics.clone();
+    let max_body = state.max_body;
     let api = Router::new()
         .route("/sessions/{session_id}/events", post(publish_one))
         .route("/events", post(publish_batch))
@@ -51,10 +52,13 @@ pub fn routes(state: ApiState, ops: OpsState, api_key: Option<String>) -> Router
         )
         .method_not_allowed_fallback(method_not_allowed);
     let api = match api_key {
-        Some(key) => api.route_layer(middleware::from_fn_with_state(
-            Arc::<str>::from(key),
-            require_key,
-        )),
+        Some(key) => {
+            let check = KeyCheck {
+                key: Arc::from(key),
+                max_body,
+            };
+            api.route_layer(middleware::from_fn_with_state(check, require_key))
+        }
         None => api,
     };
     Router::new()
@@ -62,12 +66,17 @@ pub fn routes(state: ApiState, ops: OpsState, api_key: Option<String>) -> Router
         .layer(middleware::from_fn_with_state(metrics, count_rejections))
 }
 
+/// How far past the size limit a body is still read (and dropped) before a 413.
+const DRAIN_FACTOR: usize = 4;
+
 /// A refused request: status, message, and the field at fault if any.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
     field: Option<String>,
+    /// The request body was left unread: the connection cannot be reused.
+    close: bool,
 }
 
 #[derive(Serialize)]
@@ -83,6 +92,7 @@ impl ApiError {
             status,
             message: message.into(),
             field: None,
+            close: false,
         }
     }
 
@@ -91,6 +101,7 @@ impl ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             message: e.message,
             field: (!e.field.is_empty()).then_some(e.field),
+            close: false,
         }
     }
 }
@@ -101,7 +112,12 @@ impl IntoResponse for ApiError {
             error: &self.message,
             field: self.field.as_deref(),
         };
-        (self.status, Json(body)).into_response()
+        let mut res = (self.status, Json(body)).into_response();
+        if self.close {
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        res
     }
 }
 
@@ -126,26 +142,52 @@ async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
-async fn require_key(State(key): State<Arc<str>>, req: Request, next: Next) -> Response {
+/// What the API key check needs.
+#[derive(Clone)]
+struct KeyCheck {
+    key: Arc<str>,
+    max_body: usize,
+}
+
+async fn require_key(State(check): State<KeyCheck>, req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match given {
-        Some(given) if bool::from(given.as_bytes().ct_eq(key.as_bytes())) => next.run(req).await,
-        _ => {
-            let mut res = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong API key: send Authorization: Bearer <key>",
-            )
-            .into_response();
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            res
+    if given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(check.key.as_bytes()))) {
+        return next.run(req).await;
+    }
+    let mut refusal = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong API key: send Authorization: Bearer <key>",
+    );
+    // Read what the client is sending before answering: a proxy still
+    // writing the body to a closed connection counts this instance as failed.
+    refusal.close = !drain(req.into_body(), check.max_body).await;
+    let mut res = refusal.into_response();
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res
+}
+
+/// Reads and discards a body, up to `cap` bytes; whether it all was read.
+async fn drain(body: Body, cap: usize) -> bool {
+    let mut body = body;
+    let mut read = 0usize;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                read += frame.data_ref().map_or(0, |d| d.len());
+                if read > cap {
+                    return false;
+                }
+            }
+            Err(_) => return false,
         }
     }
+    true
 }
 
 async fn count_rejections(
@@ -185,8 +227,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             ));
         }
     }
-    let too_large = || {
-        ApiError::new(
+    let too_large = |drained: bool| ApiError {
+        close: !drained,
+        ..ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body is larger than the limit of {limit} bytes"),
         )
@@ -195,23 +238,31 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+    // A body somewhat over the limit is read and dropped, so a proxy that is
+    // still sending it sees an answer rather than a reset connection; a far
+    // larger one is refused unread, and the connection closed.
+    let drain_cap = limit.saturating_mul(DRAIN_FACTOR);
+    if let Some(declared) = declared.filter(|n| *n > limit as u64) {
+        let drained = declared <= drain_cap as u64 && drain(body, drain_cap).await;
+        return Err(too_large(drained));
     }
-    let bytes = Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<LengthLimitError>().is_some() {
-                too_large()
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("could not read the request body: {e}"),
-                )
+    let mut body = body;
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if bytes.len() + data.len() > limit {
+                return Err(too_large(drain(body, drain_cap).await));
             }
-        })?
-        .to_bytes();
+            bytes.extend_from_slice(data);
+        }
+    }
+    let bytes = Bytes::from(bytes);
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
