@@ -63,6 +63,8 @@ const HERALD_ENV_VARS = [
   'LOG_LEVEL',
   'LOG_FORMAT',
   'REDIS_URL',
+  'REDIS_CLUSTER',
+  'REDIS_PREFIX',
   'JWT_SECRET',
 ];
 
