@@ -9,7 +9,15 @@
 //! there is synchronous (join, leave, emit, ack only queue packets), so the
 //! reading loop never waits.
 
-use std::{collections::HashSet, convert::Infallible, marker::PhantomData, sync::Arc};
+use std::{
+    collections::HashSet,
+    convert::Infallible,
+    marker::PhantomData,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use dashmap::DashMap;
 use serde_json::value::RawValue;
@@ -35,18 +43,25 @@ use crate::{
 #[derive(Default)]
 pub struct Subscriptions {
     per_session: DashMap<SessionId, u32>,
+    total: AtomicU64,
 }
 
 impl Subscriptions {
     fn add(&self, id: &SessionId) {
         *self.per_session.entry(id.clone()).or_default() += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
     }
 
     fn remove(&self, id: &SessionId) {
+        let mut removed = false;
         self.per_session.remove_if_mut(id, |_, n| {
+            removed = true;
             *n -= 1;
             *n == 0
         });
+        if removed {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Local sockets subscribed to the session.
@@ -61,7 +76,7 @@ impl Subscriptions {
 
     /// Socket-session pairs on this instance.
     pub fn total(&self) -> u64 {
-        self.per_session.iter().map(|n| u64::from(*n)).sum()
+        self.total.load(Ordering::Relaxed)
     }
 }
 
