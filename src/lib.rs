@@ -73,6 +73,7 @@ impl Herald {
             subscriptions: subscriptions.clone(),
             metrics: metrics.clone(),
         };
+        let origins = Origins::from_config(&config.cors_origins);
         let builder = SocketIo::builder()
             .ping_interval(config.ping_interval())
             .ping_timeout(config.ping_timeout())
@@ -89,7 +90,7 @@ impl Herald {
                 let (service, io) = builder.build_svc();
                 realtime::attach(&io);
                 let cluster = MemoryCluster::new(io, local, config.session_ttl());
-                (socket_routes(service), Cluster::Memory(cluster))
+                (socket_routes(service, &origins), Cluster::Memory(cluster))
             }
             Some(urls) => {
                 let (setup, adapter) =
@@ -99,7 +100,7 @@ impl Herald {
                     .build_svc();
                 realtime::attach(&io);
                 let cluster = RedisCluster::new(io, local, setup, config.session_ttl());
-                (socket_routes(service), Cluster::Redis(cluster))
+                (socket_routes(service, &origins), Cluster::Redis(cluster))
             }
         };
         let cluster = Arc::new(cluster);
@@ -123,7 +124,7 @@ impl Herald {
             ))
             .merge(ops::routes(ops_state))
             .fallback(publish::http::not_found)
-            .layer(cors(&config.cors_origins))
+            .layer(origins.cors())
             // Refusals are answers, not failures of herald: an outage must
             // log one error, not one per request answered 503.
             .layer(
@@ -202,8 +203,10 @@ impl Herald {
     }
 }
 
-/// The Socket.IO endpoint, with or without the trailing slash.
-fn socket_routes<S>(service: S) -> Router
+/// The Socket.IO endpoint, with or without the trailing slash. With a list
+/// of allowed origins, a browser from another origin is refused on every
+/// transport: CORS alone would stop only polling, not a WebSocket upgrade.
+fn socket_routes<S>(service: S, origins: &Origins) -> Router
 where
     S: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
         + Clone
@@ -213,25 +216,68 @@ where
     S::Response: axum::response::IntoResponse,
     S::Future: Send + 'static,
 {
-    Router::new()
+    let routes = Router::new()
         .route_service("/socket.io/", service.clone())
-        .route_service("/socket.io", service)
+        .route_service("/socket.io", service);
+    match origins {
+        Origins::Any => routes,
+        Origins::List(list) => {
+            let list = Arc::new(list.clone());
+            routes.route_layer(axum::middleware::from_fn(move |req, next| {
+                check_origin(list.clone(), req, next)
+            }))
+        }
+    }
 }
 
-fn cors(origins: &[String]) -> CorsLayer {
-    let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
-    if origins.iter().any(|o| o == "*") {
-        return layer.allow_origin(Any);
+/// Which browser origins may connect and call the API.
+#[derive(Clone)]
+enum Origins {
+    Any,
+    List(Vec<HeaderValue>),
+}
+
+impl Origins {
+    fn from_config(origins: &[String]) -> Self {
+        if origins.iter().any(|o| o.trim() == "*") {
+            return Self::Any;
+        }
+        Self::List(
+            origins
+                .iter()
+                .filter_map(|o| match HeaderValue::from_str(o.trim()) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        warn!(origin = %o, "ignoring an invalid CORS origin");
+                        None
+                    }
+                })
+                .collect(),
+        )
     }
-    let list: Vec<HeaderValue> = origins
-        .iter()
-        .filter_map(|o| match HeaderValue::from_str(o.trim()) {
-            Ok(v) => Some(v),
-            Err(_) => {
-                warn!(origin = %o, "ignoring an invalid CORS origin");
-                None
-            }
-        })
-        .collect();
-    layer.allow_origin(AllowOrigin::list(list))
+
+    fn cors(&self) -> CorsLayer {
+        let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
+        match self {
+            Self::Any => layer.allow_origin(Any),
+            Self::List(list) => layer.allow_origin(AllowOrigin::list(list.clone())),
+        }
+    }
+}
+
+/// Refuses a browser whose `Origin` is not allowed; clients that send no
+/// `Origin` (scripts, servers) are not browsers and pass.
+async fn check_origin(
+    allowed: Arc<Vec<HeaderValue>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match req.headers().get(axum::http::header::ORIGIN) {
+        Some(origin) if !allowed.contains(origin) => {
+            let body = serde_json::json!({ "error": "this origin is not allowed (CORS_ORIGINS)" });
+            (axum::http::StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+        }
+        _ => next.run(req).await,
+    }
 }

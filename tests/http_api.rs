@@ -480,3 +480,31 @@ async fn early_refusals_read_the_body_and_keep_the_connection() {
         .unwrap();
     assert_eq!(res.status(), 202);
 }
+
+/// CORS alone stops only polling; a WebSocket upgrade from a browser on
+/// another origin must be refused too, while scripts (no Origin) pass.
+#[tokio::test]
+async fn allowed_origins_apply_to_every_transport() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let herald = Herald::start(&["--cors-origins", "http://app.test"]).await;
+    let upgrade = |origin: Option<&'static str>| {
+        let mut req = herald.ws_url().into_client_request().unwrap();
+        if let Some(origin) = origin {
+            req.headers_mut().insert("origin", origin.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req)
+    };
+    assert!(upgrade(Some("http://app.test")).await.is_ok());
+    assert!(upgrade(None).await.is_ok());
+    match upgrade(Some("http://evil.test")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 403),
+        other => panic!("expected a 403, got {:?}", other.map(|(_, res)| res.status())),
+    }
+    let polling = reqwest::Client::new()
+        .get(herald.url("/socket.io/?EIO=4&transport=polling"))
+        .header("origin", "http://evil.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(polling.status(), 403);
+}

@@ -1,0 +1,618 @@
+// The browser client examples, run as users run them: a real herald, each
+// example served as its README says (client-examples/browser/serve.mjs, and
+// `vite preview` of client-examples/react's build), opened in headless
+// Chromium, while this test publishes a document-processing session over
+// herald's HTTP API and reads, after every step, what the page shows.
+//
+//   tests/interop/browser/install            # chromium, npm packages, the React build
+//   cd tests/interop/browser && node --test browser.test.mjs
+//
+// HERALD_BIN picks the herald binary (default target/debug/herald),
+// CHROMIUM_BIN the browser (default /usr/bin/chromium), HERALD_TEST_LOGS=1
+// echoes herald's logs. Each page ends with a screenshot in a temp directory
+// (its path is printed) for a person to look at.
+
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { once } from 'node:events';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const REPO_ROOT = path.resolve(here, '../../..');
+const HERALD_BIN = process.env.HERALD_BIN || path.join(REPO_ROOT, 'target/debug/herald');
+const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const BROWSER_EXAMPLE = path.join(REPO_ROOT, 'client-examples/browser');
+const REACT_EXAMPLE = path.join(REPO_ROOT, 'client-examples/react');
+const HOST = '127.0.0.1';
+const STEP_TIMEOUT_MS = 5000;
+
+// Settings herald reads from the environment; herald runs here with its defaults.
+const HERALD_ENV_VARS = [
+  'HOST', 'PORT', 'API_KEY', 'CORS_ORIGINS', 'PING_INTERVAL_MS', 'PING_TIMEOUT_MS', 'MAX_PAYLOAD_BYTES',
+  'SOCKET_BUFFER_PACKETS', 'SESSION_TTL_SECS', 'LOG_LEVEL', 'LOG_FORMAT', 'REDIS_URL', 'REDIS_CLUSTER',
+  'REDIS_PREFIX', 'JWT_SECRET',
+];
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+const children = new Set();
+process.on('exit', () => {
+  for (const child of children) {
+    try {
+      child.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+async function freePort() {
+  const server = net.createServer().listen(0, HOST);
+  await once(server, 'listening');
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Spawn a long-running process (`env`: its whole environment); collects its output. */
+function startProcess(name, command, args, { cwd, env } = {}) {
+  const child = spawn(command, args, { cwd, env: env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  const proc = { name, child, output: '' };
+  const echo = name === 'herald' && process.env.HERALD_TEST_LOGS;
+  const onData = (chunk) => {
+    proc.output += chunk;
+    if (echo) process.stderr.write(`[${name}] ${chunk}`);
+  };
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
+  proc.exited = new Promise((resolve) =>
+    child.on('close', (code, signal) => {
+      children.delete(child);
+      resolve({ code, signal });
+    }),
+  );
+  child.on('error', (e) => {
+    proc.output += `\ncannot spawn ${command}: ${e.message}\n`;
+  });
+  proc.running = () => child.exitCode === null && child.signalCode === null && children.has(child);
+  proc.tail = (n = 25) => proc.output.split('\n').slice(-n).join('\n');
+  /** SIGTERM, then SIGKILL after 3 s; never throws. */
+  proc.stop = async () => {
+    if (!proc.running()) return;
+    child.kill('SIGTERM');
+    const timer = sleep(3000, 'timeout', { ref: false });
+    if ((await Promise.race([proc.exited, timer])) === 'timeout') {
+      child.kill('SIGKILL');
+      await proc.exited;
+    }
+  };
+  return proc;
+}
+
+/** Poll `url` until it answers 200, or fail with the process's output. */
+async function waitForHttp(proc, url, timeoutMs = 15000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (!proc.running()) {
+      throw new Error(`${proc.name} exited before answering ${url}\n${proc.tail()}`);
+    }
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
+      await res.arrayBuffer();
+      if (res.status === 200) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`${proc.name}: ${url} did not answer 200 within ${timeoutMs} ms\n${proc.tail()}`);
+    }
+    await sleep(50);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// herald's HTTP API
+// ---------------------------------------------------------------------------
+
+let heraldUrl;
+
+async function api(method, pathname, json) {
+  const res = await fetch(`${heraldUrl}${pathname}`, {
+    method,
+    headers: json === undefined ? {} : { 'content-type': 'application/json' },
+    body: json === undefined ? undefined : JSON.stringify(json),
+    signal: AbortSignal.timeout(5000),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : null, text };
+}
+
+async function publish(sessionId, event, data) {
+  const res = await api('POST', `/api/v1/sessions/${encodeURIComponent(sessionId)}/events`, { event, data });
+  assert.equal(res.status, 202, `publishing ${event} to ${sessionId}: herald answered ${res.status} ${res.text}`);
+  return res.body.seq;
+}
+
+async function subscribers(sessionId) {
+  const res = await api('GET', `/api/v1/sessions/${encodeURIComponent(sessionId)}`);
+  assert.equal(res.status, 200, `GET session ${sessionId}: ${res.status} ${res.text}`);
+  return res.body.subscribers;
+}
+
+/** Wait until herald counts `n` subscribers of `sessionId`. */
+async function waitForSubscribers(sessionId, n, why, timeoutMs = STEP_TIMEOUT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await subscribers(sessionId);
+    if (last === n) return;
+    if (Date.now() > deadline) {
+      assert.fail(`${why}: herald counts ${last} subscriber(s) of ${sessionId} after ${timeoutMs} ms, expected ${n}`);
+    }
+    await sleep(50);
+  }
+}
+
+/** Wait until herald counts `n` Socket.IO connections (GET /api/v1/stats). */
+async function waitForConnections(n, why, timeoutMs = STEP_TIMEOUT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const stats = await api('GET', '/api/v1/stats');
+    if (stats.body?.connections === n) return;
+    if (Date.now() > deadline) assert.fail(`${why}: herald's stats after ${timeoutMs} ms: ${stats.text}, expected ${n} connections`);
+    await sleep(50);
+  }
+}
+
+let sessionCounter = 0;
+const newSessionId = (label) => `browser-${label}-${process.pid}-${++sessionCounter}`;
+
+// ---------------------------------------------------------------------------
+// What a page shows
+// ---------------------------------------------------------------------------
+
+/**
+ * The page's state as a person sees it, read from the DOM. Both examples use
+ * the same ids: #connection, #progress (<progress>), #progress-percent,
+ * #progress-status, [data-testid=model-result], [data-testid=clarification],
+ * #completed (the banner), #failed; the plain page also lists refused
+ * requests as [data-testid=error].
+ */
+function readPage() {
+  const q = (s) => document.querySelector(s);
+  const shown = (el) => !!el && el.checkVisibility();
+  const texts = (s) => [...document.querySelectorAll(s)].filter(shown).map((e) => e.innerText.trim());
+  const bar = q('#progress');
+  return {
+    connection: q('#connection')?.innerText.trim() ?? null,
+    progressValue: shown(bar) ? bar.value : null,
+    percent: shown(q('#progress-percent')) ? q('#progress-percent').innerText.trim() : null,
+    status: q('#progress-status')?.innerText.trim() ?? null,
+    modelResults: texts('[data-testid=model-result]'),
+    clarifications: texts('[data-testid=clarification]'),
+    completed: shown(q('#completed')) ? q('#completed').innerText.trim() : null,
+    failed: shown(q('#failed')) ? q('#failed').innerText.trim() : null,
+    errors: texts('[data-testid=error]'),
+    body: document.body.innerText,
+  };
+}
+
+/** Poll the page until `check(view)` is true; fail with what the page shows. */
+async function expectPage(page, what, check, timeoutMs = STEP_TIMEOUT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  let view;
+  for (;;) {
+    view = await page.evaluate(readPage);
+    if (check(view)) return view;
+    if (Date.now() > deadline) {
+      const { body, ...rest } = view;
+      assert.fail(
+        `the page did not show ${what} within ${timeoutMs} ms\n` +
+          `page state: ${JSON.stringify(rest, null, 2)}\n--- page text ---\n${body}`,
+      );
+    }
+    await sleep(40);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The simulated session, and what the page must show after each step
+// ---------------------------------------------------------------------------
+
+const prompts = (completed, processing, failed = 0, total = 3) => ({
+  total,
+  completed,
+  processing,
+  pending: total - completed - processing - failed,
+  failed,
+});
+const QUESTION = 'Two models disagree on the currency format; which should be used?';
+
+const progressShown = (value, status) => (v) =>
+  v.progressValue === value && v.percent === `${value}%` && v.status?.includes(`Status: ${status}`);
+
+const STEPS = [
+  {
+    event: 'progress',
+    data: { status: 'PROCESSING', progress: 10, prompts: prompts(0, 3), hasClarifications: false, clarificationCount: 0 },
+    shows: 'progress 10% PROCESSING',
+    check: progressShown(10, 'PROCESSING'),
+  },
+  {
+    event: 'model_result',
+    data: { modelName: 'llama3.1:8b', provider: 'ollama', duration: 1834, result: 'Invoice total: 1,250.00 EUR, due 2024-07-01.', status: 'completed' },
+    shows: 'the first model result',
+    check: (v) =>
+      v.modelResults.length === 1 &&
+      v.modelResults[0].includes('llama3.1:8b') &&
+      v.modelResults[0].includes('Invoice total: 1,250.00 EUR, due 2024-07-01.'),
+  },
+  {
+    event: 'model_result',
+    data: { modelName: 'gpt-4o-mini', provider: 'openai', duration: 2410, result: 'Total 1250 EUR; payment due July 1st 2024.', status: 'completed' },
+    shows: 'two model results',
+    check: (v) => v.modelResults.length === 2 && v.modelResults[1].includes('gpt-4o-mini') && v.modelResults[1].includes('2410 ms'),
+  },
+  {
+    event: 'model_result',
+    // A backend string is text, never markup: it must show as typed.
+    data: { modelName: 'mistral:7b', provider: 'ollama', duration: 30000, result: '', status: 'failed', error: 'model timed out after 30000ms <b>retry</b>' },
+    shows: 'three model results, the third failed',
+    check: (v) =>
+      v.modelResults.length === 3 &&
+      v.modelResults[2].includes('mistral:7b') &&
+      v.modelResults[2].includes('failed') &&
+      v.modelResults[2].includes('Error: model timed out after 30000ms <b>retry</b>'),
+  },
+  {
+    event: 'clarification',
+    data: { clarificationId: '3c8a1f4e-2b9d-4e7a-9f10-6d5b2a7c8e91', question: QUESTION, status: 'pending' },
+    shows: 'the clarification question',
+    check: (v) => v.clarifications.length === 1 && v.clarifications[0].includes(QUESTION) && v.clarifications[0].includes('pending'),
+  },
+  {
+    event: 'progress',
+    data: { status: 'PROCESSING', progress: 75, prompts: prompts(2, 0, 1), hasClarifications: true, clarificationCount: 1 },
+    shows: 'progress 75%',
+    check: progressShown(75, 'PROCESSING'),
+  },
+  {
+    event: 'progress',
+    data: {
+      status: 'COMPLETED', progress: 100, prompts: prompts(2, 0, 1), hasClarifications: true, clarificationCount: 1,
+      hasResult: true, result: { total: 1250, currency: 'EUR' },
+    },
+    shows: 'progress 100% COMPLETED, no banner before the completed event',
+    check: (v) => progressShown(100, 'COMPLETED')(v) && v.completed === null,
+  },
+  {
+    event: 'completed',
+    data: { result: { total: 1250, currency: 'EUR', dueDate: '2024-07-01', models: 3, failedModels: 1 } },
+    shows: 'the Completed banner',
+    check: (v) => v.completed !== null && v.completed.startsWith('Completed'),
+  },
+];
+
+/** Publish the session step by step; after each, the page must show it. */
+async function playSession(page, sessionId) {
+  let view;
+  for (const step of STEPS) {
+    await publish(sessionId, step.event, step.data);
+    view = await expectPage(page, `${step.shows} (after publishing ${step.event} to ${sessionId})`, step.check);
+  }
+  // Nothing shown twice, nothing reported as failed.
+  assert.equal(view.modelResults.length, 3, 'three model results in the end');
+  assert.equal(view.clarifications.length, 1, 'one clarification in the end');
+  assert.equal(view.failed, null, 'no failure banner');
+  assert.deepEqual(view.errors, [], 'no errors listed');
+  return view;
+}
+
+// ---------------------------------------------------------------------------
+// Browser
+// ---------------------------------------------------------------------------
+
+let browser;
+let herald;
+let staticServer;
+let preview;
+let browserExampleUrl;
+let reactExampleUrl;
+const screenshotDir = mkdtempSync(path.join(os.tmpdir(), 'herald-browser-'));
+
+/** A fresh page that records console errors, page errors and failed requests. */
+async function openPage(url) {
+  const context = await browser.newContext({ viewport: { width: 900, height: 1000 } });
+  const page = await context.newPage();
+  page.problems = [];
+  page.sentFrames = [];
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') page.problems.push(`console error: ${msg.text()} (${msg.location().url})`);
+  });
+  page.on('pageerror', (e) => page.problems.push(`page error: ${e.message}`));
+  page.on('requestfailed', (req) => {
+    // A socket.io request cut short by an intended disconnect or page change is not a problem.
+    if (page.closing) return;
+    page.problems.push(`request failed: ${req.method()} ${req.url()}: ${req.failure()?.errorText}`);
+  });
+  page.on('websocket', (ws) => ws.on('framesent', (f) => page.sentFrames.push(String(f.payload))));
+  const res = await page.goto(url, { waitUntil: 'load', timeout: 10000 });
+  assert.equal(res.status(), 200, `GET ${url}`);
+  return page;
+}
+
+async function closePage(page) {
+  page.closing = true;
+  await page.context().close();
+}
+
+function assertNoProblems(page, what) {
+  assert.deepEqual(page.problems, [], `${what}: the browser reported problems`);
+}
+
+/** Whether `frames` (WebSocket frames the page sent) hold `unsubscribe` for the session, with or without an ack id. */
+function sentUnsubscribe(frames, sessionId) {
+  return frames.some((f) => /^42\d*\[/.test(f) && f.endsWith(`["unsubscribe","${sessionId}"]`));
+}
+
+async function screenshot(page, name) {
+  const file = path.join(screenshotDir, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  console.log(`screenshot: ${file}`);
+}
+
+before(async () => {
+  const missing = [];
+  if (!existsSync(HERALD_BIN)) missing.push(`herald binary ${HERALD_BIN} (cargo build, or set HERALD_BIN)`);
+  if (!existsSync(CHROMIUM_BIN)) missing.push(`${CHROMIUM_BIN} (set CHROMIUM_BIN)`);
+  if (!existsSync(path.join(BROWSER_EXAMPLE, 'node_modules/socket.io-client/dist/socket.io.min.js'))) {
+    missing.push('client-examples/browser/node_modules');
+  }
+  if (!existsSync(path.join(REACT_EXAMPLE, 'dist/index.html'))) missing.push('client-examples/react/dist (vite build)');
+  if (!existsSync(path.join(REACT_EXAMPLE, 'node_modules/vite/bin/vite.js'))) missing.push('client-examples/react/node_modules');
+  if (missing.length) {
+    throw new Error(`missing: ${missing.join('; ')}\nrun tests/interop/browser/install first`);
+  }
+
+  // herald with its defaults: none of the caller's herald settings (an API_KEY
+  // would refuse the publishes, a CORS_ORIGINS the polling page).
+  const heraldPort = await freePort();
+  const env = { ...process.env, NO_COLOR: '1' };
+  for (const name of HERALD_ENV_VARS) delete env[name];
+  herald = startProcess('herald', HERALD_BIN, ['--host', HOST, '--port', String(heraldPort)], { env });
+  heraldUrl = `http://${HOST}:${heraldPort}`;
+  await waitForHttp(herald, `${heraldUrl}/health`);
+
+  // The plain page, served by its own serve.mjs, which passes HERALD_URL to the page.
+  const staticPort = await freePort();
+  staticServer = startProcess('serve.mjs', process.execPath, ['serve.mjs'], {
+    cwd: BROWSER_EXAMPLE,
+    env: { ...process.env, HOST, PORT: String(staticPort), HERALD_URL: heraldUrl },
+  });
+  browserExampleUrl = `http://${HOST}:${staticPort}/`;
+  await waitForHttp(staticServer, browserExampleUrl);
+
+  // The React build, served by `vite preview`.
+  const previewPort = await freePort();
+  preview = startProcess(
+    'vite preview',
+    process.execPath,
+    ['node_modules/vite/bin/vite.js', 'preview', '--host', HOST, '--port', String(previewPort), '--strictPort'],
+    { cwd: REACT_EXAMPLE },
+  );
+  reactExampleUrl = `http://${HOST}:${previewPort}/`;
+  await waitForHttp(preview, reactExampleUrl);
+
+  browser = await launchChromium();
+});
+
+async function launchChromium() {
+  try {
+    return await chromium.launch({
+      executablePath: CHROMIUM_BIN,
+      headless: true,
+      timeout: 20000,
+      // Playwright gives the browser a fresh --user-data-dir of its own.
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+    });
+  } catch (e) {
+    throw new Error(`cannot start ${CHROMIUM_BIN} (run tests/interop/browser/install): ${e.message}`);
+  }
+}
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await Promise.all([preview?.stop(), staticServer?.stop(), herald?.stop()]);
+  console.log(`screenshots in ${screenshotDir}`);
+});
+
+// ---------------------------------------------------------------------------
+// client-examples/browser
+// ---------------------------------------------------------------------------
+
+describe('client-examples/browser (plain page, socket.io.min.js)', () => {
+  test('shows a whole session over websocket, herald URL from serve.mjs', async () => {
+    const sessionId = newSessionId('plain');
+    // No ?herald=: the URL comes from serve.mjs's HERALD_URL via config.js.
+    const page = await openPage(`${browserExampleUrl}?session=${sessionId}`);
+    try {
+      const first = await expectPage(page, 'the session id and "Connected ... over websocket"', (v) =>
+        /^Connected as \S+ over websocket$/.test(v.connection),
+      );
+      assert.ok(first.body.includes(`herald session ${sessionId}`), 'the page names the session');
+      assert.ok(first.body.includes(heraldUrl), 'the page names the herald URL it uses');
+      assert.equal(first.progressValue, 0);
+      assert.equal(first.percent, '0%');
+      await waitForSubscribers(sessionId, 1, 'the page subscribes on connect');
+
+      const done = await playSession(page, sessionId);
+      assert.match(done.completed, /"currency": "EUR"/, 'the banner shows the result');
+
+      // Like the seed's client: unsubscribe when done, then disconnect.
+      await waitForSubscribers(sessionId, 0, 'after completed the page unsubscribes');
+      await expectPage(page, '"Disconnected (io client disconnect)"', (v) => v.connection === 'Disconnected (io client disconnect)');
+      assert.ok(sentUnsubscribe(page.sentFrames, sessionId), `frames sent: ${page.sentFrames.join(' | ')}`);
+      assertNoProblems(page, 'plain page over websocket');
+      await screenshot(page, 'browser-example');
+    } finally {
+      await closePage(page);
+    }
+  });
+
+  test('shows a whole session over HTTP long-polling only (cross-origin XHR, CORS)', async () => {
+    const sessionId = newSessionId('polling');
+    const page = await openPage(
+      `${browserExampleUrl}?session=${sessionId}&herald=${encodeURIComponent(heraldUrl)}&transports=polling`,
+    );
+    try {
+      await expectPage(page, '"Connected ... over polling"', (v) => /^Connected as \S+ over polling$/.test(v.connection));
+      assert.deepEqual(page.sentFrames, [], 'polling only: no WebSocket');
+      await waitForSubscribers(sessionId, 1, 'the page subscribes on connect');
+      await playSession(page, sessionId);
+      await waitForSubscribers(sessionId, 0, 'after completed the page unsubscribes');
+      assertNoProblems(page, 'plain page over polling');
+    } finally {
+      await closePage(page);
+    }
+  });
+
+  test('upgrades from polling to websocket (socket.io-client default order) and shows the session', async () => {
+    const sessionId = newSessionId('upgrade');
+    const page = await openPage(
+      `${browserExampleUrl}?session=${sessionId}&herald=${encodeURIComponent(heraldUrl)}&transports=polling,websocket`,
+    );
+    try {
+      await expectPage(page, '"Connected ... over websocket" after the upgrade', (v) =>
+        /^Connected as \S+ over websocket$/.test(v.connection),
+      );
+      await waitForSubscribers(sessionId, 1, 'the page subscribes on connect');
+      await playSession(page, sessionId);
+      assertNoProblems(page, 'plain page, polling upgraded to websocket');
+    } finally {
+      await closePage(page);
+    }
+  });
+
+  test('without ?session= the page asks for one, then watches it', async () => {
+    const sessionId = newSessionId('form');
+    const page = await openPage(browserExampleUrl);
+    try {
+      const view = await expectPage(page, 'the session form', (v) => /watch a session/i.test(v.body));
+      assert.equal(view.connection, 'Not connected');
+      await page.fill('input[name=session]', sessionId);
+      await Promise.all([page.waitForURL(`**/?session=${sessionId}`, { timeout: STEP_TIMEOUT_MS }), page.click('button[type=submit]')]);
+      await expectPage(page, `the watch view of ${sessionId}`, (v) =>
+        v.body.includes(`herald session ${sessionId}`) && /^Connected as /.test(v.connection),
+      );
+      await waitForSubscribers(sessionId, 1, 'the page subscribes to the session typed in');
+      await publish(sessionId, 'progress', STEPS[0].data);
+      await expectPage(page, STEPS[0].shows, STEPS[0].check);
+      assertNoProblems(page, 'plain page, session form');
+    } finally {
+      await closePage(page);
+    }
+  });
+
+  test('an invalid session id is shown as a refused request', async () => {
+    const page = await openPage(`${browserExampleUrl}?session=${encodeURIComponent('not a valid id!')}`);
+    try {
+      const view = await expectPage(page, 'a "Bad request" error', (v) => v.errors.length === 1);
+      assert.match(view.errors[0], /^Bad request: /);
+      assert.equal(view.failed, null, 'a refused request is not a failed session');
+      assert.match(view.connection, /^Connected as /, 'the socket stays connected');
+      assertNoProblems(page, 'plain page, invalid session id');
+    } finally {
+      await closePage(page);
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// client-examples/react
+// ---------------------------------------------------------------------------
+
+describe('client-examples/react (useSessionWebSocket, vite build + vite preview)', () => {
+  const sessionA = newSessionId('react-a');
+  const sessionB = newSessionId('react-b');
+  let page;
+
+  before(async () => {
+    page = await openPage(`${reactExampleUrl}?session=${sessionA}&herald=${encodeURIComponent(heraldUrl)}`);
+  });
+  after(async () => {
+    if (page) await closePage(page);
+  });
+
+  test('shows a whole session', async () => {
+    const first = await expectPage(page, '"Connected as ..."', (v) => /^Connected as \S+$/.test(v.connection));
+    assert.ok(first.body.includes(`herald session ${sessionA}`), 'the page names the session');
+    assert.equal(first.progressValue, 0);
+    assert.equal(first.status, 'Waiting for the first progress event…');
+    await waitForSubscribers(sessionA, 1, 'the hook subscribes on connect');
+    await playSession(page, sessionA);
+    assertNoProblems(page, 'React page');
+    await screenshot(page, 'react-example');
+    // The hook, like the seed's, keeps watching after completion.
+    assert.equal(await subscribers(sessionA), 1);
+  });
+
+  test('watching another session: cleanup unsubscribes the old one, state starts afresh', async () => {
+    const framesBefore = page.sentFrames.length;
+    await page.fill('input[name=session]', sessionB);
+    await page.click('#watch');
+    await waitForSubscribers(sessionA, 0, 'the effect cleanup for the previous session');
+    await waitForSubscribers(sessionB, 1, 'the hook subscribes to the new session');
+    const sent = page.sentFrames.slice(framesBefore);
+    assert.ok(sentUnsubscribe(sent, sessionA), `cleanup sends unsubscribe; frames sent: ${sent.join(' | ')}`);
+    assert.match(herald.output, new RegExp(`unsubscribed.*session=${sessionA}\\s`), 'herald logged the unsubscribe');
+
+    await expectPage(page, 'an empty view for the new session', (v) =>
+      v.body.includes(`herald session ${sessionB}`) &&
+      v.modelResults.length === 0 && v.clarifications.length === 0 && v.completed === null && v.progressValue === 0,
+    );
+    await publish(sessionB, 'progress', {
+      status: 'PROCESSING', progress: 40, prompts: prompts(1, 2), hasClarifications: false, clarificationCount: 0,
+    });
+    await expectPage(page, 'progress 40% of the new session', progressShown(40, 'PROCESSING'));
+    assertNoProblems(page, 'React page, session switch');
+  });
+
+  test('unmounting (Stop watching) sends unsubscribe and disconnects', async () => {
+    const framesBefore = page.sentFrames.length;
+    await page.click('#stop');
+    await waitForSubscribers(sessionB, 0, 'unmounting the component using the hook');
+    const view = await expectPage(page, '"Not watching any session"', (v) => v.body.includes('Not watching any session'));
+    assert.equal(view.connection, null, 'the session view is gone');
+    const sent = page.sentFrames.slice(framesBefore);
+    assert.ok(sentUnsubscribe(sent, sessionB), `cleanup sends unsubscribe; frames sent: ${sent.join(' | ')}`);
+    assert.match(herald.output, new RegExp(`unsubscribed.*session=${sessionB}\\s`), 'herald logged the unsubscribe');
+    await waitForConnections(0, 'the hook disconnects on cleanup');
+    assertNoProblems(page, 'React page, unmount');
+  });
+
+  test('navigating away drops the subscription too (the browser closes the socket)', async () => {
+    await page.click('#watch');
+    await waitForSubscribers(sessionB, 1, 'watching again');
+    page.closing = true; // requests cut short by leaving the page are expected
+    await page.goto('about:blank');
+    await waitForSubscribers(sessionB, 0, 'leaving the page');
+  });
+});
