@@ -498,7 +498,10 @@ async fn allowed_origins_apply_to_every_transport() {
     assert!(upgrade(None).await.is_ok());
     match upgrade(Some("http://evil.test")).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 403),
-        other => panic!("expected a 403, got {:?}", other.map(|(_, res)| res.status())),
+        other => panic!(
+            "expected a 403, got {:?}",
+            other.map(|(_, res)| res.status())
+        ),
     }
     let polling = reqwest::Client::new()
         .get(herald.url("/socket.io/?EIO=4&transport=polling"))
