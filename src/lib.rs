@@ -24,13 +24,10 @@ pub mod realtime;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use axum::{Router, http::HeaderValue};
+use axum::Router;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
-use tower_http::{
-    cors::{AllowOrigin, Any, CorsLayer},
-    trace::{DefaultOnFailure, TraceLayer},
-};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::{Level, info, warn};
 
 pub use config::Config;
@@ -44,6 +41,9 @@ use crate::{
     publish::http::ApiState,
     realtime::{Realtime, Subscriptions},
 };
+
+/// Bytes a WebSocket reads at a time; larger frames take several reads.
+const WS_READ_BUFFER: usize = 1024;
 
 /// How long shutdown waits for connections to close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -73,12 +73,15 @@ impl Herald {
             subscriptions: subscriptions.clone(),
             metrics: metrics.clone(),
         };
-        let origins = Origins::from_config(&config.cors_origins);
+        let origins = realtime::endpoint::Origins::from_config(&config.cors_origins);
         let builder = SocketIo::builder()
             .ping_interval(config.ping_interval())
             .ping_timeout(config.ping_timeout())
             .max_payload(config.max_payload_bytes as u64)
             .max_buffer_size(config.socket_buffer_packets)
+            // Clients send herald only small frames (subscribe, pongs); the
+            // 4 KiB default read buffer is memory every idle socket holds.
+            .ws_read_buffer_size(WS_READ_BUFFER)
             .with_state(local.clone());
 
         // One Socket.IO service behind explicit routes, not a layer: axum
@@ -90,7 +93,10 @@ impl Herald {
                 let (service, io) = builder.build_svc();
                 realtime::attach(&io);
                 let cluster = MemoryCluster::new(io, local, config.session_ttl());
-                (socket_routes(service, &origins), Cluster::Memory(cluster))
+                (
+                    realtime::endpoint::routes(service, &origins),
+                    Cluster::Memory(cluster),
+                )
             }
             Some(urls) => {
                 let (setup, adapter) =
@@ -100,7 +106,10 @@ impl Herald {
                     .build_svc();
                 realtime::attach(&io);
                 let cluster = RedisCluster::new(io, local, setup, config.session_ttl());
-                (socket_routes(service, &origins), Cluster::Redis(cluster))
+                (
+                    realtime::endpoint::routes(service, &origins),
+                    Cluster::Redis(cluster),
+                )
             }
         };
         let cluster = Arc::new(cluster);
@@ -200,84 +209,5 @@ impl Herald {
         };
         background.abort();
         result
-    }
-}
-
-/// The Socket.IO endpoint, with or without the trailing slash. With a list
-/// of allowed origins, a browser from another origin is refused on every
-/// transport: CORS alone would stop only polling, not a WebSocket upgrade.
-fn socket_routes<S>(service: S, origins: &Origins) -> Router
-where
-    S: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Response: axum::response::IntoResponse,
-    S::Future: Send + 'static,
-{
-    let routes = Router::new()
-        .route_service("/socket.io/", service.clone())
-        .route_service("/socket.io", service);
-    match origins {
-        Origins::Any => routes,
-        Origins::List(list) => {
-            let list = Arc::new(list.clone());
-            routes.route_layer(axum::middleware::from_fn(move |req, next| {
-                check_origin(list.clone(), req, next)
-            }))
-        }
-    }
-}
-
-/// Which browser origins may connect and call the API.
-#[derive(Clone)]
-enum Origins {
-    Any,
-    List(Vec<HeaderValue>),
-}
-
-impl Origins {
-    fn from_config(origins: &[String]) -> Self {
-        if origins.iter().any(|o| o.trim() == "*") {
-            return Self::Any;
-        }
-        Self::List(
-            origins
-                .iter()
-                .filter_map(|o| match HeaderValue::from_str(o.trim()) {
-                    Ok(v) => Some(v),
-                    Err(_) => {
-                        warn!(origin = %o, "ignoring an invalid CORS origin");
-                        None
-                    }
-                })
-                .collect(),
-        )
-    }
-
-    fn cors(&self) -> CorsLayer {
-        let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
-        match self {
-            Self::Any => layer.allow_origin(Any),
-            Self::List(list) => layer.allow_origin(AllowOrigin::list(list.clone())),
-        }
-    }
-}
-
-/// Refuses a browser whose `Origin` is not allowed; clients that send no
-/// `Origin` (scripts, servers) are not browsers and pass.
-async fn check_origin(
-    allowed: Arc<Vec<HeaderValue>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match req.headers().get(axum::http::header::ORIGIN) {
-        Some(origin) if !allowed.contains(origin) => {
-            let body = serde_json::json!({ "error": "this origin is not allowed (CORS_ORIGINS)" });
-            (axum::http::StatusCode::FORBIDDEN, axum::Json(body)).into_response()
-        }
-        _ => next.run(req).await,
     }
 }

@@ -9,6 +9,8 @@
 //! there is synchronous (join, leave, emit, ack only queue packets), so the
 //! reading loop never waits.
 
+pub mod endpoint;
+
 use std::{
     collections::HashSet,
     convert::Infallible,

@@ -1,0 +1,113 @@
+//! The HTTP edge of the Socket.IO endpoint: its routes, which browser
+//! origins may use them, and request heads that do not pin memory.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::Request,
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tracing::warn;
+
+/// The Socket.IO endpoint, with or without the trailing slash. With a list
+/// of allowed origins, a browser from another origin is refused on every
+/// transport: CORS alone would stop only polling, not a WebSocket upgrade.
+pub fn routes<S>(service: S, origins: &Origins) -> Router
+where
+    S: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    let routes = Router::new()
+        .route_service("/socket.io/", service.clone())
+        .route_service("/socket.io", service)
+        .route_layer(middleware::from_fn(detach_head));
+    match origins {
+        Origins::Any => routes,
+        Origins::List(list) => {
+            let list = Arc::new(list.clone());
+            routes.route_layer(middleware::from_fn(move |req, next| {
+                check_origin(list.clone(), req, next)
+            }))
+        }
+    }
+}
+
+/// Which browser origins may connect and call the API.
+#[derive(Clone)]
+pub enum Origins {
+    Any,
+    List(Vec<HeaderValue>),
+}
+
+impl Origins {
+    pub fn from_config(origins: &[String]) -> Self {
+        if origins.iter().any(|o| o.trim() == "*") {
+            return Self::Any;
+        }
+        Self::List(
+            origins
+                .iter()
+                .filter_map(|o| match HeaderValue::from_str(o.trim()) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        warn!(origin = %o, "ignoring an invalid CORS origin");
+                        None
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// The CORS layer for every route.
+    pub fn cors(&self) -> CorsLayer {
+        let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
+        match self {
+            Self::Any => layer.allow_origin(Any),
+            Self::List(list) => layer.allow_origin(AllowOrigin::list(list.clone())),
+        }
+    }
+}
+
+/// Refuses a browser whose `Origin` is not allowed; clients that send no
+/// `Origin` (scripts, servers) are not browsers and pass.
+async fn check_origin(allowed: Arc<Vec<HeaderValue>>, req: Request, next: Next) -> Response {
+    match req.headers().get(header::ORIGIN) {
+        Some(origin) if !allowed.contains(origin) => {
+            let body = serde_json::json!({ "error": "this origin is not allowed (CORS_ORIGINS)" });
+            (StatusCode::FORBIDDEN, Json(body)).into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// Gives the request its own copy of its URI and headers.
+///
+/// hyper parses them as slices of the connection's read buffer (16 KiB), and
+/// socketioxide keeps every socket's request head for as long as the socket
+/// lives: each idle WebSocket would hold a whole read buffer alive. Copied,
+/// the head costs a few hundred bytes and the buffer is freed.
+async fn detach_head(mut req: Request, next: Next) -> Response {
+    let headers: HeaderMap = req
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = HeaderName::from_bytes(name.as_str().as_bytes()).ok()?;
+            let value = HeaderValue::from_bytes(value.as_bytes()).ok()?;
+            Some((name, value))
+        })
+        .collect();
+    *req.headers_mut() = headers;
+    if let Ok(uri) = Uri::try_from(req.uri().to_string()) {
+        *req.uri_mut() = uri;
+    }
+    next.run(req).await
+}
