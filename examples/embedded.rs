@@ -19,6 +19,7 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
     routing::post,
+    serve::ListenerExt,
 };
 use clap::Parser;
 use herald::{
@@ -52,9 +53,14 @@ async fn main() {
         .with_state(herald.emitter())
         .merge(herald.router());
 
+    // TCP_NODELAY, as herald's own server sets it: events are small frames
+    // that must not wait for the client's delayed ACK.
     let listener = tokio::net::TcpListener::bind(config.listen_addr())
         .await
-        .expect("bind");
+        .expect("bind")
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     tracing::info!(
         "document backend with embedded herald on http://{}",
         config.listen_addr()

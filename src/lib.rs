@@ -24,11 +24,11 @@ pub mod realtime;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use axum::Router;
+use axum::{Router, serve::ListenerExt};
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
-use tracing::{Level, info, warn};
+use tracing::{Level, debug, info, warn};
 
 pub use config::Config;
 pub use protocol::SessionId;
@@ -191,6 +191,14 @@ impl Herald {
                 let _ = closed_tx.send(());
             });
         };
+        // Events are small frames sent as they happen: without TCP_NODELAY,
+        // Nagle's algorithm holds one back until the client acknowledges the
+        // previous, up to its delayed-ACK timeout (40 ms on Linux).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                debug!("could not set TCP_NODELAY: {e}");
+            }
+        });
         let server = axum::serve(listener, self.router).with_graceful_shutdown(stop);
         let server = tokio::spawn(async move { server.await });
         let result = match closed_rx.await {
