@@ -38,6 +38,31 @@ process.on('exit', () => {
   }
 });
 
+/**
+ * Spawns a server process whose output goes to `onLog` and which is killed
+ * if the test process exits first. Returns the child, a promise of its exit
+ * `{ code, signal }`, and a promise that rejects if it could not be spawned.
+ */
+export function spawnTracked(bin, argv, { env, onLog }) {
+  const child = spawn(bin, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  liveChildren.add(child);
+  const onData = (chunk) => onLog(chunk.toString());
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
+  const exited = new Promise((resolve) => {
+    child.on('exit', (code, signal) => {
+      liveChildren.delete(child);
+      onLog(`--- exited code=${code} signal=${signal}\n`);
+      resolve({ code, signal });
+    });
+  });
+  const spawnError = new Promise((_, reject) =>
+    child.on('error', (e) => reject(new Error(`cannot spawn ${bin}: ${e.message}`))),
+  );
+  spawnError.catch(() => {});
+  return { child, exited, spawnError };
+}
+
 /** A TCP port that was free a moment ago: listen on port 0, read it, close. */
 export async function freePort() {
   const server = net.createServer();
@@ -108,31 +133,21 @@ export class Herald {
     Object.assign(env, { NO_COLOR: '1' }, this.extraEnv);
     const argv = ['--host', HOST, '--port', String(this.port), ...this.args];
     this._logs.push(`--- spawn ${HERALD_BIN} ${argv.join(' ')}\n`);
-    const child = spawn(HERALD_BIN, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const { child, exited, spawnError } = spawnTracked(HERALD_BIN, argv, {
+      env,
+      onLog: (text) => {
+        this._logs.push(text);
+        if (this.echoLogs) process.stderr.write(`[herald:${this.port}] ${text}`);
+      },
+    });
     this.child = child;
     this.exitCode = undefined;
     this.exitSignal = undefined;
-    liveChildren.add(child);
-    const onData = (chunk) => {
-      const text = chunk.toString();
-      this._logs.push(text);
-      if (this.echoLogs) process.stderr.write(`[herald:${this.port}] ${text}`);
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    this._exited = new Promise((resolve) => {
-      child.on('exit', (code, signal) => {
-        liveChildren.delete(child);
-        this.exitCode = code;
-        this.exitSignal = signal;
-        this._logs.push(`--- exited code=${code} signal=${signal}\n`);
-        resolve({ code, signal });
-      });
+    this._exited = exited.then((result) => {
+      this.exitCode = result.code;
+      this.exitSignal = result.signal;
+      return result;
     });
-    const spawnError = new Promise((_, reject) =>
-      child.on('error', (e) => reject(new Error(`cannot spawn ${HERALD_BIN}: ${e.message}`))),
-    );
-    spawnError.catch(() => {});
 
     const deadline = Date.now() + timeoutMs;
     for (;;) {

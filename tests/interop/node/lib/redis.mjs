@@ -4,24 +4,13 @@
 // every redis-server started here is SIGKILLed on process exit whatever
 // happens in a test; tests also stop it in `after`.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { HOST, freePort } from './herald.mjs';
+import { HOST, freePort, spawnTracked } from './herald.mjs';
 
 /** The redis-server binary: $REDIS_SERVER_BIN, else `redis-server` on the PATH. */
 export const REDIS_SERVER_BIN = process.env.REDIS_SERVER_BIN || 'redis-server';
-
-const liveChildren = new Set();
-process.on('exit', () => {
-  for (const child of liveChildren) {
-    try {
-      child.kill('SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-});
 
 /** `redis-server --version`, or throws a readable error when it is not installed. */
 export function redisServerVersion() {
@@ -167,23 +156,12 @@ export class RedisServer {
     // No persistence: a restart after SIGKILL comes back empty, by design.
     const argv = ['--port', String(this.port), '--bind', HOST, '--save', '', '--appendonly', 'no', ...this.args];
     this._logs.push(`--- spawn ${REDIS_SERVER_BIN} ${argv.map((a) => (a === '' ? "''" : a)).join(' ')}\n`);
-    const child = spawn(REDIS_SERVER_BIN, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child = child;
-    liveChildren.add(child);
-    const onData = (chunk) => this._logs.push(chunk.toString());
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    this._exited = new Promise((resolve) => {
-      child.on('exit', (code, signal) => {
-        liveChildren.delete(child);
-        this._logs.push(`--- exited code=${code} signal=${signal}\n`);
-        resolve({ code, signal });
-      });
+    const { child, exited, spawnError } = spawnTracked(REDIS_SERVER_BIN, argv, {
+      env: process.env,
+      onLog: (text) => this._logs.push(text),
     });
-    const spawnError = new Promise((_, reject) =>
-      child.on('error', (e) => reject(new Error(`cannot spawn ${REDIS_SERVER_BIN}: ${e.message}`))),
-    );
-    spawnError.catch(() => {});
+    this.child = child;
+    this._exited = exited;
 
     const deadline = Date.now() + timeoutMs;
     for (;;) {
