@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{Herald, RawSocket, event, sample};
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -241,4 +242,75 @@ async fn garbage_closes_at_most_its_own_connection() {
     let (mut fresh, _, _) = RawSocket::connect(&herald.ws_url()).await;
     fresh.emit("subscribe", json!("steady")).await;
     assert_eq!(fresh.next_event().await.0, "subscribed");
+}
+
+/// A long-poll whose client hangs up (a browser tab closed on the polling
+/// transport) ends its socket and subscriptions at once, not after the
+/// heartbeat gives up 45 s later; long-polls that answer end nothing.
+#[tokio::test]
+async fn a_client_hanging_up_on_its_long_poll_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+
+    let herald = Herald::start_logged(&[]).await;
+    let http = reqwest::Client::new();
+    let polling = herald.url("/socket.io/?EIO=4&transport=polling");
+    let open = http
+        .get(&polling)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
+    let poll = format!("{polling}&sid={}", open["sid"].as_str().unwrap());
+    let post = |body: &'static str| http.post(&poll).body(body).send();
+    assert_eq!(post("40").await.unwrap().status(), 200);
+    let connected = http.get(&poll).send().await.unwrap().text().await.unwrap();
+    assert!(connected.contains("connected"), "{connected}");
+    assert_eq!(
+        post(r#"42["subscribe","left-open"]"#)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let subscribed = http.get(&poll).send().await.unwrap().text().await.unwrap();
+    assert!(subscribed.contains("subscribed"), "{subscribed}");
+    let (_, stats) = herald.get("/api/v1/stats").await;
+    assert_eq!(
+        (
+            stats["connections"].as_u64(),
+            stats["subscriptions"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+
+    // A long-poll that nothing answers, then the client goes away.
+    let mut conn = TcpStream::connect(("127.0.0.1", herald.port))
+        .await
+        .unwrap();
+    let path = poll.split_once(&format!(":{}", herald.port)).unwrap().1;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(conn);
+
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, stats) = herald.get("/api/v1/stats").await;
+        if stats["connections"] == 0 && stats["subscriptions"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still counted 3 s after the client left: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        herald.log().contains("long-poll abandoned"),
+        "{}",
+        herald.log()
+    );
 }

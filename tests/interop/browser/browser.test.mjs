@@ -488,6 +488,10 @@ describe('client-examples/browser (plain page, socket.io.min.js)', () => {
       await waitForSubscribers(sessionId, 1, 'the page subscribes on connect');
       await playSession(page, sessionId);
       await waitForSubscribers(sessionId, 0, 'after completed the page unsubscribes');
+      // Then disconnects. Wait for herald to see it: the page disconnects
+      // with a POST, and closing the page before it is sent would leave the
+      // socket to the heartbeat (45 s), counted in the next tests' stats.
+      await waitForConnections(0, 'after completed the page disconnects');
       assertNoProblems(page, 'plain page over polling');
     } finally {
       await closePage(page);
