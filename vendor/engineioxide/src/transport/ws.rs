@@ -4,12 +4,9 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
-use std::sync::Arc;
+use std::{ops::ControlFlow, sync::Arc, task::Poll};
 
-use futures_util::{
-    SinkExt, StreamExt, TryStreamExt,
-    stream::{SplitSink, SplitStream},
-};
+use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -28,6 +25,7 @@ use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
     errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    transport::polling::rx_stream::WatchStream,
 };
 
 /// Create a response for websocket upgrade
@@ -164,17 +162,8 @@ where
             .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
         (socket, ws)
     };
-    let (tx, rx) = ws.split();
-
-    // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
-
-    // pipe between internal socket channel and websocket
-    match forward_to_handler(&engine, rx, &socket)
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    {
-        Some(Err(ref e)) => {
+    match serve(&engine, ws, &socket).await {
+        Err(ref e) => {
             let reason =
                 Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
 
@@ -182,12 +171,12 @@ where
             tracing::debug!("error when handling packet: {:?}", e);
             engine.close_session(socket.id, reason);
         }
-        Some(Ok(())) => {
+        Ok(End::ClientClosed) => {
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %socket.id, "ws transport was closed");
             engine.close_session(socket.id, DisconnectReason::TransportClose);
         }
-        None => {
+        Ok(End::SessionClosed) => {
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %socket.id, "socket is closing");
         }
@@ -195,160 +184,185 @@ where
     Ok(())
 }
 
-/// Forwards all packets received from a websocket to a EngineIo [`Socket`]
-async fn forward_to_handler<H: EngineIoHandler, S>(
+/// How a WebSocket session ended, when it ended without an error.
+enum End {
+    /// The client closed the WebSocket or the Engine.IO session.
+    ClientClosed,
+    /// The session was closed on this side (cancellation token).
+    SessionClosed,
+}
+
+/// Serves a WebSocket session from one task: hands the client's frames to
+/// the handler, and writes what the socket queues, until either side ends it.
+///
+/// Upstream runs a reader task and a writer task over a split stream. One
+/// task over the whole stream saves, per connection, a task (2.4 KiB held for
+/// as long as the socket lives) and the lock that a split stream takes on
+/// every frame, in both directions.
+///
+/// What is queued before the session closes is still written, in order,
+/// before the WebSocket is closed (a close packet queued by
+/// [`Socket::close`] in particular).
+async fn serve<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
-    mut rx: SplitStream<WebSocketStream<S>>,
+    mut ws: WebSocketStream<S>,
     socket: &Arc<Socket<H::Data>>,
-) -> Result<(), Error>
+) -> Result<End, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    while let Some(msg) = rx.try_next().await? {
-        match msg {
-            Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
-                Packet::Close => {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] closing session", socket.id);
-                    engine.close_session(socket.id, DisconnectReason::TransportClose);
-                    break;
-                }
-                Packet::Pong | Packet::Ping => {
-                    // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
-                    Ok::<(), Error>(())
-                }
-                Packet::Message(msg) => {
-                    engine.handler.on_message(msg, socket.clone());
-                    Ok(())
-                }
-                p => return Err(Error::BadPacket(p)),
-            },
-            Message::Binary(mut data) => {
-                if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
-                    // The first byte is the message type, which we don't need.
-                    data = data.split_off(1);
-                }
-                engine.handler.on_binary(data, socket.clone());
-                Ok(())
-            }
-            Message::Close(_) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!("websocket closed, closing session");
-                engine.close_session(socket.id, DisconnectReason::TransportClose);
-                break;
-            }
-            _ => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(sid = ?socket.id, "unexpected ws message");
-                Ok(())
-            }
-        }?
-    }
-    Ok(())
-}
-
-/// Forwards all packets waiting to be sent to the websocket
-///
-/// The websocket stream is flushed only when the internal channel is drained
-async fn forward_to_socket<H: EngineIoHandler, S>(
-    socket: Arc<Socket<H::Data>>,
-    mut tx: SplitSink<WebSocketStream<S>, Message>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    // A polling request that was in progress during the upgrade may still hold the lock.
     let lock = socket.internal_rx.lock();
     let Some(mut internal_rx) = lock
         .with_cancellation_token(&socket.cancellation_token)
         .await
     else {
         #[cfg(feature = "tracing")]
-        tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
-        return;
+        tracing::debug!(sid = %socket.id, "session closed before the ws started");
+        return Ok(End::SessionClosed);
     };
     let InternalRx {
         buffered_rx,
         volatile_rx,
         ..
     } = &mut *internal_rx;
+    let mut volatile = WatchStream::new(volatile_rx);
+    let cancelled = socket.cancellation_token.cancelled();
+    tokio::pin!(cancelled);
+    let mut unflushed = false;
 
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
-    macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
+    let end = std::future::poll_fn(|cx| {
+        // Written before reading, and queued packets before volatile ones,
+        // as upstream's biased writer did.
+        loop {
+            match ws.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
+                Poll::Pending => break,
+            }
+            let packets = match buffered_rx.poll_recv(cx) {
+                Poll::Ready(Some(packets)) => *packets,
+                Poll::Ready(None) => return Poll::Ready(Ok(End::SessionClosed)),
+                Poll::Pending => match volatile.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Some(packets))) => {
+                        #[cfg(feature = "tracing")]
+                        tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
+                        packets
                     }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
+                    Poll::Ready(Some(None) | None) | Poll::Pending => break,
+                },
             };
-        }
-
-    // Forward buffered packets until the channel is closed or the session is cancelled.
-    loop {
-        tokio::select! {
-            biased;
-            items = buffered_rx.recv() => {
-                match items {
-                    Some(packets) => {
-                        for item in packets {
-                            map_fn!(item);
-                        }
-                        while let Ok(packets) = buffered_rx.try_recv() {
-                            for item in packets {
-                                map_fn!(item);
-                            }
-                        }
-                    }
-                    None => break
+            for packet in packets {
+                if let Some(msg) = to_message(socket.protocol, packet) {
+                    ws.start_send_unpin(msg)?;
+                    unflushed = true;
                 }
             }
-            _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().clone();
-                if let Some(packets) = val {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in packets {
-                        map_fn!(item);
-                    }
-                }
-            },
+        }
+        if unflushed {
+            #[cfg(feature = "tracing")]
+            tracing::trace!(sid = %socket.id, "ws flush");
+            match ws.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => unflushed = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
+                Poll::Pending => {}
+            }
         }
 
-        #[cfg(feature = "tracing")]
-        tracing::trace!(sid = %socket.id, "ws flush");
-        tx.flush().await.ok();
-    }
+        loop {
+            match ws.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(msg))) => {
+                    if on_frame(engine, socket, msg)?.is_break() {
+                        return Poll::Ready(Ok(End::ClientClosed));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::from(e))),
+                Poll::Ready(None) => return Poll::Ready(Ok(End::ClientClosed)),
+                Poll::Pending => break,
+            }
+        }
 
+        match cancelled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Ok(End::SessionClosed)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+
+    // The closing flush: what was queued until now, then the close frame.
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
-
-    tx.flush().await.ok();
-    tx.close().await.ok();
+    while let Ok(packets) = buffered_rx.try_recv() {
+        for packet in *packets {
+            if let Some(msg) = to_message(socket.protocol, packet) {
+                ws.feed(msg).await.ok();
+            }
+        }
+    }
+    ws.flush().await.ok();
+    ws.close(None).await.ok();
+    end
 }
+
+/// Hands one frame from the client to the handler; breaks when the client
+/// closed the session.
+fn on_frame<H: EngineIoHandler>(
+    engine: &Arc<EngineIo<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    msg: Message,
+) -> Result<ControlFlow<()>, Error> {
+    match msg {
+        Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
+            Packet::Close => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!("[sid={}] closing session", socket.id);
+                engine.close_session(socket.id, DisconnectReason::TransportClose);
+                return Ok(ControlFlow::Break(()));
+            }
+            Packet::Pong | Packet::Ping => socket.heartbeat.notify_one(),
+            Packet::Message(msg) => engine.handler.on_message(msg, socket.clone()),
+            p => return Err(Error::BadPacket(p)),
+        },
+        Message::Binary(mut data) => {
+            if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
+                data = data.split_off(1);
+            }
+            engine.handler.on_binary(data, socket.clone());
+        }
+        Message::Close(_) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!("websocket closed, closing session");
+            engine.close_session(socket.id, DisconnectReason::TransportClose);
+            return Ok(ControlFlow::Break(()));
+        }
+        _ => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = ?socket.id, "unexpected ws message");
+        }
+    }
+    Ok(ControlFlow::Continue(()))
+}
+
+/// The WebSocket frame of a packet, if it has one.
+fn to_message(protocol: ProtocolVersion, packet: Packet) -> Option<Message> {
+    match packet {
+        Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+            if protocol == ProtocolVersion::V3 {
+                let mut buff = Vec::with_capacity(bin.len() + 1);
+                buff.push(0x04);
+                buff.extend(bin);
+                Some(Message::Binary(buff.into()))
+            } else {
+                Some(Message::Binary(bin))
+            }
+        }
+        Packet::Noop => None,
+        packet => {
+            let packet: String = packet.try_into().unwrap();
+            Some(Message::Text(packet.into()))
+        }
+    }
+}
+
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
     sid: Sid,
@@ -408,7 +422,7 @@ where
     // We send a last Noop request to close a potential waiting polling request.
     socket
         .internal_tx
-        .send(smallvec![Packet::Noop])
+        .send(Box::new(smallvec![Packet::Noop]))
         .await
         .map_err(|_| Error::Upgrade)?;
 
@@ -505,17 +519,29 @@ mod tests {
         )
     }
 
+    fn engine() -> Arc<EngineIo<StubHandler>> {
+        Arc::new(EngineIo::new(
+            Arc::new(StubHandler),
+            EngineIoConfig::default(),
+        ))
+    }
+
     /// A polling request can still hold the lock at the end of an upgrade.
     #[tokio::test]
     async fn writer_waits_for_the_lock_of_a_polling_request() {
-        let socket = socket();
+        let (engine, socket) = (engine(), socket());
         let (server, mut client) = ws_pair().await;
-        let (tx, _rx) = server.split();
 
         let polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let serving = tokio::spawn({
+            let socket = socket.clone();
+            async move { serve(&engine, server, &socket).await.map(|_| ()) }
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!writer.is_finished(), "the writer should wait for the lock");
+        assert!(
+            !serving.is_finished(),
+            "the writer should wait for the lock"
+        );
 
         drop(polling);
         socket.emit(Str::from("hello")).unwrap();
@@ -529,18 +555,54 @@ mod tests {
 
     #[tokio::test]
     async fn writer_waiting_for_the_lock_stops_with_the_session() {
-        let socket = socket();
+        let (engine, socket) = (engine(), socket());
         let (server, _client) = ws_pair().await;
-        let (tx, _rx) = server.split();
 
         let _polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let serving = tokio::spawn({
+            let socket = socket.clone();
+            async move { serve(&engine, server, &socket).await.map(|_| ()) }
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
-        tokio::time::timeout(TIMEOUT, writer)
+        tokio::time::timeout(TIMEOUT, serving)
             .await
             .expect("the writer should stop")
+            .unwrap()
             .unwrap();
+    }
+
+    /// Packets queued before the session closes are written before the
+    /// close frame, and frames from the client reach the handler.
+    #[tokio::test]
+    async fn queued_packets_are_written_before_the_close_frame() {
+        let (engine, socket) = (engine(), socket());
+        let (server, mut client) = ws_pair().await;
+        let serving = tokio::spawn({
+            let socket = socket.clone();
+            async move { serve(&engine, server, &socket).await.map(|_| ()) }
+        });
+        client.send(Message::text("3")).await.unwrap();
+        tokio::time::timeout(TIMEOUT, socket.heartbeat.notified())
+            .await
+            .expect("the pong should reach the heartbeat");
+
+        socket.emit(Str::from("one")).unwrap();
+        socket.emit(Str::from("two")).unwrap();
+        socket.cancellation_token.cancel();
+        let mut seen = Vec::new();
+        while let Some(Ok(msg)) = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap() {
+            seen.push(msg);
+        }
+        assert_eq!(
+            seen,
+            [
+                Message::text("4one"),
+                Message::text("4two"),
+                Message::Close(None)
+            ]
+        );
+        serving.await.unwrap().unwrap();
     }
 }
