@@ -63,33 +63,38 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         .ok_or(Error::InvalidWebSocketKey)?
         .clone();
 
-    tokio::spawn(async move {
-        let conn = hyper::upgrade::on(req)
-            .await
-            .map(hyper_util::rt::TokioIo::new);
-
-        let res = match conn {
-            Ok(conn) => on_init(engine.clone(), conn, protocol, sid, parts).await,
+    // The upgrade and the handshake are boxed apart from the task that then
+    // serves the connection: they are over within a few round trips, and
+    // unboxed, their state (3.2 KiB) would stay in the task for as long as
+    // the connection lives.
+    let setup = Box::pin(async move {
+        let conn = match hyper::upgrade::on(req).await {
+            Ok(conn) => hyper_util::rt::TokioIo::new(conn),
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("ws upgrade error: {}", _e);
-                return;
+                return None;
             }
         };
-
-        match res {
-            Ok(_) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(?sid, "ws closed")
-            }
-            Err(Error::MultipleWebsocketRequests) => {}
+        match handshake(&engine, conn, protocol, sid, parts).await {
+            Ok((socket, ws)) => Some((engine, socket, ws)),
+            Err(Error::MultipleWebsocketRequests) => None,
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(?sid, "ws closed with error: {_e}");
                 if let Some(sid) = sid {
                     engine.close_session(sid, DisconnectReason::TransportError);
                 }
+                None
             }
+        }
+    });
+    tokio::spawn(async move {
+        if let Some((engine, socket, mut ws)) = setup.await {
+            let end = serve(&engine, &mut ws, &socket).await;
+            close_if_ended(&engine, &socket, end);
+            #[cfg(feature = "tracing")]
+            tracing::debug!(?sid, "ws closed")
         }
     });
 
@@ -101,10 +106,6 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
 /// Sends an open packet if it is not an upgrade from a polling request
 ///
 /// Read packets from the websocket and handle them, it will block until the connection is closed
-#[cfg_attr(
-    feature = "tracing",
-    tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
-)]
 pub async fn on_init<H: EngineIoHandler, S>(
     engine: Arc<EngineIo<H>>,
     conn: S,
@@ -115,16 +116,38 @@ pub async fn on_init<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (socket, mut ws) = handshake(&engine, conn, protocol, sid, req_data).await?;
+    let end = serve(&engine, &mut ws, &socket).await;
+    close_if_ended(&engine, &socket, end);
+    Ok(())
+}
+
+/// Opens the Engine.IO session on a new WebSocket, or moves a polling
+/// session onto it.
+#[cfg_attr(
+    feature = "tracing",
+    tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
+)]
+async fn handshake<H: EngineIoHandler, S>(
+    engine: &Arc<EngineIo<H>>,
+    conn: S,
+    protocol: ProtocolVersion,
+    sid: Option<Sid>,
+    req_data: Parts,
+) -> Result<(Arc<Socket<H::Data>>, WebSocketStream<S>), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(engine.config.ws_read_buffer_size)
         .max_message_size(Some(engine.config.ws_max_message_size))
         .max_frame_size(Some(engine.config.ws_max_frame_size));
 
     let ws_init = move || WebSocketStream::from_raw_socket(conn, Role::Server, Some(ws_config));
-    let (socket, ws) = if let Some(sid) = sid {
+    if let Some(sid) = sid {
         match engine.get_socket(sid) {
-            None => return Err(Error::UnknownSessionID(sid)),
-            Some(socket) if socket.is_ws() => return Err(Error::MultipleWebsocketRequests),
+            None => Err(Error::UnknownSessionID(sid)),
+            Some(socket) if socket.is_ws() => Err(Error::MultipleWebsocketRequests),
             Some(socket) => {
                 let mut ws = ws_init().await;
 
@@ -146,7 +169,7 @@ where
                         return Err(Error::Upgrade);
                     }
                 }
-                (socket, ws)
+                Ok((socket, ws))
             }
         }
     } else {
@@ -160,9 +183,18 @@ where
         socket
             .clone()
             .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
-        (socket, ws)
-    };
-    match serve(&engine, ws, &socket).await {
+        Ok((socket, ws))
+    }
+}
+
+/// Closes the session once [`serve`] returned, unless it was closed on this
+/// side already.
+fn close_if_ended<H: EngineIoHandler>(
+    engine: &Arc<EngineIo<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    end: Result<End, Error>,
+) {
+    match end {
         Err(ref e) => {
             let reason =
                 Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
@@ -181,7 +213,6 @@ where
             tracing::debug!(sid = %socket.id, "socket is closing");
         }
     }
-    Ok(())
 }
 
 /// How a WebSocket session ended, when it ended without an error.
@@ -203,9 +234,12 @@ enum End {
 /// What is queued before the session closes is still written, in order,
 /// before the WebSocket is closed (a close packet queued by
 /// [`Socket::close`] in particular).
+///
+/// Everything is borrowed: an async fn keeps its arguments in its state for
+/// as long as it runs, and the stream would be held twice.
 async fn serve<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
-    mut ws: WebSocketStream<S>,
+    ws: &mut WebSocketStream<S>,
     socket: &Arc<Socket<H::Data>>,
 ) -> Result<End, Error>
 where
@@ -530,12 +564,12 @@ mod tests {
     #[tokio::test]
     async fn writer_waits_for_the_lock_of_a_polling_request() {
         let (engine, socket) = (engine(), socket());
-        let (server, mut client) = ws_pair().await;
+        let (mut server, mut client) = ws_pair().await;
 
         let polling = socket.internal_rx.lock().await;
         let serving = tokio::spawn({
             let socket = socket.clone();
-            async move { serve(&engine, server, &socket).await.map(|_| ()) }
+            async move { serve(&engine, &mut server, &socket).await.map(|_| ()) }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
@@ -556,12 +590,12 @@ mod tests {
     #[tokio::test]
     async fn writer_waiting_for_the_lock_stops_with_the_session() {
         let (engine, socket) = (engine(), socket());
-        let (server, _client) = ws_pair().await;
+        let (mut server, _client) = ws_pair().await;
 
         let _polling = socket.internal_rx.lock().await;
         let serving = tokio::spawn({
             let socket = socket.clone();
-            async move { serve(&engine, server, &socket).await.map(|_| ()) }
+            async move { serve(&engine, &mut server, &socket).await.map(|_| ()) }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
 
@@ -578,10 +612,10 @@ mod tests {
     #[tokio::test]
     async fn queued_packets_are_written_before_the_close_frame() {
         let (engine, socket) = (engine(), socket());
-        let (server, mut client) = ws_pair().await;
+        let (mut server, mut client) = ws_pair().await;
         let serving = tokio::spawn({
             let socket = socket.clone();
-            async move { serve(&engine, server, &socket).await.map(|_| ()) }
+            async move { serve(&engine, &mut server, &socket).await.map(|_| ()) }
         });
         client.send(Message::text("3")).await.unwrap();
         tokio::time::timeout(TIMEOUT, socket.heartbeat.notified())
