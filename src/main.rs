@@ -7,6 +7,12 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's allocator: herald allocates and frees small
+/// blocks per connection and per delivery, where glibc's malloc showed as
+/// 17% of the CPU of accepting connections.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
