@@ -6,10 +6,13 @@
 
 use std::{ops::ControlFlow, sync::Arc, task::Poll};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Instant,
+};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -77,7 +80,7 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
             }
         };
         match handshake(&engine, conn, protocol, sid, parts).await {
-            Ok((socket, ws)) => Some((engine, socket, ws)),
+            Ok(opened) => Some((engine, opened)),
             Err(Error::MultipleWebsocketRequests) => None,
             Err(_e) => {
                 #[cfg(feature = "tracing")]
@@ -90,8 +93,8 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         }
     });
     tokio::spawn(async move {
-        if let Some((engine, socket, mut ws)) = setup.await {
-            let end = serve(&engine, &mut ws, &socket).await;
+        if let Some((engine, (socket, mut ws, heartbeat))) = setup.await {
+            let end = serve(&engine, &mut ws, &socket, heartbeat).await;
             close_if_ended(&engine, &socket, end);
             #[cfg(feature = "tracing")]
             tracing::debug!(?sid, "ws closed")
@@ -116,14 +119,14 @@ pub async fn on_init<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (socket, mut ws) = handshake(&engine, conn, protocol, sid, req_data).await?;
-    let end = serve(&engine, &mut ws, &socket).await;
+    let (socket, mut ws, heartbeat) = handshake(&engine, conn, protocol, sid, req_data).await?;
+    let end = serve(&engine, &mut ws, &socket, heartbeat).await;
     close_if_ended(&engine, &socket, end);
     Ok(())
 }
 
 /// Opens the Engine.IO session on a new WebSocket, or moves a polling
-/// session onto it.
+/// session onto it; says who keeps the session's heartbeat.
 #[cfg_attr(
     feature = "tracing",
     tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
@@ -134,7 +137,7 @@ async fn handshake<H: EngineIoHandler, S>(
     protocol: ProtocolVersion,
     sid: Option<Sid>,
     req_data: Parts,
-) -> Result<(Arc<Socket<H::Data>>, WebSocketStream<S>), Error>
+) -> Result<(Arc<Socket<H::Data>>, WebSocketStream<S>, Heartbeat), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -169,7 +172,7 @@ where
                         return Err(Error::Upgrade);
                     }
                 }
-                Ok((socket, ws))
+                Ok((socket, ws, Heartbeat::OwnTask))
             }
         }
     } else {
@@ -180,10 +183,7 @@ where
 
         let mut ws = ws_init().await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
-        socket
-            .clone()
-            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
-        Ok((socket, ws))
+        Ok((socket, ws, Heartbeat::Connection))
     }
 }
 
@@ -215,6 +215,18 @@ fn close_if_ended<H: EngineIoHandler>(
     }
 }
 
+/// Who keeps a WebSocket session's heartbeat.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Heartbeat {
+    /// The task serving the connection: the session began on this
+    /// WebSocket. Upstream spawns a task per socket for it, 1.4 KiB per
+    /// socket for a timer and a signal.
+    Connection,
+    /// The task spawned when the session began on polling; it goes on
+    /// across the upgrade.
+    OwnTask,
+}
+
 /// How a WebSocket session ended, when it ended without an error.
 enum End {
     /// The client closed the WebSocket or the Engine.IO session.
@@ -237,10 +249,17 @@ enum End {
 ///
 /// Everything is borrowed: an async fn keeps its arguments in its state for
 /// as long as it runs, and the stream would be held twice.
+///
+/// With [`Heartbeat::Connection`] it also pings the client every interval
+/// and closes the session when a pong does not follow within the timeout,
+/// as [`Socket::spawn_heartbeat`] does for the other sessions: the first
+/// ping one interval after the handshake, and a pong only answering a ping
+/// sent before it.
 async fn serve<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
     ws: &mut WebSocketStream<S>,
     socket: &Arc<Socket<H::Data>>,
+    heartbeat: Heartbeat,
 ) -> Result<End, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -264,7 +283,54 @@ where
     tokio::pin!(cancelled);
     let mut unflushed = false;
 
+    let (interval, timeout) = (engine.config.ping_interval, engine.config.ping_timeout);
+    let mut next_ping = Instant::now() + interval;
+    // When the next ping is due, or while a pong is awaited, when the wait
+    // ends.
+    let timer = tokio::time::sleep_until(next_ping);
+    tokio::pin!(timer);
+    let pong = socket.heartbeat.notified();
+    tokio::pin!(pong);
+    let mut awaiting_pong = false;
+
     let end = std::future::poll_fn(|cx| {
+        if heartbeat == Heartbeat::Connection {
+            if awaiting_pong && pong.as_mut().poll(cx).is_ready() {
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = ?socket.id, "pong received");
+                awaiting_pong = false;
+                timer.as_mut().reset(next_ping);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                if awaiting_pong {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = ?socket.id, "heartbeat timeout");
+                    // Queues the close packet, written by the closing flush.
+                    socket.close(DisconnectReason::HeartbeatTimeout);
+                    return Poll::Ready(Ok(End::SessionClosed));
+                }
+                // A pong that came before this ping does not answer it.
+                socket.heartbeat.notified().now_or_never();
+                if socket.send(Packet::Ping).is_err() {
+                    socket.close(DisconnectReason::HeartbeatTimeout);
+                    return Poll::Ready(Ok(End::SessionClosed));
+                }
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = ?socket.id, "ping queued, waiting for pong");
+                next_ping = (next_ping + interval).max(Instant::now());
+                pong.set(socket.heartbeat.notified());
+                awaiting_pong = true;
+                timer.as_mut().reset(Instant::now() + timeout);
+                // Registers both for a wake-up.
+                if pong.as_mut().poll(cx).is_ready() {
+                    awaiting_pong = false;
+                    timer.as_mut().reset(next_ping);
+                }
+                let _ = timer.as_mut().poll(cx);
+            }
+        }
+
+
         // Written before reading, and queued packets before volatile ones,
         // as upstream's biased writer did.
         loop {
@@ -569,7 +635,11 @@ mod tests {
         let polling = socket.internal_rx.lock().await;
         let serving = tokio::spawn({
             let socket = socket.clone();
-            async move { serve(&engine, &mut server, &socket).await.map(|_| ()) }
+            async move {
+                serve(&engine, &mut server, &socket, Heartbeat::OwnTask)
+                    .await
+                    .map(|_| ())
+            }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
@@ -595,7 +665,11 @@ mod tests {
         let _polling = socket.internal_rx.lock().await;
         let serving = tokio::spawn({
             let socket = socket.clone();
-            async move { serve(&engine, &mut server, &socket).await.map(|_| ()) }
+            async move {
+                serve(&engine, &mut server, &socket, Heartbeat::OwnTask)
+                    .await
+                    .map(|_| ())
+            }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
 
@@ -615,7 +689,11 @@ mod tests {
         let (mut server, mut client) = ws_pair().await;
         let serving = tokio::spawn({
             let socket = socket.clone();
-            async move { serve(&engine, &mut server, &socket).await.map(|_| ()) }
+            async move {
+                serve(&engine, &mut server, &socket, Heartbeat::OwnTask)
+                    .await
+                    .map(|_| ())
+            }
         });
         client.send(Message::text("3")).await.unwrap();
         tokio::time::timeout(TIMEOUT, socket.heartbeat.notified())
