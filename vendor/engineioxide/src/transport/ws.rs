@@ -389,19 +389,33 @@ where
     .await;
 
     // The closing flush: what was queued until now, then the close frame.
+    // Bounded: a client that stopped reading would otherwise keep this task,
+    // and with it the channel lock the session's close waits for, forever.
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
-    while let Ok(packets) = buffered_rx.try_recv() {
-        for packet in *packets {
-            if let Some(msg) = to_message(socket.protocol, packet) {
-                ws.feed(msg).await.ok();
+    let closing = async {
+        while let Ok(packets) = buffered_rx.try_recv() {
+            for packet in *packets {
+                if let Some(msg) = to_message(socket.protocol, packet) {
+                    ws.feed(msg).await?;
+                }
             }
         }
+        ws.flush().await?;
+        ws.close(None).await
+    };
+    if tokio::time::timeout(CLOSING_FLUSH_TIMEOUT, closing)
+        .await
+        .is_err()
+    {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(sid = %socket.id, "ws closing flush timed out");
     }
-    ws.flush().await.ok();
-    ws.close(None).await.ok();
     end
 }
+
+/// How long a closing WebSocket may take to write what was queued for it.
+const CLOSING_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Hands one frame from the client to the handler; breaks when the client
 /// closed the session.
@@ -716,5 +730,31 @@ mod tests {
             ]
         );
         serving.await.unwrap().unwrap();
+    }
+
+    /// A client that stopped reading holds its connection's close for at
+    /// most the closing flush's timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stopped_reading_does_not_hold_the_close() {
+        let (engine, socket) = (engine(), socket());
+        // The pipe holds 1 KiB and the client never reads.
+        let (mut server, _client) = ws_pair().await;
+        let serving = tokio::spawn({
+            let socket = socket.clone();
+            async move {
+                serve(&engine, &mut server, &socket, Heartbeat::OwnTask)
+                    .await
+                    .map(|_| ())
+            }
+        });
+        socket.emit(Str::from("x".repeat(4096))).unwrap();
+        socket.emit(Str::from("y".repeat(4096))).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        socket.cancellation_token.cancel();
+        tokio::time::timeout(CLOSING_FLUSH_TIMEOUT + TIMEOUT, serving)
+            .await
+            .expect("the close should give up on the client")
+            .unwrap()
+            .unwrap();
     }
 }
