@@ -199,7 +199,10 @@ impl Herald {
                 debug!("could not set TCP_NODELAY: {e}");
             }
         });
-        let server = axum::serve(listener, self.router).with_graceful_shutdown(stop);
+        // A make-service built once: serving the Router itself makes axum
+        // clone and re-finalize the whole route table for every connection.
+        let server =
+            axum::serve(listener, self.router.into_make_service()).with_graceful_shutdown(stop);
         let server = tokio::spawn(async move { server.await });
         let result = match closed_rx.await {
             // The sockets are closed; give the HTTP side a moment to drain.
