@@ -92,9 +92,9 @@ impl Herald {
             None => {
                 let (service, io) = builder.build_svc();
                 realtime::attach(&io);
-                let cluster = MemoryCluster::new(io.clone(), local, config.session_ttl());
+                let cluster = MemoryCluster::new(io, local, config.session_ttl());
                 (
-                    realtime::endpoint::routes(service, io, &origins),
+                    realtime::endpoint::routes(service, &origins),
                     Cluster::Memory(cluster),
                 )
             }
@@ -105,9 +105,9 @@ impl Herald {
                     .with_adapter::<cluster::redis::RedisAdapter>(adapter)
                     .build_svc();
                 realtime::attach(&io);
-                let cluster = RedisCluster::new(io.clone(), local, setup, config.session_ttl());
+                let cluster = RedisCluster::new(io, local, setup, config.session_ttl());
                 (
-                    realtime::endpoint::routes(service, io, &origins),
+                    realtime::endpoint::routes(service, &origins),
                     Cluster::Redis(cluster),
                 )
             }

@@ -6,18 +6,17 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::Request,
-    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
-use socketioxide::{SocketIo, adapter::Adapter, socket::Sid};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-use tracing::{info, warn};
+use tracing::warn;
 
 /// The Socket.IO endpoint, with or without the trailing slash. With a list
 /// of allowed origins, a browser from another origin is refused on every
 /// transport: CORS alone would stop only polling, not a WebSocket upgrade.
-pub fn routes<S, A: Adapter>(service: S, io: SocketIo<A>, origins: &Origins) -> Router
+pub fn routes<S>(service: S, origins: &Origins) -> Router
 where
     S: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
         + Clone
@@ -30,9 +29,6 @@ where
     let routes = Router::new()
         .route_service("/socket.io/", service.clone())
         .route_service("/socket.io", service)
-        .route_layer(middleware::from_fn(move |req, next| {
-            end_abandoned_polls(io.clone(), req, next)
-        }))
         .route_layer(middleware::from_fn(detach_head));
     match origins {
         Origins::Any => routes,
@@ -114,59 +110,4 @@ async fn detach_head(mut req: Request, next: Next) -> Response {
         *req.uri_mut() = uri;
     }
     next.run(req).await
-}
-
-/// Closes a polling socket whose client hung up on its pending long-poll.
-///
-/// A browser tab closed on the polling transport leaves no other trace:
-/// Engine.IO would count the socket, and keep its subscriptions, until the
-/// heartbeat gives up (ping interval + timeout, 45 s by default). hyper drops
-/// a request's future when its connection closes, so a long-poll `GET`
-/// dropped before it answered means the client is gone. Node's engine.io
-/// closes the socket at that moment too ("poll connection closed
-/// prematurely").
-async fn end_abandoned_polls<A: Adapter>(io: SocketIo<A>, req: Request, next: Next) -> Response {
-    let Some(sid) = (req.method() == Method::GET)
-        .then(|| polling_sid(req.uri()))
-        .flatten()
-    else {
-        return next.run(req).await;
-    };
-    let mut guard = PollGuard { io, sid: Some(sid) };
-    let response = next.run(req).await;
-    guard.sid = None;
-    response
-}
-
-/// The Engine.IO session of a long-poll request, if the URI names one.
-fn polling_sid(uri: &Uri) -> Option<Sid> {
-    let query = uri.query()?;
-    let mut polling = false;
-    let mut sid = None;
-    for (key, value) in query.split('&').filter_map(|kv| kv.split_once('=')) {
-        match key {
-            "transport" => polling = value == "polling",
-            "sid" => sid = value.parse().ok(),
-            _ => {}
-        }
-    }
-    sid.filter(|_| polling)
-}
-
-/// Disconnects its socket if dropped while still holding it: the long-poll
-/// never answered.
-struct PollGuard<A: Adapter> {
-    io: SocketIo<A>,
-    sid: Option<Sid>,
-}
-
-impl<A: Adapter> Drop for PollGuard<A> {
-    fn drop(&mut self) {
-        let Some(socket) = self.sid.and_then(|sid| self.io.get_socket(sid)) else {
-            return;
-        };
-        info!(socket = %socket.id, "long-poll abandoned: the client went away");
-        // An error means the socket was already closing: nothing left to do.
-        socket.disconnect().ok();
-    }
 }

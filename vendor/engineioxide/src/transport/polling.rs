@@ -115,6 +115,9 @@ where
     #[cfg(feature = "tracing")]
     tracing::debug!(%sid, %protocol, supports_binary = socket.supports_binary, "polling request");
 
+    // Declared after the lock, so dropped before it.
+    let mut abandoned = AbandonedPoll(Some(&socket));
+
     let max_payload = engine.config.max_payload;
     let payload = {
         let InternalRx {
@@ -134,6 +137,7 @@ where
             .with_cancellation_token(&socket.cancellation_token)
             .await
     };
+    abandoned.0 = None;
 
     let Some(Payload {
         data,
@@ -154,6 +158,25 @@ where
     tracing::trace!(%sid, %protocol, supports_binary = socket.supports_binary, "sending data: {:?}", data);
 
     Ok(http_response(StatusCode::OK, data, has_binary))
+}
+
+/// Closes the session of a long-poll dropped before it answered.
+///
+/// hyper drops a request's future when its connection closes, so a pending
+/// poll dropped unanswered means the client went away (a browser tab closed
+/// on the polling transport). Without this, the session would stay open
+/// until the heartbeat gave up. Node's engine.io closes it at that moment too
+/// ("poll connection closed prematurely").
+struct AbandonedPoll<'a, D: Default + Send + Sync + 'static>(Option<&'a crate::Socket<D>>);
+
+impl<D: Default + Send + Sync + 'static> Drop for AbandonedPoll<'_, D> {
+    fn drop(&mut self) {
+        if let Some(socket) = self.0 {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "long-poll abandoned, closing session");
+            socket.close(DisconnectReason::TransportError);
+        }
+    }
 }
 
 /// Handle http polling post request
