@@ -90,16 +90,19 @@ impl<H: EngineIoHandler> EngineIo<H> {
 
         // Notify every transport task listening on this token to stop. Cancellation-aware
         // transports (the ws `forward_to_socket` task and pending polling requests) will release
-        // the `internal_rx` lock as soon as they observe the cancellation.
+        // the `reader` lock as soon as they observe the cancellation.
         socket.cancellation_token.cancel();
 
         let handler = self.handler.clone();
         tokio::spawn(async move {
-            // Wait for the cancelled transport task to yield the `internal_rx` lock, then close the
-            // channel so that `Socket::closed` resolves and no more packets can be buffered.
+            // Wait for the cancelled transport task to yield the `reader` lock, then close the
+            // outbox so that `Socket::closed` resolves and no more packets can be buffered.
             // When no transport holds the lock (e.g. polling between requests) this resolves
             // immediately.
-            socket.internal_rx.lock().await.buffered_rx.close();
+            {
+                let _reader = socket.reader.lock().await;
+                socket.outbox.close();
+            }
 
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %socket.id, "session closed, notifying handler");

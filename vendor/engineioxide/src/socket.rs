@@ -64,17 +64,13 @@ use std::{
     time::Duration,
 };
 
-use crate::{config::EngineIoConfig, errors::Error};
+use crate::{config::EngineIoConfig, errors::Error, outbox::Outbox};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
-use tokio::sync::{
-    Mutex, Notify,
-    mpsc::{self, Receiver, error::TrySendError},
-    watch,
-};
+use tokio::sync::{Mutex, Notify, mpsc::error::TrySendError};
 
 pub use engineioxide_core::Sid;
 use tokio_util::sync::CancellationToken;
@@ -115,18 +111,25 @@ impl From<&Error> for Option<DisconnectReason> {
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
-    inner: mpsc::Permit<'a, Box<PacketBuf>>,
+    outbox: &'a Outbox,
 }
 impl Permit<'_> {
+    fn send(self, packets: PacketBuf) {
+        let outbox = self.outbox;
+        // Its place is used, not given back.
+        std::mem::forget(self);
+        outbox.send_reserved(packets);
+    }
+
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        self.inner.send(Box::new(smallvec![Packet::Message(msg)]));
+        self.send(smallvec![Packet::Message(msg)]);
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.inner.send(Box::new(smallvec![Packet::Binary(data)]));
+        self.send(smallvec![Packet::Binary(data)]);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -138,7 +141,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(Box::new(packets));
+        self.send(packets);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -150,27 +153,13 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(Box::new(packets));
+        self.send(packets);
     }
 }
 
-#[derive(Debug)]
-pub(crate) struct InternalRx {
-    pub buffered_rx: Receiver<Box<PacketBuf>>,
-    pub peeked_packet: Option<PacketBuf>,
-    pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
-}
-
-impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<Box<PacketBuf>>,
-        volatile_rx: watch::Receiver<Option<PacketBuf>>,
-    ) -> Self {
-        Self {
-            buffered_rx,
-            peeked_packet: None,
-            volatile_rx,
-        }
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.outbox.release();
     }
 }
 
@@ -200,31 +189,16 @@ where
     /// Whether the socket is currently upgrading to a new transport.
     upgrading: AtomicBool,
 
-    /// Channel to send [`PacketBuf`] to the connection
+    /// Held by the transport that reads the [`outbox`](Self::outbox):
+    /// * a polling request holds it while it waits and answers;
+    /// * a WebSocket holds it for as long as it serves the session.
     ///
-    /// It is used and managed by the [`EngineIo`](crate::engine) struct depending on the transport type
-    ///
-    /// It is locked if [`EngineIo`](crate::engine) is currently reading from it :
-    /// * In case of polling transport it will be locked and released for each request
-    /// * In case of websocket transport it will always be locked until the connection is closed
-    ///
-    /// Closing behavior is driven by the [`Socket::cancellation_token`].
-    ///
-    /// The channel is made of a [`SmallVec`] of [`Packet`]s so that adjacent packets can be sent atomically.
-    pub(crate) internal_rx: Mutex<InternalRx>,
+    /// Closing the session waits for it (see [`Socket::close`]).
+    pub(crate) reader: Mutex<()>,
 
-    /// Channel to send [PacketBuf] to the internal connection
-    ///
-    /// Its items are boxed: tokio's channel allocates its first block of 32
-    /// slots when it is created, and 32 unboxed [`PacketBuf`]s are 5.9 KiB,
-    /// held by every socket however idle. Boxed, the block is 256 bytes,
-    /// for one small allocation per send.
-    pub(crate) internal_tx: mpsc::Sender<Box<PacketBuf>>,
-
-    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
-    /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<PacketBuf>>,
+    /// The packets waiting to be written, in [`PacketBuf`]s so that adjacent
+    /// packets are written together.
+    pub(crate) outbox: Outbox,
 
     /// Signals a Pong [`Packet`] (v4 protocol) or Ping (v3 protocol) from
     /// the connection to the heartbeat job, which runs in a separate task.
@@ -260,19 +234,14 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         supports_binary: bool,
     ) -> Self {
-        let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
-
         Self {
             id: Sid::new(),
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
-            internal_tx,
-
-            volatile_tx,
+            reader: Mutex::new(()),
+            outbox: Outbox::new(config.max_buffer_size),
 
             heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
@@ -291,8 +260,8 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.internal_tx
-            .try_send(Box::new(smallvec![packet]))
+        self.outbox
+            .try_send(smallvec![packet])
             .map_err(|p| match p {
                 TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
                 TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
@@ -375,8 +344,8 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "emitting ping");
 
-            self.internal_tx
-                .try_send(Box::new(smallvec![Packet::Ping]))
+            self.outbox
+                .try_send(smallvec![Packet::Ping])
                 .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
@@ -405,8 +374,8 @@ where
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.internal_tx
-                .try_send(Box::new(smallvec![Packet::Pong]))
+            self.outbox
+                .try_send(smallvec![Packet::Pong])
                 .map_err(|_| Error::HeartbeatTimeout)?;
         }
     }
@@ -440,8 +409,10 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
-        let permit = self.internal_tx.try_reserve()?;
-        Ok(Permit { inner: permit })
+        self.outbox.try_reserve()?;
+        Ok(Permit {
+            outbox: &self.outbox,
+        })
     }
 
     /// Emits a message to the client.
@@ -471,12 +442,12 @@ where
     /// Returns true if the socket is closed
     /// It means that no more packets can be sent to the client
     pub fn is_closed(&self) -> bool {
-        self.internal_tx.is_closed()
+        self.outbox.is_closed()
     }
 
     /// Wait for the socket to be fully closed
     pub async fn closed(&self) {
-        self.internal_tx.closed().await
+        self.outbox.closed().await
     }
 
     /// Emits a binary message to the client.
@@ -544,7 +515,7 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        self.outbox.send_volatile(packets)
     }
 }
 
@@ -554,8 +525,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("sid", &self.id)
             .field("protocol", &self.protocol)
             .field("conn", &self.transport)
-            .field("internal_rx", &self.internal_rx)
-            .field("internal_tx", &self.internal_tx)
+            .field("outbox", &self.outbox)
             .field("heartbeat", &self.heartbeat)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
@@ -603,19 +573,14 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
-        let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
-
         let sock = Self {
             id: sid,
             protocol: ProtocolVersion::V4,
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
-            internal_tx,
-
-            volatile_tx,
+            reader: Mutex::new(()),
+            outbox: Outbox::new(buffer_size),
 
             heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
@@ -628,12 +593,14 @@ where
         };
         let sock = Arc::new(sock);
 
-        let (tx, rx) = mpsc::channel(buffer_size);
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer_size);
         let sock_clone = sock.clone();
         tokio::spawn(async move {
-            let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();
-            while let Some(packets) = internal_rx.buffered_rx.recv().await {
-                for packet in *packets {
+            let _reader = sock_clone.reader.try_lock().unwrap();
+            while let Some(packets) =
+                std::future::poll_fn(|cx| sock_clone.outbox.poll_next(cx)).await
+            {
+                for packet in packets {
                     tx.send(packet).await.unwrap();
                 }
             }

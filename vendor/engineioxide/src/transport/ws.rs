@@ -11,6 +11,7 @@ use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
+    sync::mpsc::error::TrySendError,
     time::Instant,
 };
 use tokio_tungstenite::{
@@ -27,8 +28,7 @@ use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
-    transport::polling::rx_stream::WatchStream,
+    errors::Error, handler::EngineIoHandler, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -93,12 +93,15 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         }
     });
     tokio::spawn(async move {
-        if let Some((engine, (socket, mut ws, heartbeat))) = setup.await {
-            let end = serve(&engine, &mut ws, &socket, heartbeat).await;
-            close_if_ended(&engine, &socket, end);
-            #[cfg(feature = "tracing")]
-            tracing::debug!(?sid, "ws closed")
-        }
+        // let-else, not if-let: if-let keeps its scrutinee (the whole opened
+        // connection, 350 B) in the task's state beside the bindings.
+        let Some((engine, (socket, mut ws, heartbeat))) = setup.await else {
+            return;
+        };
+        let end = serve(&engine, &mut ws, &socket, heartbeat).await;
+        close_if_ended(&engine, &socket, end);
+        #[cfg(feature = "tracing")]
+        tracing::debug!(?sid, "ws closed")
     });
 
     Ok(ws_response(&ws_key))
@@ -264,8 +267,8 @@ async fn serve<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
+    let lock = socket.reader.lock();
+    let Some(_reader) = lock
         .with_cancellation_token(&socket.cancellation_token)
         .await
     else {
@@ -273,120 +276,111 @@ where
         tracing::debug!(sid = %socket.id, "session closed before the ws started");
         return Ok(End::SessionClosed);
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
-    let mut volatile = WatchStream::new(volatile_rx);
-    let cancelled = socket.cancellation_token.cancelled();
-    tokio::pin!(cancelled);
-    let mut unflushed = false;
+    // In a block of its own, so that none of this is held during the
+    // closing flush: an async fn's state is as large as everything alive at
+    // any one of its await points.
+    let end = {
+        let cancelled = socket.cancellation_token.cancelled();
+        tokio::pin!(cancelled);
+        let mut unflushed = false;
 
-    let (interval, timeout) = (engine.config.ping_interval, engine.config.ping_timeout);
-    let mut next_ping = Instant::now() + interval;
-    // When the next ping is due, or while a pong is awaited, when the wait
-    // ends.
-    let timer = tokio::time::sleep_until(next_ping);
-    tokio::pin!(timer);
-    let pong = socket.heartbeat.notified();
-    tokio::pin!(pong);
-    let mut awaiting_pong = false;
+        let (interval, timeout) = (engine.config.ping_interval, engine.config.ping_timeout);
+        let mut next_ping = Instant::now() + interval;
+        // When the next ping is due, or while a pong is awaited, when the wait
+        // ends.
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
+        let pong = socket.heartbeat.notified();
+        tokio::pin!(pong);
+        let mut awaiting_pong = false;
 
-    let end = std::future::poll_fn(|cx| {
-        if heartbeat == Heartbeat::Connection {
-            if awaiting_pong && pong.as_mut().poll(cx).is_ready() {
-                #[cfg(feature = "tracing")]
-                tracing::trace!(sid = ?socket.id, "pong received");
-                awaiting_pong = false;
-                timer.as_mut().reset(next_ping);
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                if awaiting_pong {
+        std::future::poll_fn(|cx| {
+            if heartbeat == Heartbeat::Connection {
+                if awaiting_pong && pong.as_mut().poll(cx).is_ready() {
                     #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = ?socket.id, "heartbeat timeout");
-                    // Queues the close packet, written by the closing flush.
-                    socket.close(DisconnectReason::HeartbeatTimeout);
-                    return Poll::Ready(Ok(End::SessionClosed));
-                }
-                // A pong that came before this ping does not answer it.
-                socket.heartbeat.notified().now_or_never();
-                if socket.send(Packet::Ping).is_err() {
-                    socket.close(DisconnectReason::HeartbeatTimeout);
-                    return Poll::Ready(Ok(End::SessionClosed));
-                }
-                #[cfg(feature = "tracing")]
-                tracing::trace!(sid = ?socket.id, "ping queued, waiting for pong");
-                next_ping = (next_ping + interval).max(Instant::now());
-                pong.set(socket.heartbeat.notified());
-                awaiting_pong = true;
-                timer.as_mut().reset(Instant::now() + timeout);
-                // Registers both for a wake-up.
-                if pong.as_mut().poll(cx).is_ready() {
+                    tracing::trace!(sid = ?socket.id, "pong received");
                     awaiting_pong = false;
                     timer.as_mut().reset(next_ping);
                 }
-                let _ = timer.as_mut().poll(cx);
-            }
-        }
-
-
-        // Written before reading, and queued packets before volatile ones,
-        // as upstream's biased writer did.
-        loop {
-            match ws.poll_ready_unpin(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
-                Poll::Pending => break,
-            }
-            let packets = match buffered_rx.poll_recv(cx) {
-                Poll::Ready(Some(packets)) => *packets,
-                Poll::Ready(None) => return Poll::Ready(Ok(End::SessionClosed)),
-                Poll::Pending => match volatile.poll_next_unpin(cx) {
-                    Poll::Ready(Some(Some(packets))) => {
+                if timer.as_mut().poll(cx).is_ready() {
+                    if awaiting_pong {
                         #[cfg(feature = "tracing")]
-                        tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                        packets
+                        tracing::debug!(sid = ?socket.id, "heartbeat timeout");
+                        // Queues the close packet, written by the closing flush.
+                        socket.close(DisconnectReason::HeartbeatTimeout);
+                        return Poll::Ready(Ok(End::SessionClosed));
                     }
-                    Poll::Ready(Some(None) | None) | Poll::Pending => break,
-                },
-            };
-            for packet in packets {
-                if let Some(msg) = to_message(socket.protocol, packet) {
-                    ws.start_send_unpin(msg)?;
-                    unflushed = true;
+                    // A pong that came before this ping does not answer it.
+                    socket.heartbeat.notified().now_or_never();
+                    if socket.send(Packet::Ping).is_err() {
+                        socket.close(DisconnectReason::HeartbeatTimeout);
+                        return Poll::Ready(Ok(End::SessionClosed));
+                    }
+                    #[cfg(feature = "tracing")]
+                    tracing::trace!(sid = ?socket.id, "ping queued, waiting for pong");
+                    next_ping = (next_ping + interval).max(Instant::now());
+                    pong.set(socket.heartbeat.notified());
+                    awaiting_pong = true;
+                    timer.as_mut().reset(Instant::now() + timeout);
+                    // Registers both for a wake-up.
+                    if pong.as_mut().poll(cx).is_ready() {
+                        awaiting_pong = false;
+                        timer.as_mut().reset(next_ping);
+                    }
+                    let _ = timer.as_mut().poll(cx);
                 }
             }
-        }
-        if unflushed {
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = %socket.id, "ws flush");
-            match ws.poll_flush_unpin(cx) {
-                Poll::Ready(Ok(())) => unflushed = false,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
-                Poll::Pending => {}
-            }
-        }
 
-        loop {
-            match ws.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(msg))) => {
-                    if on_frame(engine, socket, msg)?.is_break() {
-                        return Poll::Ready(Ok(End::ClientClosed));
+            // Written before reading, and queued packets before volatile ones,
+            // as upstream's biased writer did.
+            loop {
+                match ws.poll_ready_unpin(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
+                    Poll::Pending => break,
+                }
+                let batch = match socket.outbox.poll_batch(cx) {
+                    Poll::Ready(Some(batch)) => batch,
+                    Poll::Ready(None) => return Poll::Ready(Ok(End::SessionClosed)),
+                    Poll::Pending => break,
+                };
+                for packet in batch.into_packets().flatten() {
+                    if let Some(msg) = to_message(socket.protocol, packet) {
+                        ws.start_send_unpin(msg)?;
+                        unflushed = true;
                     }
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::from(e))),
-                Poll::Ready(None) => return Poll::Ready(Ok(End::ClientClosed)),
-                Poll::Pending => break,
             }
-        }
+            if unflushed {
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = %socket.id, "ws flush");
+                match ws.poll_flush_unpin(cx) {
+                    Poll::Ready(Ok(())) => unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
+                    Poll::Pending => {}
+                }
+            }
 
-        match cancelled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Ok(End::SessionClosed)),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await;
+            loop {
+                match ws.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(msg))) => {
+                        if on_frame(engine, socket, msg)?.is_break() {
+                            return Poll::Ready(Ok(End::ClientClosed));
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::from(e))),
+                    Poll::Ready(None) => return Poll::Ready(Ok(End::ClientClosed)),
+                    Poll::Pending => break,
+                }
+            }
+
+            match cancelled.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Ok(End::SessionClosed)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
 
     // The closing flush: what was queued until now, then the close frame.
     // Bounded: a client that stopped reading would otherwise keep this task,
@@ -394,17 +388,17 @@ where
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
     let closing = async {
-        while let Ok(packets) = buffered_rx.try_recv() {
-            for packet in *packets {
-                if let Some(msg) = to_message(socket.protocol, packet) {
-                    ws.feed(msg).await?;
-                }
+        for packet in socket.outbox.take_queued().into_iter().flatten() {
+            if let Some(msg) = to_message(socket.protocol, packet) {
+                ws.feed(msg).await?;
             }
         }
         ws.flush().await?;
         ws.close(None).await
     };
-    if tokio::time::timeout(CLOSING_FLUSH_TIMEOUT, closing)
+    // Boxed: it runs once, and inline it would add its size to the state
+    // every connection holds while it is served.
+    if Box::pin(tokio::time::timeout(CLOSING_FLUSH_TIMEOUT, closing))
         .await
         .is_err()
     {
@@ -534,15 +528,14 @@ where
     socket.start_upgrade();
 
     // We send a last Noop request to close a potential waiting polling request.
-    socket
-        .internal_tx
-        .send(Box::new(smallvec![Packet::Noop]))
-        .await
-        .map_err(|_| Error::Upgrade)?;
+    // A full outbox has no polling request waiting on it.
+    if let Err(TrySendError::Closed(_)) = socket.outbox.try_send(smallvec![Packet::Noop]) {
+        return Err(Error::Upgrade);
+    }
 
     // wait for any current polling connection to finish by waiting for the socket to be unlocked
     // All other polling connection will be immediately closed with a NOOP packet.
-    let _lock = socket.internal_rx.lock().await;
+    let _lock = socket.reader.lock().await;
 
     // Fetch the next packet from the ws stream, it should be a PingUpgrade packet
     let msg = match ws.next().await {
@@ -646,7 +639,7 @@ mod tests {
         let (engine, socket) = (engine(), socket());
         let (mut server, mut client) = ws_pair().await;
 
-        let polling = socket.internal_rx.lock().await;
+        let polling = socket.reader.lock().await;
         let serving = tokio::spawn({
             let socket = socket.clone();
             async move {
@@ -676,7 +669,7 @@ mod tests {
         let (engine, socket) = (engine(), socket());
         let (mut server, _client) = ws_pair().await;
 
-        let _polling = socket.internal_rx.lock().await;
+        let _polling = socket.reader.lock().await;
         let serving = tokio::spawn({
             let socket = socket.clone();
             async move {
