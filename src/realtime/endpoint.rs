@@ -1,12 +1,12 @@
-//! The HTTP edge of the Socket.IO endpoint: its routes, which browser
-//! origins may use them, and request heads that do not pin memory.
+//! The HTTP edge of the Socket.IO endpoint: its routes, and which browser
+//! origins may use them.
 
 use std::sync::Arc;
 
 use axum::{
     Json, Router,
     extract::Request,
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header},
+    http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
@@ -28,8 +28,7 @@ where
 {
     let routes = Router::new()
         .route_service("/socket.io/", service.clone())
-        .route_service("/socket.io", service)
-        .route_layer(middleware::from_fn(detach_head));
+        .route_service("/socket.io", service);
     match origins {
         Origins::Any => routes,
         Origins::List(list) => {
@@ -87,27 +86,4 @@ async fn check_origin(allowed: Arc<Vec<HeaderValue>>, req: Request, next: Next) 
         }
         _ => next.run(req).await,
     }
-}
-
-/// Gives the request its own copy of its URI and headers.
-///
-/// hyper parses them as slices of the connection's read buffer (16 KiB), and
-/// socketioxide keeps every socket's request head for as long as the socket
-/// lives: each idle WebSocket would hold a whole read buffer alive. Copied,
-/// the head costs a few hundred bytes and the buffer is freed.
-async fn detach_head(mut req: Request, next: Next) -> Response {
-    let headers: HeaderMap = req
-        .headers()
-        .iter()
-        .filter_map(|(name, value)| {
-            let name = HeaderName::from_bytes(name.as_str().as_bytes()).ok()?;
-            let value = HeaderValue::from_bytes(value.as_bytes()).ok()?;
-            Some((name, value))
-        })
-        .collect();
-    *req.headers_mut() = headers;
-    if let Ok(uri) = Uri::try_from(req.uri().to_string()) {
-        *req.uri_mut() = uri;
-    }
-    next.run(req).await
 }

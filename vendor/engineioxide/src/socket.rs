@@ -215,7 +215,8 @@ where
     /// User data bound to the socket
     pub data: D,
 
-    /// Http Request data used to create a socket
+    /// Http Request data used to create a socket, without what only the
+    /// handshake needed (see [`kept_head`])
     pub req_parts: Parts,
 
     /// If the client supports binary packets (via polling XHR2)
@@ -249,7 +250,7 @@ where
             close_fn,
 
             data: D::default(),
-            req_parts,
+            req_parts: kept_head(req_parts),
 
             supports_binary,
         }
@@ -519,6 +520,49 @@ where
     }
 }
 
+/// The request head a socket keeps for as long as it lives.
+///
+/// hyper parses a head as slices of its connection's read buffer, so keeping
+/// any of it keeps the whole buffer (8 KiB or more) for every socket. This
+/// copy also leaves out what only the handshake needed: the hop-by-hop and
+/// WebSocket handshake headers, and hyper's upgrade handle.
+fn kept_head(mut parts: Parts) -> Parts {
+    use http::header::{
+        CONNECTION, HeaderMap, HeaderName, HeaderValue, SEC_WEBSOCKET_EXTENSIONS,
+        SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    };
+    const HANDSHAKE_ONLY: [HeaderName; 8] = [
+        CONNECTION,
+        UPGRADE,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        SEC_WEBSOCKET_KEY,
+        SEC_WEBSOCKET_VERSION,
+        SEC_WEBSOCKET_EXTENSIONS,
+    ];
+    let kept = |name: &&HeaderName| !HANDSHAKE_ONLY.contains(name);
+    let mut headers = HeaderMap::with_capacity(parts.headers.keys().filter(kept).count());
+    for (name, value) in parts.headers.iter().filter(|(name, _)| kept(name)) {
+        let copy = HeaderName::from_bytes(name.as_str().as_bytes())
+            .ok()
+            .zip(HeaderValue::from_bytes(value.as_bytes()).ok());
+        if let Some((name, mut copy)) = copy {
+            copy.set_sensitive(value.is_sensitive());
+            headers.append(name, copy);
+        }
+    }
+    parts.headers = headers;
+    if let Ok(uri) = http::Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    if parts.extensions.is_empty() {
+        parts.extensions = http::Extensions::new();
+    }
+    parts
+}
+
 impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Socket")
@@ -607,5 +651,31 @@ where
         });
 
         (sock, rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_head_leaves_out_what_only_the_handshake_needed() {
+        let (mut parts, ()) = http::Request::get("/engine.io/?EIO=4&transport=websocket")
+            .header("host", "example.com")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .header("x-token", "secret")
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts.extensions.insert(42u8);
+        let kept = kept_head(parts);
+        let names: Vec<_> = kept.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["host", "x-token"]);
+        assert_eq!(kept.headers["x-token"], "secret");
+        assert_eq!(kept.uri, "/engine.io/?EIO=4&transport=websocket");
+        assert_eq!(kept.extensions.get::<u8>(), Some(&42));
     }
 }
