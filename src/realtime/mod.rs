@@ -12,7 +12,6 @@
 pub mod endpoint;
 
 use std::{
-    collections::HashSet,
     convert::Infallible,
     marker::PhantomData,
     sync::{
@@ -28,7 +27,7 @@ use socketioxide::{
     adapter::Adapter,
     extract::{AckSender, SocketRef, State, TryData},
     handler::{ConnectHandler, FromMessageParts, Value},
-    socket::{DisconnectReason, Socket},
+    socket::{DisconnectReason, Sid, Socket},
 };
 use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 use tracing::{debug, info, info_span, warn};
@@ -40,30 +39,67 @@ use crate::{
     },
 };
 
-/// Which sessions the sockets of this instance watch, counted so that
-/// publishing and the stats never have to walk the rooms.
+/// Which sessions the sockets of this instance watch: counted per session,
+/// so that publishing and the stats never have to walk the rooms, and listed
+/// per socket, so that a socket's subscriptions end with it.
+///
+/// The lists live here rather than in each socket's extensions: a map entry
+/// is a fraction of what an extension map and a set cost on every socket.
 #[derive(Default)]
 pub struct Subscriptions {
     per_session: DashMap<SessionId, u32>,
+    per_socket: DashMap<Sid, Vec<SessionId>>,
     total: AtomicU64,
 }
 
 impl Subscriptions {
-    fn add(&self, id: &SessionId) {
+    /// Returns whether the socket was not subscribed yet.
+    fn add(&self, socket: Sid, id: &SessionId) -> bool {
+        let mut sessions = self.per_socket.entry(socket).or_default();
+        if sessions.contains(id) {
+            return false;
+        }
+        sessions.push(id.clone());
         *self.per_session.entry(id.clone()).or_default() += 1;
         self.total.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
-    fn remove(&self, id: &SessionId) {
+    /// Returns whether the socket was subscribed.
+    fn remove(&self, socket: Sid, id: &SessionId) -> bool {
         let mut removed = false;
+        self.per_socket.remove_if_mut(&socket, |_, sessions| {
+            if let Some(i) = sessions.iter().position(|s| s == id) {
+                sessions.swap_remove(i);
+                removed = true;
+            }
+            sessions.is_empty()
+        });
+        if removed {
+            self.uncount(id);
+        }
+        removed
+    }
+
+    /// Ends all of a socket's subscriptions; returns how many there were.
+    fn remove_socket(&self, socket: Sid) -> usize {
+        let sessions = self
+            .per_socket
+            .remove(&socket)
+            .map(|(_, sessions)| sessions)
+            .unwrap_or_default();
+        for id in &sessions {
+            self.uncount(id);
+        }
+        sessions.len()
+    }
+
+    fn uncount(&self, id: &SessionId) {
         self.per_session.remove_if_mut(id, |_, n| {
-            removed = true;
             *n -= 1;
             *n == 0
         });
-        if removed {
-            self.total.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.total.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Local sockets subscribed to the session.
@@ -87,14 +123,6 @@ impl Subscriptions {
 pub struct Realtime {
     pub subscriptions: Arc<Subscriptions>,
     pub metrics: Arc<Metrics>,
-}
-
-/// The sessions one socket is subscribed to, kept on the socket.
-#[derive(Clone, Default)]
-struct SocketSessions(Arc<std::sync::Mutex<HashSet<SessionId>>>);
-
-fn sessions_of<A: Adapter>(s: &Socket<A>) -> SocketSessions {
-    s.extensions.get::<SocketSessions>().unwrap_or_default()
 }
 
 /// Registers the default namespace. A remote adapter finishes setting it up
@@ -142,7 +170,6 @@ pub async fn deliver<A: Adapter>(
 /// Runs before the client is told it is connected, so the handlers are in
 /// place before its first event can arrive.
 async fn prepare<A: Adapter>(s: SocketRef<A>) -> Result<(), Infallible> {
-    s.extensions.insert(SocketSessions::default());
     s.on("subscribe", async |_: InOrder<Subscribe>| {});
     s.on("unsubscribe", async |_: InOrder<Unsubscribe>| {});
     s.on_disconnect(on_disconnect::<A>);
@@ -168,11 +195,8 @@ async fn on_disconnect<A: Adapter>(
     State(rt): State<Realtime>,
 ) {
     rt.metrics.connections.dec();
-    let sessions = std::mem::take(&mut *sessions_of(&s).0.lock().unwrap());
-    for id in &sessions {
-        rt.subscriptions.remove(id);
-    }
-    info!(socket = %s.id, ?reason, subscriptions = sessions.len(), "socket disconnected");
+    let subscriptions = rt.subscriptions.remove_socket(s.id);
+    info!(socket = %s.id, ?reason, subscriptions, "socket disconnected");
 }
 
 /// A room change a client asks for.
@@ -190,10 +214,9 @@ impl RoomChange for Subscribe {
     const EVENT: &'static str = "subscribe";
     const REPLY: &'static str = "subscribed";
     fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Realtime) -> bool {
-        let added = sessions_of(s).0.lock().unwrap().insert(id.clone());
+        let added = rt.subscriptions.add(s.id, id);
         if added {
             s.join(id.room());
-            rt.subscriptions.add(id);
         }
         added
     }
@@ -203,10 +226,9 @@ impl RoomChange for Unsubscribe {
     const EVENT: &'static str = "unsubscribe";
     const REPLY: &'static str = "unsubscribed";
     fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Realtime) -> bool {
-        let removed = sessions_of(s).0.lock().unwrap().remove(id);
+        let removed = rt.subscriptions.remove(s.id, id);
         if removed {
             s.leave(id.room());
-            rt.subscriptions.remove(id);
         }
         removed
     }
@@ -273,4 +295,35 @@ fn refuse<A: Adapter>(s: &Socket<A>, rt: &Realtime, message: String, ack: AckSen
         warn!("could not send error: {e}");
     }
     let _ = ack.send(&answer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str) -> SessionId {
+        SessionId::parse(id).unwrap()
+    }
+
+    #[test]
+    fn subscriptions_are_counted_per_session_and_end_with_their_socket() {
+        let subs = Subscriptions::default();
+        let (a, b) = (Sid::new(), Sid::new());
+        assert!(subs.add(a, &session("s1")));
+        assert!(
+            !subs.add(a, &session("s1")),
+            "subscribing twice counts once"
+        );
+        assert!(subs.add(a, &session("s2")));
+        assert!(subs.add(b, &session("s1")));
+        assert_eq!((subs.count(&session("s1")), subs.total()), (2, 3));
+
+        assert!(subs.remove(b, &session("s1")));
+        assert!(!subs.remove(b, &session("s1")));
+        assert_eq!(subs.count(&session("s1")), 1);
+
+        assert_eq!(subs.remove_socket(a), 2);
+        assert_eq!(subs.remove_socket(a), 0);
+        assert_eq!((subs.sessions(), subs.total()), (0, 0));
+    }
 }
