@@ -101,7 +101,7 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         let end = serve(&engine, &mut ws, &socket, heartbeat).await;
         close_if_ended(&engine, &socket, end);
         #[cfg(feature = "tracing")]
-        tracing::debug!(?sid, "ws closed")
+        tracing::debug!(sid = %socket.id, "ws closed")
     });
 
     Ok(ws_response(&ws_key))
@@ -284,8 +284,9 @@ where
         tokio::pin!(cancelled);
         let mut unflushed = false;
 
-        let (interval, timeout) = (engine.config.ping_interval, engine.config.ping_timeout);
-        let mut next_ping = Instant::now() + interval;
+        // The config is read where it is needed: every byte kept across the
+        // await below is held by every connection.
+        let mut next_ping = Instant::now() + engine.config.ping_interval;
         // When the next ping is due, or while a pong is awaited, when the wait
         // ends.
         let timer = tokio::time::sleep_until(next_ping);
@@ -318,10 +319,12 @@ where
                     }
                     #[cfg(feature = "tracing")]
                     tracing::trace!(sid = ?socket.id, "ping queued, waiting for pong");
-                    next_ping = (next_ping + interval).max(Instant::now());
+                    next_ping = (next_ping + engine.config.ping_interval).max(Instant::now());
                     pong.set(socket.heartbeat.notified());
                     awaiting_pong = true;
-                    timer.as_mut().reset(Instant::now() + timeout);
+                    timer
+                        .as_mut()
+                        .reset(Instant::now() + engine.config.ping_timeout);
                     // Registers both for a wake-up.
                     if pong.as_mut().poll(cx).is_ready() {
                         awaiting_pong = false;
