@@ -10,7 +10,7 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
 };
 
@@ -21,20 +21,21 @@ pub(crate) struct Outbox {
     state: Mutex<State>,
     /// How many packet buffers may wait, counting reserved places.
     capacity: usize,
-    /// Woken when the outbox is closed, for [`Outbox::closed`].
-    on_close: Notify,
 }
 
 #[derive(Default)]
 struct State {
     queue: VecDeque<PacketBuf>,
-    /// Places promised to permits not used yet.
-    reserved: usize,
     /// The latest volatile packets: written after the queue, replaced by the
     /// next ones if not written by then.
     volatile: Option<Box<PacketBuf>>,
-    closed: bool,
     reader: Option<Waker>,
+    /// Made by the first [`Outbox::closed`] call: few sockets are ever
+    /// waited on, and every byte here is held by every socket.
+    on_close: Option<Arc<Notify>>,
+    /// Places promised to permits not used yet.
+    reserved: u32,
+    closed: bool,
 }
 
 /// What a writer takes at once: the queued packets, then the volatile ones.
@@ -54,7 +55,6 @@ impl Outbox {
         Self {
             state: Mutex::new(State::default()),
             capacity,
-            on_close: Notify::new(),
         }
     }
 
@@ -81,7 +81,7 @@ impl Outbox {
         if state.closed {
             return Err(TrySendError::Closed(packets));
         }
-        if state.queue.len() + state.reserved >= self.capacity {
+        if state.queue.len() + state.reserved as usize >= self.capacity {
             return Err(TrySendError::Full(packets));
         }
         self.push(state, packets);
@@ -94,7 +94,7 @@ impl Outbox {
         if state.closed {
             return Err(TrySendError::Closed(()));
         }
-        if state.queue.len() + state.reserved >= self.capacity {
+        if state.queue.len() + state.reserved as usize >= self.capacity {
             return Err(TrySendError::Full(()));
         }
         state.reserved += 1;
@@ -132,15 +132,17 @@ impl Outbox {
 
     /// No more packets are taken; those waiting can still be read.
     pub fn close(&self) {
-        let reader = {
+        let (reader, on_close) = {
             let mut state = self.state();
             state.closed = true;
-            state.reader.take()
+            (state.reader.take(), state.on_close.take())
         };
         if let Some(reader) = reader {
             reader.wake();
         }
-        self.on_close.notify_waiters();
+        if let Some(on_close) = on_close {
+            on_close.notify_waiters();
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -148,13 +150,18 @@ impl Outbox {
     }
 
     pub async fn closed(&self) {
-        loop {
-            let notified = self.on_close.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_closed() {
+        let on_close = {
+            let mut state = self.state();
+            if state.closed {
                 return;
             }
+            state.on_close.get_or_insert_default().clone()
+        };
+        // Registered before the check, so a close in between is not missed.
+        let notified = on_close.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.is_closed() {
             notified.await;
         }
     }
@@ -301,11 +308,17 @@ mod tests {
                 got
             }
         });
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.closed().await }
+        });
         tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
         outbox.try_send(packets("1")).unwrap();
         tokio::task::yield_now().await;
         outbox.try_send(packets("2")).unwrap();
         outbox.close();
+        waiter.await.unwrap();
         outbox.closed().await;
         assert_eq!(reader.await.unwrap(), vec![packets("1"), packets("2")]);
     }
