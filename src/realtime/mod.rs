@@ -22,6 +22,7 @@ use std::{
 
 use dashmap::DashMap;
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 use socketioxide::{
     BroadcastError, SocketError, SocketIo,
     adapter::Adapter,
@@ -44,11 +45,12 @@ use crate::{
 /// per socket, so that a socket's subscriptions end with it.
 ///
 /// The lists live here rather than in each socket's extensions: a map entry
-/// is a fraction of what an extension map and a set cost on every socket.
+/// is a fraction of what an extension map and a set cost on every socket,
+/// and a socket's first session is kept in the entry itself.
 #[derive(Default)]
 pub struct Subscriptions {
     per_session: DashMap<SessionId, u32>,
-    per_socket: DashMap<Sid, Vec<SessionId>>,
+    per_socket: DashMap<Sid, SmallVec<[SessionId; 1]>>,
     total: AtomicU64,
 }
 
