@@ -23,6 +23,7 @@ pub mod sid {
 
 mod body;
 mod engine;
+mod heartbeat;
 mod errors;
 mod outbox;
 mod transport;

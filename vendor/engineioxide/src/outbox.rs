@@ -64,39 +64,40 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes the reader after the lock is released.
-    fn push(&self, mut state: MutexGuard<'_, State>, packets: PacketBuf) {
-        state.queue.push_back(packets);
-        let reader = state.reader.take();
-        drop(state);
-        if let Some(reader) = reader {
-            reader.wake();
+    /// Whether one more packet buffer may be queued.
+    fn room(&self, state: &State) -> Result<(), TrySendError<()>> {
+        if state.closed {
+            Err(TrySendError::Closed(()))
+        } else if state.queue.len() + state.reserved as usize >= self.capacity {
+            Err(TrySendError::Full(()))
+        } else {
+            Ok(())
         }
+    }
+
+    fn push(mut state: MutexGuard<'_, State>, packets: PacketBuf) {
+        state.queue.push_back(packets);
+        wake_reader(state);
     }
 
     // The error type of the channel this replaces, which callers match on.
     #[allow(clippy::result_large_err)]
     pub fn try_send(&self, packets: PacketBuf) -> Result<(), TrySendError<PacketBuf>> {
         let state = self.state();
-        if state.closed {
-            return Err(TrySendError::Closed(packets));
+        match self.room(&state) {
+            Ok(()) => {
+                Self::push(state, packets);
+                Ok(())
+            }
+            Err(TrySendError::Full(())) => Err(TrySendError::Full(packets)),
+            Err(TrySendError::Closed(())) => Err(TrySendError::Closed(packets)),
         }
-        if state.queue.len() + state.reserved as usize >= self.capacity {
-            return Err(TrySendError::Full(packets));
-        }
-        self.push(state, packets);
-        Ok(())
     }
 
     /// Promises a place to a [`Permit`](crate::socket::Permit).
     pub fn try_reserve(&self) -> Result<(), TrySendError<()>> {
         let mut state = self.state();
-        if state.closed {
-            return Err(TrySendError::Closed(()));
-        }
-        if state.queue.len() + state.reserved as usize >= self.capacity {
-            return Err(TrySendError::Full(()));
-        }
+        self.room(&state)?;
         state.reserved += 1;
         Ok(())
     }
@@ -107,7 +108,7 @@ impl Outbox {
         let mut state = self.state();
         state.reserved -= 1;
         if !state.closed {
-            self.push(state, packets);
+            Self::push(state, packets);
         }
     }
 
@@ -122,11 +123,7 @@ impl Outbox {
             return false;
         }
         state.volatile = Some(Box::new(packets));
-        let reader = state.reader.take();
-        drop(state);
-        if let Some(reader) = reader {
-            reader.wake();
-        }
+        wake_reader(state);
         true
     }
 
@@ -212,6 +209,15 @@ impl Outbox {
     /// The queued packets, without waiting (volatile ones are dropped).
     pub fn take_queued(&self) -> VecDeque<PacketBuf> {
         std::mem::take(&mut self.state().queue)
+    }
+}
+
+/// Wakes the reader, once the lock is released.
+fn wake_reader(mut state: MutexGuard<'_, State>) {
+    let reader = state.reader.take();
+    drop(state);
+    if let Some(reader) = reader {
+        reader.wake();
     }
 }
 

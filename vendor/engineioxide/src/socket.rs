@@ -323,44 +323,11 @@ where
     async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
-
-        // The first ping goes out one interval after the handshake, as the
-        // protocol and the reference implementation have it, not at once: a
-        // ping right after the handshake costs every new connection one more
-        // write and one more read for nothing.
-        let mut interval_tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        interval_tick.tick().await;
-        loop {
-            // A pong only answers a ping sent after it: forget one that
-            // arrived early (some clients send one first).
-            self.heartbeat.notified().now_or_never();
-
-            // If we are currently upgrading we should pause the heartbeat process
-            if self.is_upgrading() {
-                interval_tick.tick().await;
-                continue;
-            }
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "emitting ping");
-
-            self.outbox
-                .try_send(smallvec![Packet::Ping])
-                .map_err(|_| Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "waiting for pong");
-
-            tokio::time::timeout(timeout, self.heartbeat.notified())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "pong received");
-
-            interval_tick.tick().await;
-        }
+        let heartbeat = crate::heartbeat::Heartbeat::new(self, interval);
+        tokio::pin!(heartbeat);
+        std::future::poll_fn(|cx| heartbeat.as_mut().poll_expired(cx, self, interval, timeout))
+            .await;
+        Err(Error::HeartbeatTimeout)
     }
 
     #[cfg(feature = "v3")]

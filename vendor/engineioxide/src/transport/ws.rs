@@ -6,13 +6,12 @@
 
 use std::{ops::ControlFlow, sync::Arc, task::Poll};
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::mpsc::error::TrySendError,
-    time::Instant,
 };
 use tokio_tungstenite::{
     WebSocketStream,
@@ -253,11 +252,9 @@ enum End {
 /// Everything is borrowed: an async fn keeps its arguments in its state for
 /// as long as it runs, and the stream would be held twice.
 ///
-/// With [`Heartbeat::Connection`] it also pings the client every interval
-/// and closes the session when a pong does not follow within the timeout,
-/// as [`Socket::spawn_heartbeat`] does for the other sessions: the first
-/// ping one interval after the handshake, and a pong only answering a ping
-/// sent before it.
+/// With [`Heartbeat::Connection`] it also keeps the session's heartbeat
+/// ([`crate::heartbeat`]), which [`Socket::spawn_heartbeat`] keeps in a task
+/// for the other sessions.
 async fn serve<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
     ws: &mut WebSocketStream<S>,
@@ -284,54 +281,22 @@ where
         tokio::pin!(cancelled);
         let mut unflushed = false;
 
-        // The config is read where it is needed: every byte kept across the
-        // await below is held by every connection.
-        let mut next_ping = Instant::now() + engine.config.ping_interval;
-        // When the next ping is due, or while a pong is awaited, when the wait
-        // ends.
-        let timer = tokio::time::sleep_until(next_ping);
-        tokio::pin!(timer);
-        let pong = socket.heartbeat.notified();
-        tokio::pin!(pong);
-        let mut awaiting_pong = false;
+        let beat = crate::heartbeat::Heartbeat::new(socket, engine.config.ping_interval);
+        tokio::pin!(beat);
 
         std::future::poll_fn(|cx| {
-            if heartbeat == Heartbeat::Connection {
-                if awaiting_pong && pong.as_mut().poll(cx).is_ready() {
-                    #[cfg(feature = "tracing")]
-                    tracing::trace!(sid = ?socket.id, "pong received");
-                    awaiting_pong = false;
-                    timer.as_mut().reset(next_ping);
-                }
-                if timer.as_mut().poll(cx).is_ready() {
-                    if awaiting_pong {
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!(sid = ?socket.id, "heartbeat timeout");
-                        // Queues the close packet, written by the closing flush.
-                        socket.close(DisconnectReason::HeartbeatTimeout);
-                        return Poll::Ready(Ok(End::SessionClosed));
-                    }
-                    // A pong that came before this ping does not answer it.
-                    socket.heartbeat.notified().now_or_never();
-                    if socket.send(Packet::Ping).is_err() {
-                        socket.close(DisconnectReason::HeartbeatTimeout);
-                        return Poll::Ready(Ok(End::SessionClosed));
-                    }
-                    #[cfg(feature = "tracing")]
-                    tracing::trace!(sid = ?socket.id, "ping queued, waiting for pong");
-                    next_ping = (next_ping + engine.config.ping_interval).max(Instant::now());
-                    pong.set(socket.heartbeat.notified());
-                    awaiting_pong = true;
-                    timer
-                        .as_mut()
-                        .reset(Instant::now() + engine.config.ping_timeout);
-                    // Registers both for a wake-up.
-                    if pong.as_mut().poll(cx).is_ready() {
-                        awaiting_pong = false;
-                        timer.as_mut().reset(next_ping);
-                    }
-                    let _ = timer.as_mut().poll(cx);
-                }
+            // The config is read where it is needed: every byte kept across
+            // the await is held by every connection.
+            let (interval, timeout) = (engine.config.ping_interval, engine.config.ping_timeout);
+            if heartbeat == Heartbeat::Connection
+                && beat
+                    .as_mut()
+                    .poll_expired(cx, socket, interval, timeout)
+                    .is_ready()
+            {
+                // Queues the close packet, written by the closing flush.
+                socket.close(DisconnectReason::HeartbeatTimeout);
+                return Poll::Ready(Ok(End::SessionClosed));
             }
 
             // Written before reading, and queued packets before volatile ones,
