@@ -47,6 +47,12 @@ pub struct Config {
     #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 4096)]
     pub socket_buffer_packets: usize,
 
+    /// While herald's CPUs are saturated, how long a WebSocket may hold
+    /// events to write them together, in milliseconds; 0 writes each at once
+    /// even then. Below saturation nothing waits.
+    #[arg(long, env = "WRITE_LINGER_MS", default_value_t = 20)]
+    pub write_linger_ms: u64,
+
     /// How long a session's seq and last state are kept after its last publish
     /// when no one is subscribed, in seconds.
     #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 86_400)]
@@ -111,6 +117,10 @@ impl Config {
 
     pub fn ping_timeout(&self) -> Duration {
         Duration::from_millis(self.ping_timeout_ms)
+    }
+
+    pub fn write_linger(&self) -> Duration {
+        Duration::from_millis(self.write_linger_ms)
     }
 
     pub fn session_ttl(&self) -> Duration {

@@ -12,6 +12,7 @@
 //! - [`cluster`]: each session's seq and last-known state;
 //! - [`realtime`]: the Socket.IO namespace, subscribe and unsubscribe;
 //! - [`metrics`]: the counters everything updates;
+//! - [`saturation`]: how busy the CPUs are, for write coalescing;
 //! - [`ops`]: health, readiness, `/metrics`, stats.
 
 pub mod cluster;
@@ -21,6 +22,7 @@ pub mod ops;
 pub mod protocol;
 pub mod publish;
 pub mod realtime;
+pub mod saturation;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -63,6 +65,8 @@ pub struct Herald {
     router: Router,
     cluster: Arc<Cluster>,
     emitter: Emitter,
+    metrics: Arc<Metrics>,
+    write_linger: Duration,
 }
 
 impl Herald {
@@ -117,7 +121,7 @@ impl Herald {
 
         let emitter = Emitter::new(cluster.clone(), metrics.clone());
         let ops_state = OpsState {
-            metrics,
+            metrics: metrics.clone(),
             subscriptions,
             cluster: cluster.clone(),
         };
@@ -145,6 +149,8 @@ impl Herald {
             router,
             cluster,
             emitter,
+            metrics,
+            write_linger: config.write_linger(),
         })
     }
 
@@ -165,11 +171,15 @@ impl Herald {
     }
 
     /// Starts herald's background work (cluster delivery and link watching
-    /// with Redis, forgetting idle sessions without). [`Herald::serve`] does
-    /// this itself; an app that serves [`Herald::router`] on its own calls it.
+    /// with Redis, forgetting idle sessions without; sampling CPU saturation).
+    /// [`Herald::serve`] does this itself; an app that serves
+    /// [`Herald::router`] on its own calls it.
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
         let cluster = self.cluster.clone();
-        tokio::spawn(async move { cluster.run().await })
+        let saturation = saturation::watch(self.write_linger, self.metrics.clone());
+        tokio::spawn(async move {
+            tokio::join!(cluster.run(), saturation);
+        })
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, closes every

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub dropped_deliveries: Counter,
     pub publish_rejections: Family<StatusLabel, Counter>,
     pub client_errors: Counter,
+    /// 1 while herald's CPUs are saturated (WebSocket writes coalesce).
+    pub saturated: Gauge,
     subscriptions: Gauge,
     sessions_watched: Gauge,
     sessions_known: Gauge,
@@ -43,6 +45,7 @@ impl Default for Metrics {
             dropped_deliveries: Counter::default(),
             publish_rejections: Family::default(),
             client_errors: Counter::default(),
+            saturated: Gauge::default(),
             subscriptions: Gauge::default(),
             sessions_watched: Gauge::default(),
             sessions_known: Gauge::default(),
@@ -106,6 +109,11 @@ impl Metrics {
             "publish_rejections",
             "Publish requests refused, by HTTP status",
             self.publish_rejections.clone(),
+        );
+        r.register(
+            "saturated",
+            "1 while herald's CPUs are saturated and WebSocket writes coalesce",
+            self.saturated.clone(),
         );
         r.register(
             "client_errors",

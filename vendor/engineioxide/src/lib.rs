@@ -9,6 +9,7 @@ pub use socket::{DisconnectReason, Socket};
 #[cfg(feature = "__test_harness")]
 pub use engineioxide_core::{OpenPacket, Packet, PacketParseError};
 
+pub mod coalesce;
 pub mod config;
 pub mod handler;
 pub mod layer;

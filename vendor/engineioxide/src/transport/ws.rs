@@ -4,7 +4,7 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
-use std::{ops::ControlFlow, sync::Arc, task::Poll};
+use std::{ops::ControlFlow, pin::Pin, sync::Arc, task::Poll};
 
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
@@ -280,6 +280,9 @@ where
         let cancelled = socket.cancellation_token.cancelled();
         tokio::pin!(cancelled);
         let mut unflushed = false;
+        // Set while written packets are held (see `crate::coalesce`); boxed,
+        // as it exists only under load and every connection holds the slot.
+        let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
 
         let beat = crate::heartbeat::Heartbeat::new(socket, engine.config.ping_interval);
         tokio::pin!(beat);
@@ -319,7 +322,14 @@ where
                     }
                 }
             }
-            if unflushed {
+            if unflushed && linger.is_none() {
+                linger = crate::coalesce::linger().map(|d| Box::pin(tokio::time::sleep(d)));
+            }
+            let held = linger
+                .as_mut()
+                .is_some_and(|linger| linger.as_mut().poll(cx).is_pending());
+            if unflushed && !held {
+                linger = None;
                 #[cfg(feature = "tracing")]
                 tracing::trace!(sid = %socket.id, "ws flush");
                 match ws.poll_flush_unpin(cx) {
