@@ -20,10 +20,8 @@ use crate::metrics::Metrics;
 /// within a few milliseconds, long enough to cost nothing.
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
-/// The share of the CPUs herald may use above which it counts as
-/// saturated, and the share below which it no longer does.
+/// The share of the CPUs herald may use above which it counts as saturated.
 const SATURATED_AT: f64 = 0.9;
-const CALM_BELOW: f64 = 0.7;
 
 /// Samples CPU time until dropped; sets engineioxide's linger first.
 pub async fn watch(linger: Duration, metrics: Arc<Metrics>) {
@@ -35,7 +33,6 @@ pub async fn watch(linger: Duration, metrics: Arc<Metrics>) {
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last = (Instant::now(), cpu_time());
-    let mut saturated = false;
     loop {
         ticks.tick().await;
         let now = (Instant::now(), cpu_time());
@@ -45,9 +42,7 @@ pub async fn watch(linger: Duration, metrics: Arc<Metrics>) {
         };
         let wall = now.0.duration_since(last.0).as_secs_f64();
         let busy = cpu1.saturating_sub(cpu0).as_secs_f64() / (wall * cpus);
-        // Coalescing lowers the CPU it needs: without a lower bound to leave
-        // by, it would turn itself off, turn on again, and so on.
-        saturated = wall > 0.0 && busy >= if saturated { CALM_BELOW } else { SATURATED_AT };
+        let saturated = wall > 0.0 && busy >= SATURATED_AT;
         engineioxide::coalesce::set_saturated(saturated);
         metrics.saturated.set(i64::from(saturated));
         last = now;
