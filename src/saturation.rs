@@ -32,20 +32,22 @@ pub async fn watch(linger: Duration, metrics: Arc<Metrics>) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last = (Instant::now(), cpu_time());
+    // No CPU clock: never saturated, so nothing is ever held.
+    let Some(mut cpu_then) = cpu_time() else {
+        return;
+    };
+    let mut then = Instant::now();
     loop {
         ticks.tick().await;
-        let now = (Instant::now(), cpu_time());
-        let (Some(cpu0), Some(cpu1)) = (last.1, now.1) else {
-            // No CPU clock: never saturated, so nothing is ever held.
+        let (now, Some(cpu_now)) = (Instant::now(), cpu_time()) else {
             return;
         };
-        let wall = now.0.duration_since(last.0).as_secs_f64();
-        let busy = cpu1.saturating_sub(cpu0).as_secs_f64() / (wall * cpus);
-        let saturated = wall > 0.0 && busy >= SATURATED_AT;
+        let wall = now.duration_since(then).as_secs_f64();
+        let cpu = cpu_now.saturating_sub(cpu_then).as_secs_f64();
+        let saturated = wall > 0.0 && cpu >= SATURATED_AT * wall * cpus;
         engineioxide::coalesce::set_saturated(saturated);
         metrics.saturated.set(i64::from(saturated));
-        last = now;
+        (then, cpu_then) = (now, cpu_now);
     }
 }
 
