@@ -47,10 +47,10 @@ pub struct Config {
     #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 4096)]
     pub socket_buffer_packets: usize,
 
-    /// While herald's CPUs are saturated, how long a WebSocket may hold
-    /// events to write them together, in milliseconds; 0 writes each at once
-    /// even then. Below saturation nothing waits.
-    #[arg(long, env = "WRITE_LINGER_MS", default_value_t = 20)]
+    /// The longest a WebSocket may hold events while herald is saturated, to
+    /// write them together, in milliseconds; 0 writes each at once even then.
+    /// Below saturation nothing waits.
+    #[arg(long, env = "WRITE_LINGER_MS", default_value_t = 100)]
     pub write_linger_ms: u64,
 
     /// How long a session's seq and last state are kept after its last publish

@@ -3,6 +3,8 @@
 //! A module of its own, below everything that counts, so counting never
 //! depends on the endpoints that report.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -27,8 +29,10 @@ pub struct Metrics {
     pub dropped_deliveries: Counter,
     pub publish_rejections: Family<StatusLabel, Counter>,
     pub client_errors: Counter,
-    /// 1 while herald's CPUs are saturated (WebSocket writes coalesce).
+    /// 1 while herald's runtime has no idle time left.
     pub saturated: Gauge,
+    /// How long WebSockets may hold events now, in seconds (see `saturation`).
+    pub write_linger: Gauge<f64, AtomicU64>,
     subscriptions: Gauge,
     sessions_watched: Gauge,
     sessions_known: Gauge,
@@ -46,6 +50,7 @@ impl Default for Metrics {
             publish_rejections: Family::default(),
             client_errors: Counter::default(),
             saturated: Gauge::default(),
+            write_linger: Gauge::default(),
             subscriptions: Gauge::default(),
             sessions_watched: Gauge::default(),
             sessions_known: Gauge::default(),
@@ -112,8 +117,13 @@ impl Metrics {
         );
         r.register(
             "saturated",
-            "1 while herald's CPUs are saturated and WebSocket writes coalesce",
+            "1 while herald's runtime has no idle time left",
             self.saturated.clone(),
+        );
+        r.register(
+            "write_linger_seconds",
+            "How long a WebSocket may hold events to write them together; grows while herald is saturated",
+            self.write_linger.clone(),
         );
         r.register(
             "client_errors",

@@ -413,6 +413,7 @@ async fn stats_and_metrics_count_what_happened() {
         "herald_publish_rejections_total{status=\"422\"} 1",
         // An idle herald is not saturated: its writes are not held.
         "herald_saturated 0",
+        "herald_write_linger_seconds 0.0",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }

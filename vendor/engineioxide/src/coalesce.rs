@@ -5,44 +5,69 @@
 //! loopback it also pays for the reader's wake-up) that, when a process
 //! delivers many small packets to many sockets, is most of its CPU. While the
 //! process has CPU to spare that cost buys latency; once it is saturated it
-//! only makes every queue longer. So, while the application says the process
-//! is saturated, a WebSocket with packets to write holds them for up to the
-//! linger period and writes all that arrived meanwhile at once. Below
-//! saturation nothing waits.
+//! only makes every queue longer. So the application, which can tell how busy
+//! the process is (its CPU time, its runtime), sets a linger: a WebSocket with
+//! packets to write holds them for up to that long and writes all that
+//! arrived meanwhile at once. The default, zero, holds nothing.
 //!
-//! Saturation is a property of the process, not of one engine, and the
-//! application is the one that can measure it (its CPU time, its runtime):
-//! hence two process-wide settings rather than a field of the engine's
-//! config.
+//! Answers are never held: a WebSocket whose client sent a frame within the
+//! linger period may be in an exchange with it (a connect, an ack and what
+//! the application sends with them), and writes at once, so the exchange
+//! does not wait behind the linger however loaded the process is.
+//!
+//! Load is a property of the process, not of one engine: hence one
+//! process-wide setting rather than a field of the engine's config.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{
+    OnceLock,
+    atomic::{AtomicU64, Ordering},
+};
 use std::time::Duration;
 
-static LINGER_MICROS: AtomicU64 = AtomicU64::new(0);
-static SATURATED: AtomicBool = AtomicBool::new(false);
+use tokio::time::Instant;
 
-/// How long a WebSocket may hold its packets while the process is saturated;
-/// zero, the default, turns coalescing off.
+static LINGER_MICROS: AtomicU64 = AtomicU64::new(0);
+
+/// How long a WebSocket may hold the packets it is given from now on; zero
+/// writes each at once.
 pub fn set_linger(linger: Duration) {
     let micros = u64::try_from(linger.as_micros()).unwrap_or(u64::MAX);
     LINGER_MICROS.store(micros, Ordering::Relaxed);
 }
 
-/// Whether the process is saturated now, as the application measures it.
-pub fn set_saturated(saturated: bool) {
-    SATURATED.store(saturated, Ordering::Relaxed);
-}
-
-/// How long packets queued now may be held: `None` unless the process is
-/// saturated and a linger is set.
+/// How long packets queued now may be held, if at all.
 pub(crate) fn linger() -> Option<Duration> {
-    if !SATURATED.load(Ordering::Relaxed) {
-        return None;
-    }
     match LINGER_MICROS.load(Ordering::Relaxed) {
         0 => None,
         micros => Some(Duration::from_micros(micros)),
     }
+}
+
+/// When a client last sent a frame: milliseconds on a process-wide clock,
+/// four bytes, as every connection keeps one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Heard(u32);
+
+impl Heard {
+    pub(crate) fn now() -> Self {
+        Self(millis_now())
+    }
+
+    /// Whether the client spoke too recently for its packets to be held.
+    pub(crate) fn is_recent(self) -> bool {
+        linger().is_some_and(|linger| {
+            let since = Duration::from_millis(millis_now().wrapping_sub(self.0).into());
+            since < linger
+        })
+    }
+}
+
+/// Milliseconds since the clock's first reading, wrapping after 49 days;
+/// only differences shorter than a linger are ever taken.
+fn millis_now() -> u32 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    Instant::now().duration_since(epoch).as_millis() as u32
 }
 
 #[cfg(test)]
@@ -50,18 +75,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn holds_only_while_saturated_and_set() {
-        // One test touches the globals, so test order cannot interfere.
+    fn holds_only_while_a_linger_is_set() {
+        // One test touches the global, so test order cannot interfere.
         assert_eq!(linger(), None);
-        set_saturated(true);
-        assert_eq!(linger(), None, "no linger set");
         set_linger(Duration::from_millis(20));
         assert_eq!(linger(), Some(Duration::from_millis(20)));
-        set_saturated(false);
-        assert_eq!(linger(), None, "not saturated");
         set_linger(Duration::ZERO);
-        set_saturated(true);
         assert_eq!(linger(), None, "zero turns it off");
-        set_saturated(false);
     }
 }

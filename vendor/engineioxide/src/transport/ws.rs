@@ -283,11 +283,16 @@ where
         // Set while written packets are held (see `crate::coalesce`); boxed,
         // as it exists only under load and every connection holds the slot.
         let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        // When the client last sent a frame: answers are never held.
+        let mut heard: Option<crate::coalesce::Heard> = None;
 
         let beat = crate::heartbeat::Heartbeat::new(socket, engine.config.ping_interval);
         tokio::pin!(beat);
 
-        std::future::poll_fn(|cx| {
+        // The closure owns the writer's state rather than borrowing it: a
+        // borrow is another pointer kept by every connection.
+        let ws = &mut *ws;
+        std::future::poll_fn(move |cx| {
             // The config is read where it is needed: every byte kept across
             // the await is held by every connection.
             let (interval, timeout) = (engine.config.ping_interval, engine.config.ping_timeout);
@@ -322,12 +327,14 @@ where
                     }
                 }
             }
-            if unflushed && linger.is_none() {
+            let answering = unflushed && heard.is_some_and(|at| at.is_recent());
+            if unflushed && !answering && linger.is_none() {
                 linger = crate::coalesce::linger().map(|d| Box::pin(tokio::time::sleep(d)));
             }
-            let held = linger
-                .as_mut()
-                .is_some_and(|linger| linger.as_mut().poll(cx).is_pending());
+            let held = !answering
+                && linger
+                    .as_mut()
+                    .is_some_and(|linger| linger.as_mut().poll(cx).is_pending());
             if unflushed && !held {
                 linger = None;
                 #[cfg(feature = "tracing")]
@@ -342,6 +349,7 @@ where
             loop {
                 match ws.poll_next_unpin(cx) {
                     Poll::Ready(Some(Ok(msg))) => {
+                        heard = Some(crate::coalesce::Heard::now());
                         if on_frame(engine, socket, msg)?.is_break() {
                             return Poll::Ready(Ok(End::ClientClosed));
                         }

@@ -1,0 +1,110 @@
+//! Write coalescing (herald patch 11): with a linger set, a WebSocket holds
+//! what it is given, except the answer to a frame its client just sent.
+//! Its own test binary: the linger is process-wide, and other tests expect
+//! packets at once.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use engineioxide::{
+    Str,
+    config::EngineIoConfig,
+    handler::EngineIoHandler,
+    service::EngineIoService,
+    socket::{DisconnectReason, Socket},
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
+
+mod fixture;
+use fixture::{StreamImpl, create_ws_connection};
+
+/// The linger set; the clock is paused, so it costs the test nothing.
+const LINGER: Duration = Duration::from_secs(1);
+/// How long a packet that is not held may take to arrive.
+const PROMPT: Duration = Duration::from_millis(10);
+/// How long the test waits to see that a held packet does not arrive.
+const WATCH: Duration = Duration::from_millis(300);
+
+#[derive(Debug)]
+struct EchoHandler {
+    socket_tx: mpsc::Sender<Arc<Socket<()>>>,
+}
+impl EngineIoHandler for EchoHandler {
+    type Data = ();
+    fn on_connect(self: Arc<Self>, socket: Arc<Socket<()>>) {
+        self.socket_tx.try_send(socket).ok();
+    }
+    fn on_disconnect(&self, _: Arc<Socket<()>>, _: DisconnectReason) {}
+    fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<Socket<()>>) {
+        socket.emit(msg).ok();
+    }
+    fn on_binary(self: &Arc<Self>, _: Bytes, _: Arc<Socket<()>>) {}
+}
+
+/// The next message within `within`, if one arrives.
+async fn next(client: &mut WebSocketStream<StreamImpl>, within: Duration) -> Option<Message> {
+    let msg = tokio::time::timeout(within, client.next()).await.ok()?;
+    Some(msg.unwrap().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn packets_are_held_but_answers_are_not() {
+    // No ping during the test: the client here does not answer pings.
+    let config = EngineIoConfig::builder()
+        .ping_interval(Duration::from_secs(60))
+        .ping_timeout(Duration::from_secs(60))
+        .build();
+    let (socket_tx, mut socket_rx) = mpsc::channel(1);
+    let mut svc = EngineIoService::with_config(Arc::new(EchoHandler { socket_tx }), config);
+    let mut client = create_ws_connection(&mut svc).await;
+    let socket = socket_rx.recv().await.unwrap();
+    let _open = client.next().await.unwrap().unwrap();
+    engineioxide::coalesce::set_linger(LINGER);
+    socket.emit("held").unwrap();
+    assert_eq!(
+        next(&mut client, WATCH).await,
+        None,
+        "a packet should be held"
+    );
+    assert_eq!(
+        next(&mut client, LINGER).await,
+        Some(Message::text("4held")),
+        "a packet should be held for the linger at most"
+    );
+
+    // The client speaks: the answer goes at once, and so does what it is
+    // sent within the linger after.
+    client.send(Message::text("4echo")).await.unwrap();
+    assert_eq!(
+        next(&mut client, PROMPT).await,
+        Some(Message::text("4echo"))
+    );
+    socket.emit("soon").unwrap();
+    assert_eq!(
+        next(&mut client, PROMPT).await,
+        Some(Message::text("4soon"))
+    );
+
+    // A client quiet for longer than the linger is held again.
+    tokio::time::sleep(2 * LINGER).await;
+    socket.emit("later").unwrap();
+    assert_eq!(
+        next(&mut client, WATCH).await,
+        None,
+        "a quiet client's packet should be held"
+    );
+    assert_eq!(
+        next(&mut client, LINGER).await,
+        Some(Message::text("4later"))
+    );
+
+    engineioxide::coalesce::set_linger(Duration::ZERO);
+    socket.emit("now").unwrap();
+    assert_eq!(
+        next(&mut client, PROMPT).await,
+        Some(Message::text("4now")),
+        "with no linger nothing is held"
+    );
+}
