@@ -74,13 +74,19 @@ async fn packets_are_held_but_answers_are_not() {
         "a packet should be held for the linger at most"
     );
 
-    // The client speaks: the answer goes at once, and so does what it is
-    // sent within the linger after.
+    // The client speaks during a hold: what was held, the answer, and what
+    // it is sent within the linger after, all go at once.
+    socket.emit("a").unwrap();
+    assert_eq!(next(&mut client, WATCH).await, None, "a should be held");
+    socket.emit("b").unwrap();
     client.send(Message::text("4echo")).await.unwrap();
-    assert_eq!(
-        next(&mut client, PROMPT).await,
-        Some(Message::text("4echo"))
-    );
+    for expected in ["4a", "4b", "4echo"] {
+        assert_eq!(
+            next(&mut client, PROMPT).await,
+            Some(Message::text(expected)),
+            "speaking should end the hold"
+        );
+    }
     socket.emit("soon").unwrap();
     assert_eq!(
         next(&mut client, PROMPT).await,

@@ -307,9 +307,19 @@ where
                 return Poll::Ready(Ok(End::SessionClosed));
             }
 
+            // A hold ends when its timer fires. While it lasts the outbox
+            // is not read, so packets queued meanwhile do not wake this task
+            // one by one: they are read and written together at its end.
+            let expired = linger
+                .as_mut()
+                .is_some_and(|linger| linger.as_mut().poll(cx).is_ready());
+            if expired {
+                linger = None;
+            }
+
             // Written before reading, and queued packets before volatile ones,
             // as upstream's biased writer did.
-            loop {
+            while linger.is_none() {
                 match ws.poll_ready_unpin(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
@@ -327,22 +337,24 @@ where
                     }
                 }
             }
-            let answering = unflushed && heard.is_some_and(|at| at.is_recent());
-            if unflushed && !answering && linger.is_none() {
-                linger = crate::coalesce::linger().map(|d| Box::pin(tokio::time::sleep(d)));
-            }
-            let held = !answering
-                && linger
-                    .as_mut()
-                    .is_some_and(|linger| linger.as_mut().poll(cx).is_pending());
-            if unflushed && !held {
-                linger = None;
-                #[cfg(feature = "tracing")]
-                tracing::trace!(sid = %socket.id, "ws flush");
-                match ws.poll_flush_unpin(cx) {
-                    Poll::Ready(Ok(())) => unflushed = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
-                    Poll::Pending => {}
+            if unflushed && linger.is_none() {
+                // What waited out a hold is not held again, nor is an answer.
+                let hold = (!expired && !heard.is_some_and(|at| at.is_recent()))
+                    .then(crate::coalesce::linger)
+                    .flatten();
+                if let Some(hold) = hold {
+                    let mut timer = Box::pin(tokio::time::sleep(hold));
+                    // Registers the timer; it cannot have fired yet.
+                    let _ = timer.as_mut().poll(cx);
+                    linger = Some(timer);
+                } else {
+                    #[cfg(feature = "tracing")]
+                    tracing::trace!(sid = %socket.id, "ws flush");
+                    match ws.poll_flush_unpin(cx) {
+                        Poll::Ready(Ok(())) => unflushed = false,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
+                        Poll::Pending => {}
+                    }
                 }
             }
 
@@ -352,6 +364,11 @@ where
                         heard = Some(crate::coalesce::Heard::now());
                         if on_frame(engine, socket, msg)?.is_break() {
                             return Poll::Ready(Ok(End::ClientClosed));
+                        }
+                        // The client may be waiting for an answer: end the
+                        // hold, and write on the next poll.
+                        if linger.take().is_some() {
+                            cx.waker().wake_by_ref();
                         }
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::from(e))),
