@@ -12,7 +12,8 @@
 //! - [`cluster`]: each session's seq and last-known state;
 //! - [`realtime`]: the Socket.IO namespace, subscribe and unsubscribe;
 //! - [`metrics`]: the counters everything updates;
-//! - [`saturation`]: how busy the CPUs are, for write coalescing;
+//! - [`saturation`]: whether the runtime has idle time left, and so how long
+//!   WebSocket writes may be held together;
 //! - [`ops`]: health, readiness, `/metrics`, stats.
 
 pub mod cluster;
@@ -171,7 +172,7 @@ impl Herald {
     }
 
     /// Starts herald's background work (cluster delivery and link watching
-    /// with Redis, forgetting idle sessions without; sampling CPU saturation).
+    /// with Redis, forgetting idle sessions without; sampling how busy the runtime is).
     /// [`Herald::serve`] does this itself; an app that serves
     /// [`Herald::router`] on its own calls it.
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
