@@ -53,12 +53,9 @@ impl Heard {
         Self(millis_now())
     }
 
-    /// Whether the client spoke too recently for its packets to be held.
-    pub(crate) fn is_recent(self) -> bool {
-        linger().is_some_and(|linger| {
-            let since = Duration::from_millis(millis_now().wrapping_sub(self.0).into());
-            since < linger
-        })
+    /// Whether the client spoke within the last `period`.
+    pub(crate) fn is_within(self, period: Duration) -> bool {
+        Duration::from_millis(millis_now().wrapping_sub(self.0).into()) < period
     }
 }
 
@@ -68,19 +65,4 @@ fn millis_now() -> u32 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     Instant::now().duration_since(epoch).as_millis() as u32
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn holds_only_while_a_linger_is_set() {
-        // One test touches the global, so test order cannot interfere.
-        assert_eq!(linger(), None);
-        set_linger(Duration::from_millis(20));
-        assert_eq!(linger(), Some(Duration::from_millis(20)));
-        set_linger(Duration::ZERO);
-        assert_eq!(linger(), None, "zero turns it off");
-    }
 }

@@ -339,9 +339,8 @@ where
             }
             if unflushed && linger.is_none() {
                 // What waited out a hold is not held again, nor is an answer.
-                let hold = (!expired && !heard.is_some_and(|at| at.is_recent()))
-                    .then(crate::coalesce::linger)
-                    .flatten();
+                let hold = crate::coalesce::linger()
+                    .filter(|hold| !expired && !heard.is_some_and(|at| at.is_within(*hold)));
                 if let Some(hold) = hold {
                     let mut timer = Box::pin(tokio::time::sleep(hold));
                     // Registers the timer; it cannot have fired yet.
