@@ -45,7 +45,10 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(config.log_level.as_str())
         .init();
-    let herald = Herald::new(&config).expect("valid settings");
+    let (herald, background) = Herald::new(&config).expect("valid settings");
+    // Cluster delivery, housekeeping and load watching: /ready says 503
+    // until this runs.
+    background.spawn();
 
     let app = Router::new()
         .route("/documents", post(create_document))
@@ -55,17 +58,16 @@ async fn main() {
 
     // TCP_NODELAY, as herald's own server sets it: events are small frames
     // that must not wait for the client's delayed ACK.
-    let listener = tokio::net::TcpListener::bind(config.listen_addr())
+    let listener = tokio::net::TcpListener::bind(config.listen_on())
         .await
-        .expect("bind")
-        .tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        .expect("bind");
     tracing::info!(
         "document backend with embedded herald on http://{}",
-        config.listen_addr()
+        listener.local_addr().expect("bound")
     );
-    herald.spawn_background();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await.expect("serve");
 }
 

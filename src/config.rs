@@ -1,8 +1,9 @@
 //! Settings, from command-line flags or the environment (flags win), with
 //! defaults that let a bare `herald` start on port 3000 with nothing else.
-//! `.env.example` lists the same variables; keep the two in step.
+//! The binary also reads a `.env` file when there is one. `.env.example`
+//! lists the same variables; a test keeps the two in step.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
@@ -13,9 +14,10 @@ use clap::{Parser, ValueEnum};
     about = "Socket.IO-compatible realtime event server"
 )]
 pub struct Config {
-    /// Address to listen on. Use 0.0.0.0 to accept connections from other hosts.
+    /// Address or host name to listen on (`localhost`, `::1`). Use 0.0.0.0
+    /// to accept connections from other hosts.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
-    pub host: std::net::IpAddr,
+    pub host: String,
 
     /// Port to listen on.
     #[arg(long, env = "PORT", default_value_t = 3000)]
@@ -64,6 +66,12 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// Events from Redis that may wait for this instance's delivery; past
+    /// that it has fallen behind, drops them (counted) and answers /ready
+    /// with 503 until it catches up.
+    #[arg(long, env = "CLUSTER_QUEUE_EVENTS", default_value_t = 65_536)]
+    pub cluster_queue_events: usize,
+
     /// Treat REDIS_URL as the seed nodes of a Redis Cluster.
     #[arg(long, env = "REDIS_CLUSTER", default_value_t = false)]
     pub redis_cluster: bool,
@@ -107,8 +115,9 @@ impl Config {
         self.api_key.as_deref().filter(|key| !key.trim().is_empty())
     }
 
-    pub fn listen_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.host, self.port)
+    /// Where to listen, for `TcpListener::bind` (which resolves host names).
+    pub fn listen_on(&self) -> (&str, u16) {
+        (self.host.as_str(), self.port)
     }
 
     pub fn ping_interval(&self) -> Duration {
@@ -177,8 +186,10 @@ mod tests {
             "http://a.test,http://b.test",
             "--api-key",
             "k",
+            "--host",
+            "localhost",
         ]);
-        assert_eq!(c.port, 4000);
+        assert_eq!(c.listen_on(), ("localhost", 4000));
         assert_eq!(c.cors_origins, ["http://a.test", "http://b.test"]);
         assert_eq!(c.api_key.as_deref(), Some("k"));
     }

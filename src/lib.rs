@@ -1,55 +1,70 @@
-//! herald: a standalone, Socket.IO-compatible realtime event server.
+#![doc = include_str!("../README.md")]
 //!
-//! Backends publish session events (over HTTP, or in-process through an
-//! [`Emitter`]); browsers and scripts subscribe with stock Socket.IO clients.
-//! [`Herald`] assembles the pieces into one axum [`Router`], which the
-//! `herald` binary serves and which a Rust backend can merge into its own app.
+//! # The crate
 //!
-//! Modules, in the direction data flows:
-//! - [`config`]: settings from flags and environment;
-//! - [`protocol`]: the wire contract as types, no I/O;
-//! - [`publish`]: HTTP API and emit helpers -> validate -> sequence -> broadcast;
-//! - [`cluster`]: each session's seq and last-known state;
-//! - [`realtime`]: the Socket.IO namespace, subscribe and unsubscribe;
-//! - [`metrics`]: the counters everything updates;
-//! - [`saturation`]: whether the runtime has idle time left, and so how long
-//!   WebSocket writes may be held together;
-//! - [`ops`]: health, readiness, `/metrics`, stats.
+//! An app embedding herald uses [`Herald`] (built from a [`Config`]), the
+//! [`Background`] work it returns, the [`Emitter`] to publish from Rust, and
+//! the event types of [`protocol`]. Everything else is herald's own.
+//!
+//! Modules, in the direction data flows (docs/architecture.md has the whole
+//! picture):
+//! - `config`: settings from flags and environment;
+//! - `protocol`: the wire contract as types, no I/O;
+//! - `publish`: the [`Emitter`] and the HTTP publish API: validate -> sequence;
+//! - `cluster`: the sequencer (seq and state of every session, in memory or
+//!   in Redis) and the fan-out it reports sequenced events to;
+//! - `realtime`: the Socket.IO side, which is that fan-out: the server, the
+//!   namespace, subscriptions, delivery;
+//! - `http` and `app`: the HTTP edge (refusals, bodies, API key, origins) and
+//!   every route assembled once;
+//! - `ops`, `metrics`: health, readiness, `/metrics`, stats;
+//! - `saturation`: how busy the runtime is, and so how long WebSocket writes
+//!   may be held together.
 
-pub mod cluster;
+mod app;
+mod cluster;
 pub mod config;
-pub mod metrics;
-pub mod ops;
+mod http;
+mod metrics;
+mod ops;
 pub mod protocol;
-pub mod publish;
-pub mod realtime;
-pub mod saturation;
+mod publish;
+mod realtime;
+mod saturation;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{Router, serve::ListenerExt};
-use socketioxide::SocketIo;
+use futures_util::future::{BoxFuture, join_all};
+use socketioxide::adapter::{Adapter, LocalAdapter};
+use socketioxide_core::adapter::DefinedAdapter;
 use tokio::net::TcpListener;
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
-use tracing::{Level, debug, info, warn};
+use tracing::{debug, info, warn};
 
+pub use cluster::{Action, LinkProblem, SequencerError};
 pub use config::Config;
 pub use protocol::SessionId;
 pub use publish::{Emitter, Publication, PublishError, Receipt};
 
 use crate::{
-    cluster::{Cluster, memory::MemoryCluster, redis::RedisCluster},
+    cluster::{
+        FanOut, Sequencer,
+        memory::MemorySequencer,
+        redis::{self as redis_cluster, RedisAdapter, RedisSequencer},
+    },
+    http::Origins,
     metrics::Metrics,
     ops::OpsState,
-    publish::http::ApiState,
-    realtime::{Realtime, Subscriptions},
+    publish::api::ApiState,
+    realtime::Sockets,
 };
-
-/// Bytes a WebSocket reads at a time; larger frames take several reads.
-/// Clients send herald pongs and subscribes, which fit unless the session id
-/// is long; every idle socket holds the buffer, and each 128 bytes of it is
-/// 3% of an idle socket's memory.
-const WS_READ_BUFFER: usize = 128;
 
 /// How long shutdown waits for connections to close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -61,103 +76,120 @@ pub enum SetupError {
     RedisUrl(#[from] redis::RedisError),
 }
 
-/// A configured herald: its router, its Socket.IO server and its emitter.
+/// A configured herald: its routes and its emitter.
 pub struct Herald {
     router: Router,
-    cluster: Arc<Cluster>,
+    sockets: Arc<dyn Sockets>,
     emitter: Emitter,
-    metrics: Arc<Metrics>,
-    write_linger: Duration,
+}
+
+/// herald's background work: delivering the cluster's events (with Redis),
+/// forgetting idle sessions (without), watching the link and the load. It is
+/// a value so that it runs exactly once: [`Herald::new`] hands it out, and
+/// until it runs `/ready` answers 503. Dropping its future stops it.
+#[must_use = "herald delivers nothing across instances and watches nothing until its background work runs"]
+pub struct Background {
+    tasks: Vec<BoxFuture<'static, ()>>,
+    running: Arc<AtomicBool>,
+}
+
+impl Background {
+    /// Runs the background work for as long as the future is polled.
+    pub async fn run(self) {
+        struct Running(Arc<AtomicBool>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        self.running.store(true, Ordering::Release);
+        let _running = Running(self.running);
+        join_all(self.tasks).await;
+    }
+
+    /// Runs the background work on its own task.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.run())
+    }
+}
+
+/// What choosing a backend produces: the same shape for every backend.
+struct Wired {
+    socket_routes: Router,
+    sockets: Arc<dyn Sockets>,
+    sequencer: Arc<dyn Sequencer>,
+    tasks: Vec<BoxFuture<'static, ()>>,
 }
 
 impl Herald {
     /// Builds herald from its settings. With a Redis URL it joins the
-    /// cluster in the background: it serves its own sockets at once, and
-    /// publishes once Redis answers (`/ready` says when).
-    pub fn new(config: &Config) -> Result<Self, SetupError> {
-        let metrics = Arc::new(Metrics::default());
-        let subscriptions = Arc::new(Subscriptions::default());
-        let local = Realtime {
-            subscriptions: subscriptions.clone(),
-            metrics: metrics.clone(),
+    /// cluster once its [`Background`] runs: it serves its own sockets at
+    /// once, and publishes once Redis answers (`/ready` says when).
+    pub fn new(config: &Config) -> Result<(Self, Background), SetupError> {
+        let redis = config.redis();
+        let metrics = Arc::new(Metrics::new(redis.is_none()));
+        let origins = Origins::from_config(&config.cors_origins);
+        let settings = realtime::Settings {
+            ping_interval: config.ping_interval(),
+            ping_timeout: config.ping_timeout(),
+            max_payload: config.max_payload_bytes as u64,
+            buffer_packets: config.socket_buffer_packets,
+            origins: origins.clone(),
         };
-        let origins = realtime::endpoint::Origins::from_config(&config.cors_origins);
-        let builder = SocketIo::builder()
-            .ping_interval(config.ping_interval())
-            .ping_timeout(config.ping_timeout())
-            .max_payload(config.max_payload_bytes as u64)
-            .max_buffer_size(config.socket_buffer_packets)
-            .ws_read_buffer_size(WS_READ_BUFFER)
-            .with_state(local.clone());
-
-        // One Socket.IO service behind explicit routes, not a layer: axum
-        // applies a layer to each route separately, and socketioxide's layer
-        // builds a separate Engine.IO session table each time it is applied,
-        // so a polling client's second request would find no session.
-        let (sockets, cluster) = match config.redis() {
-            None => {
-                let (service, io) = builder.build_svc();
-                realtime::attach(&io);
-                let cluster = MemoryCluster::new(io, local, config.session_ttl());
-                (
-                    realtime::endpoint::routes(service, &origins),
-                    Cluster::Memory(cluster),
-                )
-            }
+        let wired = match redis {
+            None => wire::<LocalAdapter, _>(&settings, (), &metrics, |fanout| {
+                MemorySequencer::new(fanout, config.session_ttl(), metrics.clone())
+            }),
             Some(urls) => {
-                let (setup, adapter) =
-                    cluster::redis::Setup::new(&urls, config.redis_cluster, &config.redis_prefix)?;
-                let (service, io) = builder
-                    .with_adapter::<cluster::redis::RedisAdapter>(adapter)
-                    .build_svc();
-                realtime::attach(&io);
-                let cluster = RedisCluster::new(io, local, setup, config.session_ttl());
-                (
-                    realtime::endpoint::routes(service, &origins),
-                    Cluster::Redis(cluster),
-                )
+                let redis_settings = redis_cluster::Settings {
+                    urls: &urls,
+                    cluster: config.redis_cluster,
+                    prefix: &config.redis_prefix,
+                    session_ttl: config.session_ttl(),
+                    queue_events: config.cluster_queue_events,
+                };
+                let (setup, adapter) = redis_cluster::Setup::new(&redis_settings, metrics.clone())?;
+                wire::<RedisAdapter, _>(&settings, adapter, &metrics, |fanout| {
+                    RedisSequencer::new(setup, fanout)
+                })
             }
         };
-        let cluster = Arc::new(cluster);
+        let Wired {
+            socket_routes,
+            sockets,
+            sequencer,
+            mut tasks,
+        } = wired;
+        tasks.push(Box::pin(saturation::watch(
+            config.write_linger(),
+            metrics.clone(),
+        )));
 
-        let emitter = Emitter::new(cluster.clone(), metrics.clone());
-        let ops_state = OpsState {
-            metrics: metrics.clone(),
-            subscriptions,
-            cluster: cluster.clone(),
-        };
-        let api_state = ApiState {
-            emitter: emitter.clone(),
-            cluster: cluster.clone(),
-            max_body: config.max_payload_bytes,
-        };
-        let router = sockets
-            .merge(publish::http::routes(
-                api_state,
-                ops_state.clone(),
-                config.required_api_key().map(str::to_owned),
-            ))
-            .merge(ops::routes(ops_state))
-            .fallback(publish::http::not_found)
-            .layer(origins.cors())
-            // Refusals are answers, not failures of herald: an outage must
-            // log one error, not one per request answered 503.
-            .layer(
-                TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-            );
-
-        Ok(Self {
+        let emitter = Emitter::new(sequencer.clone(), metrics.clone());
+        let running = Arc::new(AtomicBool::new(false));
+        let router = app::router(app::Edge {
+            sockets: socket_routes,
+            api: ApiState {
+                emitter: emitter.clone(),
+                sequencer: sequencer.clone(),
+                sockets: sockets.clone(),
+                max_body: config.max_payload_bytes,
+            },
+            ops: OpsState {
+                metrics,
+                sequencer,
+                sockets: sockets.clone(),
+                background_running: running.clone(),
+            },
+            api_key: config.required_api_key().map(str::to_owned),
+            origins,
+        });
+        let herald = Self {
             router,
-            cluster,
+            sockets,
             emitter,
-            metrics,
-            write_linger: config.write_linger(),
-        })
-    }
-
-    /// `"memory"` or `"redis"`.
-    pub fn adapter(&self) -> &'static str {
-        self.cluster.readiness().adapter
+        };
+        Ok((herald, Background { tasks, running }))
     }
 
     /// The handle for publishing from Rust.
@@ -171,35 +203,23 @@ impl Herald {
         self.router.clone()
     }
 
-    /// Starts herald's background work (cluster delivery and link watching
-    /// with Redis, forgetting idle sessions without; sampling how busy the runtime is).
-    /// [`Herald::serve`] does this itself; an app that serves
-    /// [`Herald::router`] on its own calls it.
-    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
-        let cluster = self.cluster.clone();
-        let saturation = saturation::watch(self.write_linger, self.metrics.clone());
-        tokio::spawn(async move {
-            tokio::join!(cluster.run(), saturation);
-        })
-    }
-
     /// Serves until `shutdown` resolves, then stops accepting, closes every
     /// socket's transport (so clients see a transport close and reconnect,
     /// rather than `io server disconnect`, which would stop them for good)
     /// and returns once connections have drained or the grace period ends.
+    /// The [`Background`] runs beside it, on its own.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let background = self.spawn_background();
-        let cluster = self.cluster.clone();
+        let sockets = self.sockets.clone();
         let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
         let stop = async move {
             shutdown.await;
             info!("shutting down: closing connections");
             tokio::spawn(async move {
-                cluster.close_sockets().await;
+                sockets.close_all().await;
                 let _ = closed_tx.send(());
             });
         };
@@ -216,7 +236,7 @@ impl Herald {
         let server =
             axum::serve(listener, self.router.into_make_service()).with_graceful_shutdown(stop);
         let server = tokio::spawn(async move { server.await });
-        let result = match closed_rx.await {
+        match closed_rx.await {
             // The sockets are closed; give the HTTP side a moment to drain.
             Ok(()) => match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
                 Ok(joined) => joined.unwrap_or_else(|e| Err(std::io::Error::other(e))),
@@ -229,8 +249,28 @@ impl Herald {
             Err(_) => server
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e))),
-        };
-        background.abort();
-        result
+        }
+    }
+}
+
+/// Builds the Socket.IO server on adapter `A` and the sequencer that reports
+/// to it: the one place where the backend decides types.
+fn wire<A, S>(
+    settings: &realtime::Settings,
+    adapter: A::State,
+    metrics: &Arc<Metrics>,
+    sequencer: impl FnOnce(Arc<dyn FanOut>) -> (Arc<S>, BoxFuture<'static, ()>),
+) -> Wired
+where
+    A: Adapter + DefinedAdapter,
+    S: Sequencer,
+{
+    let (socket_routes, realtime) = realtime::build::<A>(settings, adapter, metrics.clone());
+    let (sequencer, run) = sequencer(realtime.clone());
+    Wired {
+        socket_routes,
+        sockets: realtime,
+        sequencer,
+        tasks: vec![run],
     }
 }

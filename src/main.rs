@@ -1,10 +1,10 @@
-//! The `herald` binary: read the settings, start logging, serve until SIGINT
-//! or SIGTERM.
+//! The `herald` binary: read the settings (flags, environment, `.env`),
+//! start logging, serve until SIGINT or SIGTERM.
 
 use clap::Parser;
 use herald::{Config, Herald, config::LogFormat};
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's allocator: herald allocates and frees small
@@ -15,19 +15,34 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Before the flags are parsed, so that `.env` fills in the environment
+    // they fall back to; variables already set win over the file.
+    let dotenv = dotenvy::dotenv();
     let config = Config::parse();
     init_logging(&config);
+    match dotenv {
+        Ok(path) => info!("read settings from {}", path.display()),
+        Err(e) if e.not_found() => {}
+        Err(e) => warn!("ignoring .env: {e}"),
+    }
 
-    let addr = config.listen_addr();
-    let listener = match TcpListener::bind(addr).await {
+    let (host, port) = config.listen_on();
+    let listener = match TcpListener::bind((host, port)).await {
         Ok(listener) => listener,
         Err(e) => {
-            error!(%addr, "cannot listen: {e}");
+            error!(host, port, "cannot listen: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    let herald = match Herald::new(&config) {
-        Ok(herald) => herald,
+    let addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            error!("cannot read the address listened on: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let (herald, background) = match Herald::new(&config) {
+        Ok(built) => built,
         Err(e) => {
             error!("cannot start: {e}");
             return std::process::ExitCode::FAILURE;
@@ -46,7 +61,11 @@ async fn main() -> std::process::ExitCode {
         ),
         None => "in-memory (single instance)".to_string(),
     };
+    // Its own target, so that a quiet log (`warn,herald::start=info`) still
+    // says where herald listens: test harnesses start it on port 0 and read
+    // the port from this line.
     info!(
+        target: "herald::start",
         "herald {} listening on http://{addr} (Socket.IO at ws://{addr}/socket.io/, API at /api/v1), adapter: {adapter}, API key: {}",
         env!("CARGO_PKG_VERSION"),
         if config.required_api_key().is_some() {
@@ -55,7 +74,10 @@ async fn main() -> std::process::ExitCode {
             "off"
         },
     );
-    match herald.serve(listener, shutdown_signal()).await {
+    let background = background.spawn();
+    let served = herald.serve(listener, shutdown_signal()).await;
+    background.abort();
+    match served {
         Ok(()) => {
             info!("herald stopped");
             std::process::ExitCode::SUCCESS

@@ -12,59 +12,72 @@ use prometheus_client::{
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EventLabel {
+pub(crate) struct EventLabel {
     pub event: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabel {
+pub(crate) struct StatusLabel {
     pub status: u16,
 }
 
-/// Herald's counters. Cheap to update from any task: each is an atomic.
-pub struct Metrics {
+/// Herald's counters and gauges. Cheap to update from any task: each is an
+/// atomic, and the levels (subscriptions, sessions) are kept up to date by
+/// whoever changes them, so a scrape only reads.
+pub(crate) struct Metrics {
     pub connections: Gauge,
+    pub subscriptions: Gauge,
+    pub sessions_watched: Gauge,
+    /// Sessions whose seq and state this process keeps (in memory only: with
+    /// Redis they live in Redis, and this is not registered).
+    pub sessions_known: Gauge,
     pub events_published: Family<EventLabel, Counter>,
+    pub published_total: Counter,
     pub events_delivered: Counter,
     pub dropped_deliveries: Counter,
+    /// Cluster events this instance could not keep up with (Redis only).
+    pub cluster_events_dropped: Counter,
     pub publish_rejections: Family<StatusLabel, Counter>,
     pub client_errors: Counter,
     /// 1 while herald's runtime has no idle time left.
     pub saturated: Gauge,
     /// How long WebSockets may hold events now, in seconds (see `saturation`).
     pub write_linger: Gauge<f64, AtomicU64>,
-    subscriptions: Gauge,
-    sessions_watched: Gauge,
-    sessions_known: Gauge,
-    pub published_total: Counter,
     registry: Registry,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut m = Self {
-            connections: Gauge::default(),
-            events_published: Family::default(),
-            events_delivered: Counter::default(),
-            dropped_deliveries: Counter::default(),
-            publish_rejections: Family::default(),
-            client_errors: Counter::default(),
-            saturated: Gauge::default(),
-            write_linger: Gauge::default(),
-            subscriptions: Gauge::default(),
-            sessions_watched: Gauge::default(),
-            sessions_known: Gauge::default(),
-            published_total: Counter::default(),
-            registry: Registry::with_prefix("herald"),
-        };
-        m.register();
-        m
+        Self::new(false)
     }
 }
 
 impl Metrics {
+    /// Every metric, registered for `/metrics`; `sessions_known` only where
+    /// this process keeps the sessions.
+    pub(crate) fn new(keeps_sessions: bool) -> Self {
+        let mut m = Self {
+            connections: Gauge::default(),
+            subscriptions: Gauge::default(),
+            sessions_watched: Gauge::default(),
+            sessions_known: Gauge::default(),
+            events_published: Family::default(),
+            published_total: Counter::default(),
+            events_delivered: Counter::default(),
+            dropped_deliveries: Counter::default(),
+            cluster_events_dropped: Counter::default(),
+            publish_rejections: Family::default(),
+            client_errors: Counter::default(),
+            saturated: Gauge::default(),
+            write_linger: Gauge::default(),
+            registry: Registry::with_prefix("herald"),
+        };
+        m.register(keeps_sessions);
+        m
+    }
+
     /// Counts one event published through this instance.
-    pub fn published(&self, event: &'static str) {
+    pub(crate) fn published(&self, event: &'static str) {
         self.events_published
             .get_or_create(&EventLabel { event })
             .inc();
@@ -73,7 +86,7 @@ impl Metrics {
 
     /// Metric handles share their value with their clones, so the registry
     /// holds clones of the fields above.
-    fn register(&mut self) {
+    fn register(&mut self, keeps_sessions: bool) {
         let r = &mut self.registry;
         r.register(
             "connections",
@@ -90,11 +103,13 @@ impl Metrics {
             "Sessions with at least one subscriber",
             self.sessions_watched.clone(),
         );
-        r.register(
-            "sessions_known",
-            "Sessions whose seq and state this instance keeps",
-            self.sessions_known.clone(),
-        );
+        if keeps_sessions {
+            r.register(
+                "sessions_known",
+                "Sessions whose seq and state this instance keeps",
+                self.sessions_known.clone(),
+            );
+        }
         r.register(
             "events_published",
             "Events published, by event name",
@@ -109,6 +124,11 @@ impl Metrics {
             "dropped_deliveries",
             "Deliveries dropped because a socket's buffer was full",
             self.dropped_deliveries.clone(),
+        );
+        r.register(
+            "cluster_events_dropped",
+            "Cluster events this instance dropped because it fell behind (Redis only)",
+            self.cluster_events_dropped.clone(),
         );
         r.register(
             "publish_rejections",
@@ -133,22 +153,9 @@ impl Metrics {
     }
 }
 
-/// Figures read at scrape time rather than counted as they change.
-pub struct Levels {
-    pub subscriptions: u64,
-    pub sessions_watched: u64,
-    /// Sessions whose state this instance keeps (in-memory adapter only).
-    pub sessions_known: Option<u64>,
-}
-
 impl Metrics {
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self, levels: Levels) -> Result<String, std::fmt::Error> {
-        self.subscriptions.set(levels.subscriptions as i64);
-        self.sessions_watched.set(levels.sessions_watched as i64);
-        if let Some(known) = levels.sessions_known {
-            self.sessions_known.set(known as i64);
-        }
+    pub(crate) fn render(&self) -> Result<String, std::fmt::Error> {
         let mut body = String::new();
         encode(&mut body, &self.registry)?;
         Ok(body)

@@ -1,7 +1,10 @@
 //! What operators look at: `/health`, `/ready`, `/metrics` (Prometheus text)
 //! and `/api/v1/stats`.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use axum::{
     Json, Router,
@@ -12,27 +15,31 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::{
-    cluster::Cluster,
-    metrics::{Levels, Metrics},
-    realtime::Subscriptions,
-};
+use crate::{cluster::Sequencer, metrics::Metrics, realtime::Sockets};
 
 /// What the ops endpoints read.
 #[derive(Clone)]
-pub struct OpsState {
+pub(crate) struct OpsState {
     pub metrics: Arc<Metrics>,
-    pub subscriptions: Arc<Subscriptions>,
-    pub cluster: Arc<Cluster>,
+    pub sequencer: Arc<dyn Sequencer>,
+    pub sockets: Arc<dyn Sockets>,
+    /// Set once herald's background work runs: without it nothing reaches
+    /// the sockets (with Redis) and nothing watches the load.
+    pub background_running: Arc<AtomicBool>,
 }
 
 /// `/health`, `/ready` and `/metrics`, outside the API key.
-pub fn routes(state: OpsState) -> Router {
+pub(crate) fn routes(state: OpsState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// `/stats`, which `app` mounts under `/api/v1`, behind the API key.
+pub(crate) fn api_routes(state: OpsState) -> Router {
+    Router::new().route("/stats", get(stats)).with_state(state)
 }
 
 #[derive(Serialize)]
@@ -53,11 +60,16 @@ struct Ready {
 }
 
 /// 200 while this instance can publish to the whole cluster (always, with the
-/// in-memory adapter; with Redis, while the subscription is live), 503 with
-/// the reason otherwise.
+/// in-memory adapter, once its background work runs; with Redis, while the
+/// subscription is live and this instance keeps up), 503 with the reason
+/// otherwise.
 async fn ready(State(ops): State<OpsState>) -> (StatusCode, Json<Ready>) {
-    let readiness = ops.cluster.readiness();
-    let status = if readiness.problem.is_none() {
+    let reason = if ops.background_running.load(Ordering::Acquire) {
+        ops.sequencer.problem().map(|p| p.to_string())
+    } else {
+        Some("background work not running (an embedding app must run herald's Background)".into())
+    };
+    let status = if reason.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -68,19 +80,14 @@ async fn ready(State(ops): State<OpsState>) -> (StatusCode, Json<Ready>) {
         } else {
             "unavailable"
         },
-        adapter: readiness.adapter,
-        reason: readiness.problem,
+        adapter: ops.sequencer.adapter(),
+        reason,
     };
     (status, Json(body))
 }
 
 async fn metrics(State(ops): State<OpsState>) -> impl IntoResponse {
-    let levels = Levels {
-        subscriptions: ops.subscriptions.total(),
-        sessions_watched: ops.subscriptions.sessions() as u64,
-        sessions_known: ops.cluster.sessions_known().map(|n| n as u64),
-    };
-    match ops.metrics.render(levels) {
+    match ops.metrics.render() {
         Ok(body) => (
             StatusCode::OK,
             [(
@@ -99,7 +106,7 @@ async fn metrics(State(ops): State<OpsState>) -> impl IntoResponse {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Stats {
+struct Stats {
     connections: u64,
     sessions: u64,
     subscriptions: u64,
@@ -110,24 +117,31 @@ pub struct Stats {
 
 /// `GET /api/v1/stats`: the whole cluster's figures where Redis can give
 /// them (`scope: "cluster"`), this instance's otherwise (`"instance"`).
-pub async fn stats(State(ops): State<OpsState>) -> Json<Stats> {
-    let stats = match ops.cluster.cluster_totals().await {
-        Some(t) => Stats {
+async fn stats(State(ops): State<OpsState>) -> Json<Stats> {
+    let (figures, sessions) = tokio::join!(
+        ops.sequencer.cluster_figures(),
+        ops.sockets.sessions_watched()
+    );
+    let stats = match (figures, sessions) {
+        (Some(t), Some(sessions)) => Stats {
             connections: t.connections,
-            sessions: t.sessions,
+            sessions,
             subscriptions: t.subscriptions,
             events_published: t.events_published,
             events_delivered: t.events_delivered,
             scope: "cluster",
         },
-        None => Stats {
-            connections: ops.metrics.connections.get().max(0) as u64,
-            sessions: ops.subscriptions.sessions() as u64,
-            subscriptions: ops.subscriptions.total(),
-            events_published: ops.metrics.published_total.get(),
-            events_delivered: ops.metrics.events_delivered.get(),
-            scope: "instance",
-        },
+        _ => {
+            let m = &ops.metrics;
+            Stats {
+                connections: m.connections.get().max(0) as u64,
+                sessions: m.sessions_watched.get().max(0) as u64,
+                subscriptions: m.subscriptions.get().max(0) as u64,
+                events_published: m.published_total.get(),
+                events_delivered: m.events_delivered.get(),
+                scope: "instance",
+            }
+        }
     };
     Json(stats)
 }

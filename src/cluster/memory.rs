@@ -1,8 +1,8 @@
-//! The single-instance cluster: each session's seq and last state in this
-//! process's memory, and delivery straight to the local sockets.
+//! The single-instance sequencer: each session's seq and last state in this
+//! process's memory, and its events handed straight to the fan-out.
 //!
 //! Holding the session's lock from the moment a seq is taken until its event
-//! is handed to the sockets is what keeps delivery in seq order when several
+//! is handed to the fan-out is what keeps delivery in seq order when several
 //! publishers race on one session; different sessions never wait for each
 //! other.
 
@@ -11,37 +11,34 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dashmap::DashMap;
+use dashmap::{DashMap, Entry};
+use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::value::RawValue;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use socketioxide::SocketIo;
-
-use super::{ClusterError, Outbound, SessionSnapshot};
-use crate::{
-    protocol::{Outcome, SessionId},
-    realtime::{self, Realtime},
+use super::{
+    ClusterFigures, FanOut, LinkProblem, Outbound, Sequenced, Sequencer, SequencerError,
+    SessionState,
 };
+use crate::{
+    metrics::Metrics,
+    protocol::{Outcome, SessionId},
+};
+
+/// How often idle, unwatched sessions are looked for.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// What herald remembers of one session.
 #[derive(Debug)]
 struct SessionRecord {
-    /// The last seq handed out; 0 before the first publish.
-    seq: u64,
-    /// The latest `progress` payload, as subscribers received it.
-    progress: Option<Box<RawValue>>,
-    completed: bool,
-    failed: bool,
+    state: SessionState,
     touched: Instant,
 }
 
 impl Default for SessionRecord {
     fn default() -> Self {
         Self {
-            seq: 0,
-            progress: None,
-            completed: false,
-            failed: false,
+            state: SessionState::default(),
             touched: Instant::now(),
         }
     }
@@ -49,81 +46,46 @@ impl Default for SessionRecord {
 
 impl SessionRecord {
     /// Records a published event: called only once it was handed to the
-    /// broadcast, so a failed publish consumes no seq.
+    /// fan-out, so a failed publish consumes no seq.
     fn commit(&mut self, seq: u64, outcome: Outcome, payload: Box<RawValue>) {
-        self.seq = seq;
-        self.completed |= outcome.completed;
-        self.failed |= outcome.failed;
+        let state = &mut self.state;
+        state.seq = seq;
+        state.completed |= outcome.completed;
+        state.failed |= outcome.failed;
         if outcome.is_progress {
-            self.progress = Some(payload);
+            state.progress = Some(payload);
         }
         self.touched = Instant::now();
     }
 }
 
-/// Sessions sequenced and delivered by this process alone.
-pub struct MemoryCluster {
-    io: SocketIo,
-    local: Realtime,
+/// Sessions sequenced by this process alone.
+pub(crate) struct MemorySequencer {
+    fanout: Arc<dyn FanOut>,
     sessions: SessionStore,
 }
 
-impl MemoryCluster {
-    pub fn new(io: SocketIo, local: Realtime, ttl: Duration) -> Self {
-        Self {
-            io,
-            local,
-            sessions: SessionStore::new(ttl),
-        }
+impl MemorySequencer {
+    /// The sequencer, and its housekeeping (forgetting idle sessions), which
+    /// runs as long as it is polled.
+    pub(crate) fn new(
+        fanout: Arc<dyn FanOut>,
+        ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Self>, BoxFuture<'static, ()>) {
+        let sequencer = Arc::new(Self {
+            fanout,
+            sessions: SessionStore::new(ttl, metrics),
+        });
+        let housekeeping = sequencer.clone().housekeeping().boxed();
+        (sequencer, housekeeping)
     }
 
-    pub fn io(&self) -> &SocketIo {
-        &self.io
-    }
-
-    pub async fn publish(&self, out: Outbound<'_>) -> Result<u64, ClusterError> {
-        // The lock is held until the event is handed to the sockets: the
-        // next publish to this session cannot overtake it.
-        let mut record = self.sessions.lock(out.session_id).await;
-        let seq = record.seq + 1;
-        let payload = out.encoded.with_seq(seq);
-        realtime::deliver(&self.io, &self.local, out.session_id, out.name, &payload)
-            .await
-            .map_err(|e| {
-                ClusterError::Unavailable(format!("the event could not be broadcast: {e}"))
-            })?;
-        record.commit(seq, out.outcome, payload);
-        Ok(seq)
-    }
-
-    pub async fn snapshot(&self, id: &SessionId) -> SessionSnapshot {
-        let mut snapshot = self
-            .sessions
-            .read(id, |r| SessionSnapshot {
-                seq: r.seq,
-                progress: r.progress.clone(),
-                completed: r.completed,
-                failed: r.failed,
-                subscribers: 0,
-            })
-            .await
-            .unwrap_or_default();
-        snapshot.subscribers = self.local.subscriptions.count(id) as usize;
-        snapshot
-    }
-
-    pub fn sessions_known(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// Forgets idle, unwatched sessions every minute, for as long as it runs.
-    pub async fn housekeeping(&self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+    async fn housekeeping(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
         loop {
             tick.tick().await;
-            let evicted = self
-                .sessions
-                .evict_idle(|id| self.local.subscriptions.count(id) > 0);
+            let evicted = self.sessions.evict_idle(|id| self.fanout.watches(id));
             if evicted > 0 {
                 tracing::info!(evicted, "forgot idle sessions");
             }
@@ -131,24 +93,87 @@ impl MemoryCluster {
     }
 }
 
+impl Sequencer for MemorySequencer {
+    fn adapter(&self) -> &'static str {
+        "memory"
+    }
+
+    fn publish<'a>(&'a self, out: Outbound<'a>) -> BoxFuture<'a, Result<u64, SequencerError>> {
+        async move {
+            // The lock is held until the event is handed to the fan-out: the
+            // next publish to this session cannot overtake it.
+            let mut record = self.sessions.lock(out.session_id).await;
+            let seq = record.state.seq + 1;
+            let payload = out.encoded.with_seq(seq);
+            self.fanout
+                .deliver(Sequenced {
+                    session_id: out.session_id,
+                    name: out.name,
+                    seq,
+                    payload: &payload,
+                })
+                .await;
+            record.commit(seq, out.outcome, payload);
+            Ok(seq)
+        }
+        .boxed()
+    }
+
+    fn state<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, Result<SessionState, SequencerError>> {
+        async move {
+            Ok(self
+                .sessions
+                .read(id, |r| SessionState {
+                    seq: r.state.seq,
+                    progress: r.state.progress.clone(),
+                    completed: r.state.completed,
+                    failed: r.state.failed,
+                })
+                .await
+                .unwrap_or_default())
+        }
+        .boxed()
+    }
+
+    fn problem(&self) -> Option<LinkProblem> {
+        None
+    }
+
+    fn cluster_figures(&self) -> BoxFuture<'_, Option<ClusterFigures>> {
+        futures_util::future::ready(None).boxed()
+    }
+}
+
 /// The session records of this instance.
 struct SessionStore {
     records: DashMap<SessionId, Arc<Mutex<SessionRecord>>>,
     ttl: Duration,
+    /// Keeps `herald_sessions_known` equal to the number of records.
+    metrics: Arc<Metrics>,
 }
 
 impl SessionStore {
-    fn new(ttl: Duration) -> Self {
+    fn new(ttl: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             records: DashMap::new(),
             ttl,
+            metrics,
         }
     }
 
     /// Locks the session's record, creating it on first use. Publishes to one
     /// session queue here in arrival order (tokio's mutex is fair).
     async fn lock(&self, id: &SessionId) -> OwnedMutexGuard<SessionRecord> {
-        let record = self.records.entry(id.clone()).or_default().clone();
+        let record = match self.records.entry(id.clone()) {
+            Entry::Occupied(entry) => entry.get().clone(),
+            Entry::Vacant(entry) => {
+                self.metrics.sessions_known.inc();
+                entry.insert(Arc::default()).clone()
+            }
+        };
         record.lock_owned().await
     }
 
@@ -159,6 +184,7 @@ impl SessionStore {
         Some(f(&guard))
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.records.len()
     }
@@ -179,7 +205,9 @@ impl SessionStore {
                     .map(|r| r.touched.elapsed() < ttl)
                     .unwrap_or(true)
         });
-        before - self.records.len()
+        let evicted = before - self.records.len();
+        self.metrics.sessions_known.dec_by(evicted as i64);
+        evicted
     }
 }
 
@@ -189,11 +217,11 @@ mod tests {
 
     #[tokio::test]
     async fn commit_tracks_seq_and_outcomes() {
-        let store = SessionStore::new(Duration::from_secs(60));
+        let store = SessionStore::new(Duration::from_secs(60), Arc::default());
         let id = SessionId::parse("s").unwrap();
         {
             let mut rec = store.lock(&id).await;
-            let seq = rec.seq + 1;
+            let seq = rec.state.seq + 1;
             let payload = RawValue::from_string("{\"p\":1}".into()).unwrap();
             let outcome = Outcome {
                 is_progress: true,
@@ -205,9 +233,9 @@ mod tests {
         let (seq, done, progress) = store
             .read(&id, |r| {
                 (
-                    r.seq,
-                    r.completed,
-                    r.progress.as_ref().map(|p| p.get().to_string()),
+                    r.state.seq,
+                    r.state.completed,
+                    r.state.progress.as_ref().map(|p| p.get().to_string()),
                 )
             })
             .await
@@ -218,7 +246,7 @@ mod tests {
         );
         assert!(
             store
-                .read(&SessionId::parse("other").unwrap(), |r| r.seq)
+                .read(&SessionId::parse("other").unwrap(), |r| r.state.seq)
                 .await
                 .is_none()
         );
@@ -226,14 +254,16 @@ mod tests {
 
     #[tokio::test]
     async fn eviction_keeps_fresh_and_watched_sessions() {
-        let store = SessionStore::new(Duration::ZERO);
+        let metrics = Arc::new(Metrics::default());
+        let store = SessionStore::new(Duration::ZERO, metrics.clone());
         let a = SessionId::parse("a").unwrap();
         let b = SessionId::parse("b").unwrap();
         drop(store.lock(&a).await);
         drop(store.lock(&b).await);
+        assert_eq!(metrics.sessions_known.get(), 2);
         assert_eq!(store.evict_idle(|id| id == &a), 1);
-        assert_eq!(store.len(), 1);
-        let fresh = SessionStore::new(Duration::from_secs(3600));
+        assert_eq!((store.len(), metrics.sessions_known.get()), (1, 1));
+        let fresh = SessionStore::new(Duration::from_secs(3600), Arc::default());
         drop(fresh.lock(&a).await);
         assert_eq!(fresh.evict_idle(|_| false), 0);
     }

@@ -1,126 +1,124 @@
-//! Where a session's events get their `seq` and how they reach every
-//! subscriber: one process ([`memory`]), or many sharing Redis ([`redis`]).
+//! Sequencing: where an event gets its `seq`, where a session's state is
+//! kept, and how sequenced events reach this instance's fan-out. One process
+//! ([`memory`]) or many sharing Redis ([`redis`]), behind one [`Sequencer`]
+//! interface, so that the publish path, the HTTP API and the ops endpoints
+//! never know which backend runs.
 //!
-//! Both keep the same promise: a session's events are delivered to every
-//! subscriber in seq order, and a seq is consumed only by an event that was
-//! handed to the broadcast. The publish path ([`crate::publish`]) sees only
-//! [`Cluster`].
+//! Both keep the same promise: a session's events reach the [`FanOut`] in seq
+//! order, and a seq is consumed only by an event that was handed to it. A
+//! sequencer never touches sockets: it reports to the fan-out registered when
+//! it was built (the Socket.IO side, [`crate::realtime`]).
 
-pub mod memory;
-pub mod redis;
+pub(crate) mod memory;
+pub(crate) mod redis;
 
+use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 
+pub use self::redis::LinkProblem;
 use crate::protocol::{Encoded, Outcome, SessionId};
 
 /// A validated, serialized event waiting for its seq.
-pub struct Outbound<'a> {
+pub(crate) struct Outbound<'a> {
     pub session_id: &'a SessionId,
     pub name: &'static str,
     pub encoded: Encoded,
     pub outcome: Outcome,
 }
 
-/// What `GET /api/v1/sessions/{id}` reports.
+/// An event with its seq, as the fan-out receives it.
+pub(crate) struct Sequenced<'a> {
+    pub session_id: &'a SessionId,
+    pub name: &'a str,
+    pub seq: u64,
+    /// The whole payload subscribers receive, `seq` included.
+    pub payload: &'a RawValue,
+}
+
+/// Where a sequencer hands its events: this instance's subscribers.
+pub(crate) trait FanOut: Send + Sync + 'static {
+    /// Whether anyone on this instance watches the session; a sequencer may
+    /// skip preparing events nobody here will receive.
+    fn watches(&self, session: &SessionId) -> bool;
+
+    /// Hands an event to this instance's subscribers of its session. Called
+    /// in seq order for each session, never concurrently for one session.
+    fn deliver<'a>(&'a self, event: Sequenced<'a>) -> BoxFuture<'a, ()>;
+}
+
+/// What a sequencer knows of one session.
 #[derive(Debug, Default)]
-pub struct SessionSnapshot {
+pub(crate) struct SessionState {
+    /// The last seq handed out; 0 before the first publish.
     pub seq: u64,
     /// The latest `progress` payload, as subscribers received it.
     pub progress: Option<Box<RawValue>>,
     pub completed: bool,
     pub failed: bool,
-    pub subscribers: usize,
 }
 
-/// Whether this instance can publish cluster-wide right now.
-#[derive(Debug, Clone)]
-pub struct Readiness {
-    pub adapter: &'static str,
-    /// Why not, when not.
-    pub problem: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    /// The event could not be made to reach every instance; nothing was
-    /// delivered and no seq consumed.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-/// Figures for `/api/v1/stats`, and how far they reach.
+/// The figures each live instance reports, summed over the cluster.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
+pub(crate) struct ClusterFigures {
     pub connections: u64,
-    pub sessions: u64,
     pub subscriptions: u64,
     pub events_published: u64,
     pub events_delivered: u64,
 }
 
-pub enum Cluster {
-    Memory(memory::MemoryCluster),
-    Redis(redis::RedisCluster),
+/// What a Redis request was for, so that its failure says what did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Publish,
+    ReadSession,
 }
 
-impl Cluster {
-    pub async fn publish(&self, out: Outbound<'_>) -> Result<u64, ClusterError> {
-        match self {
-            Self::Memory(c) => c.publish(out).await,
-            Self::Redis(c) => c.publish(out).await,
-        }
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Publish => "cannot publish cluster-wide",
+            Self::ReadSession => "cannot read the session from Redis",
+        })
     }
+}
 
-    pub async fn snapshot(&self, id: &SessionId) -> Result<SessionSnapshot, ClusterError> {
-        match self {
-            Self::Memory(c) => Ok(c.snapshot(id).await),
-            Self::Redis(c) => c.snapshot(id).await,
-        }
-    }
+/// Why a sequencer could not do what it was asked. Nothing was delivered and
+/// no seq consumed.
+#[derive(Debug, thiserror::Error)]
+pub enum SequencerError {
+    /// This instance cannot currently reach every instance.
+    #[error("cannot publish cluster-wide: {0}")]
+    LinkDown(LinkProblem),
+    /// Redis failed the request.
+    #[error("{action}: Redis: {source}")]
+    Redis {
+        action: Action,
+        #[source]
+        source: ::redis::RedisError,
+    },
+}
 
-    pub fn readiness(&self) -> Readiness {
-        match self {
-            Self::Memory(_) => Readiness {
-                adapter: "memory",
-                problem: None,
-            },
-            Self::Redis(c) => Readiness {
-                adapter: "redis",
-                problem: c.problem(),
-            },
-        }
-    }
+/// Seq, state and (next) history of every session, for one backend.
+pub(crate) trait Sequencer: Send + Sync + 'static {
+    /// `"memory"` or `"redis"`, for `/ready` and the logs.
+    fn adapter(&self) -> &'static str;
 
-    /// Cluster-wide totals when they can be had, with `"cluster"`; otherwise
-    /// `None`, and the caller reports this instance's own.
-    pub async fn cluster_totals(&self) -> Option<Totals> {
-        match self {
-            Self::Memory(_) => None,
-            Self::Redis(c) => c.totals().await,
-        }
-    }
+    /// Gives the event the session's next seq and hands it to the fan-out:
+    /// at once in memory, through Redis to every instance otherwise. Returns
+    /// the seq.
+    fn publish<'a>(&'a self, out: Outbound<'a>) -> BoxFuture<'a, Result<u64, SequencerError>>;
 
-    pub fn sessions_known(&self) -> Option<usize> {
-        match self {
-            Self::Memory(c) => Some(c.sessions_known()),
-            Self::Redis(_) => None,
-        }
-    }
+    /// The session's seq and last state (defaults for a session never
+    /// published to).
+    fn state<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, Result<SessionState, SequencerError>>;
 
-    /// Closes every socket's transport: clients see a transport close and
-    /// reconnect, rather than `io server disconnect`, which would stop them.
-    pub async fn close_sockets(&self) {
-        match self {
-            Self::Memory(c) => c.io().close().await,
-            Self::Redis(c) => c.io().close().await,
-        }
-    }
+    /// Why this instance cannot publish cluster-wide right now, if it cannot.
+    fn problem(&self) -> Option<LinkProblem>;
 
-    /// Background upkeep, for as long as the server runs.
-    pub async fn run(&self) {
-        match self {
-            Self::Memory(c) => c.housekeeping().await,
-            Self::Redis(c) => c.run().await,
-        }
-    }
+    /// The figures of every live instance, summed; `None` when this backend
+    /// has no cluster or cannot say now.
+    fn cluster_figures(&self) -> BoxFuture<'_, Option<ClusterFigures>>;
 }

@@ -1,11 +1,12 @@
 //! The one path every published event takes, whether it comes from the HTTP
 //! API or from a Rust backend holding an [`Emitter`]:
-//! validate -> serialize once -> sequence and broadcast ([`Cluster`]).
+//! validate -> serialize once -> sequence, and hand to the fan-out (a
+//! [`Sequencer`](crate::cluster::Sequencer), whichever backend runs).
 //! Validation happens before a seq is taken, and a seq is recorded only with
 //! an event that reached the broadcast, so a refused or failed publish
 //! delivers nothing and consumes nothing.
 
-pub mod http;
+pub(crate) mod api;
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use serde_json::value::RawValue;
 use tracing::{Instrument, debug, info_span};
 
 use crate::{
-    cluster::{Cluster, ClusterError, Outbound},
+    cluster::{Outbound, Sequencer, SequencerError},
     metrics::Metrics,
     protocol::{
         Clarification, Completed, EventFamily, Fields, Invalid, ModelResult, Progress,
@@ -80,25 +81,27 @@ pub struct Receipt {
     pub seq: u64,
 }
 
+/// Why a validated event was not published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// The event could not be made to reach every subscriber (the cluster
-    /// link is down); nothing was delivered and no seq consumed.
+    /// link is down, Redis failed the request); nothing was delivered and no
+    /// seq consumed.
     #[error(transparent)]
-    Unavailable(#[from] ClusterError),
+    Unavailable(#[from] SequencerError),
 }
 
 /// The handle a Rust backend embeds to publish events, and the HTTP API's
 /// way in. Cheap to clone.
 #[derive(Clone)]
 pub struct Emitter {
-    cluster: Arc<Cluster>,
+    sequencer: Arc<dyn Sequencer>,
     metrics: Arc<Metrics>,
 }
 
 impl Emitter {
-    pub(crate) fn new(cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> Self {
-        Self { cluster, metrics }
+    pub(crate) fn new(sequencer: Arc<dyn Sequencer>, metrics: Arc<Metrics>) -> Self {
+        Self { sequencer, metrics }
     }
 
     pub async fn progress(
@@ -171,7 +174,7 @@ impl Emitter {
                 encoded: encode(&session_id, &timestamp, &event),
                 outcome: event.outcome(),
             };
-            let seq = self.cluster.publish(out).await?;
+            let seq = self.sequencer.publish(out).await?;
             tracing::Span::current().record("seq", seq);
             self.metrics.published(name);
             debug!("published");

@@ -10,13 +10,13 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-use tracing::warn;
+
+use crate::http::Origins;
 
 /// The Socket.IO endpoint, with or without the trailing slash. With a list
 /// of allowed origins, a browser from another origin is refused on every
 /// transport: CORS alone would stop only polling, not a WebSocket upgrade.
-pub fn routes<S>(service: S, origins: &Origins) -> Router
+pub(super) fn routes<S>(service: S, origins: &Origins) -> Router
 where
     S: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
         + Clone
@@ -37,42 +37,6 @@ where
             routes.route_layer(middleware::from_fn(move |req, next| {
                 check_origin(list.clone(), req, next)
             }))
-        }
-    }
-}
-
-/// Which browser origins may connect and call the API.
-#[derive(Clone)]
-pub enum Origins {
-    Any,
-    List(Vec<HeaderValue>),
-}
-
-impl Origins {
-    pub fn from_config(origins: &[String]) -> Self {
-        if origins.iter().any(|o| o.trim() == "*") {
-            return Self::Any;
-        }
-        Self::List(
-            origins
-                .iter()
-                .filter_map(|o| match HeaderValue::from_str(o.trim()) {
-                    Ok(v) => Some(v),
-                    Err(_) => {
-                        warn!(origin = %o, "ignoring an invalid CORS origin");
-                        None
-                    }
-                })
-                .collect(),
-        )
-    }
-
-    /// The CORS layer for every route.
-    pub fn cors(&self) -> CorsLayer {
-        let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
-        match self {
-            Self::Any => layer.allow_origin(Any),
-            Self::List(list) => layer.allow_origin(AllowOrigin::list(list.clone())),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The Socket.IO side: the default namespace, `subscribe`/`unsubscribe`, and
-//! which local sockets watch which sessions.
+//! The Socket.IO side: it owns the Socket.IO server, the default namespace,
+//! `subscribe`/`unsubscribe`, which local sockets watch which sessions, and
+//! delivery to them (the [`FanOut`] every sequencer reports to).
 //!
 //! socketioxide runs every event handler in a task of its own, so two events
 //! from one socket may run in either order, and a `subscribe` sent just before
@@ -9,22 +10,16 @@
 //! there is synchronous (join, leave, emit, ack only queue packets), so the
 //! reading loop never waits.
 
-pub mod endpoint;
+mod endpoint;
 
-use std::{
-    convert::Infallible,
-    marker::PhantomData,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{convert::Infallible, marker::PhantomData, sync::Arc};
 
+use axum::Router;
 use dashmap::DashMap;
-use serde_json::value::RawValue;
+use futures_util::future::{BoxFuture, FutureExt};
 use smallvec::SmallVec;
 use socketioxide::{
-    BroadcastError, SocketError, SocketIo,
+    BroadcastError, SocketError, SocketIo, SocketIoBuilder,
     adapter::Adapter,
     extract::{AckSender, SocketRef, State, TryData},
     handler::{ConnectHandler, FromMessageParts, Value},
@@ -34,6 +29,8 @@ use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 use tracing::{debug, info, info_span, warn};
 
 use crate::{
+    cluster::{FanOut, Sequenced},
+    http::Origins,
     metrics::Metrics,
     protocol::{
         Ack, Connected, RequestError, SessionId, SessionRequest, SubscriptionReply, Timestamp,
@@ -47,14 +44,24 @@ use crate::{
 /// The lists live here rather than in each socket's extensions: a map entry
 /// is a fraction of what an extension map and a set cost on every socket,
 /// and a socket's first session is kept in the entry itself.
-#[derive(Default)]
-pub struct Subscriptions {
+///
+/// The gauges `herald_subscriptions` and `herald_sessions_watched` follow
+/// every change, so that nothing has to count them when asked.
+pub(crate) struct Subscriptions {
     per_session: DashMap<SessionId, u32>,
     per_socket: DashMap<Sid, SmallVec<[SessionId; 1]>>,
-    total: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Subscriptions {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            per_session: DashMap::new(),
+            per_socket: DashMap::new(),
+            metrics,
+        }
+    }
+
     /// Returns whether the socket was not subscribed yet.
     fn add(&self, socket: Sid, id: &SessionId) -> bool {
         let mut sessions = self.per_socket.entry(socket).or_default();
@@ -62,8 +69,12 @@ impl Subscriptions {
             return false;
         }
         sessions.push(id.clone());
-        *self.per_session.entry(id.clone()).or_default() += 1;
-        self.total.fetch_add(1, Ordering::Relaxed);
+        let mut watchers = self.per_session.entry(id.clone()).or_default();
+        if *watchers == 0 {
+            self.metrics.sessions_watched.inc();
+        }
+        *watchers += 1;
+        self.metrics.subscriptions.inc();
         true
     }
 
@@ -97,76 +108,169 @@ impl Subscriptions {
     }
 
     fn uncount(&self, id: &SessionId) {
-        self.per_session.remove_if_mut(id, |_, n| {
-            *n -= 1;
-            *n == 0
-        });
-        self.total.fetch_sub(1, Ordering::Relaxed);
+        let emptied = self
+            .per_session
+            .remove_if_mut(id, |_, n| {
+                *n -= 1;
+                *n == 0
+            })
+            .is_some();
+        if emptied {
+            self.metrics.sessions_watched.dec();
+        }
+        self.metrics.subscriptions.dec();
     }
 
     /// Local sockets subscribed to the session.
-    pub fn count(&self, id: &SessionId) -> u32 {
+    fn count(&self, id: &SessionId) -> u32 {
         self.per_session.get(id).map_or(0, |n| *n)
-    }
-
-    /// Sessions with at least one local subscriber.
-    pub fn sessions(&self) -> usize {
-        self.per_session.len()
-    }
-
-    /// Socket-session pairs on this instance.
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
     }
 }
 
 /// The state socketioxide hands to the handlers.
 #[derive(Clone)]
-pub struct Realtime {
-    pub subscriptions: Arc<Subscriptions>,
-    pub metrics: Arc<Metrics>,
+struct Local {
+    subscriptions: Arc<Subscriptions>,
+    metrics: Arc<Metrics>,
 }
 
-/// Registers the default namespace. A remote adapter finishes setting it up
-/// in the background; until then clients are told the namespace is unknown
-/// and retry.
-pub fn attach<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) {
-    io.ns("/", on_connect::<A>.with(prepare::<A>)).spawn();
+/// How the Socket.IO server is set up, whichever adapter it runs on.
+pub(crate) struct Settings {
+    pub ping_interval: std::time::Duration,
+    pub ping_timeout: std::time::Duration,
+    pub max_payload: u64,
+    pub buffer_packets: usize,
+    pub origins: Origins,
 }
 
-/// Hands a session's event to this instance's subscribers of it, and counts
-/// the deliveries. Returns how many sockets took it.
-pub async fn deliver<A: Adapter>(
-    io: &SocketIo<A>,
-    rt: &Realtime,
-    session: &SessionId,
-    name: &str,
-    payload: &RawValue,
-) -> Result<u32, BroadcastError> {
-    let recipients = rt.subscriptions.count(session);
-    if recipients == 0 {
-        return Ok(0);
-    }
-    let undelivered = match io.local().to(session.room()).emit(name, payload).await {
-        Ok(()) => 0,
-        // Closing sockets, and slow ones whose buffer is full: those lose
-        // this event (counted and logged); everyone else has it.
-        Err(BroadcastError::Socket(errors)) => {
-            let full = errors
-                .iter()
-                .filter(|e| matches!(e, SocketError::InternalChannelFull))
-                .count();
-            if full > 0 {
-                rt.metrics.dropped_deliveries.inc_by(full as u64);
-                warn!(%session, sockets = full, "socket buffers full: event dropped for slow consumers");
-            }
-            errors.len() as u32
-        }
-        Err(e) => return Err(e),
+/// Bytes a WebSocket reads at a time; larger frames take several reads.
+/// Clients send herald pongs and subscribes, which fit unless the session id
+/// is long; every idle socket holds the buffer, and each 128 bytes of it is
+/// 3% of an idle socket's memory.
+const WS_READ_BUFFER: usize = 128;
+
+/// The Socket.IO server of this instance and its local subscribers.
+pub(crate) struct Realtime<A: Adapter> {
+    io: SocketIo<A>,
+    local: Local,
+}
+
+/// Builds the Socket.IO server on adapter `A`, its default namespace, and
+/// the `/socket.io/` routes that serve it.
+pub(crate) fn build<A: Adapter + DefinedAdapter>(
+    settings: &Settings,
+    adapter: A::State,
+    metrics: Arc<Metrics>,
+) -> (Router, Arc<Realtime<A>>) {
+    let local = Local {
+        subscriptions: Arc::new(Subscriptions::new(metrics.clone())),
+        metrics,
     };
-    let delivered = recipients.saturating_sub(undelivered);
-    rt.metrics.events_delivered.inc_by(u64::from(delivered));
-    Ok(delivered)
+    let (service, io) = SocketIoBuilder::new()
+        .ping_interval(settings.ping_interval)
+        .ping_timeout(settings.ping_timeout)
+        .max_payload(settings.max_payload)
+        .max_buffer_size(settings.buffer_packets)
+        .ws_read_buffer_size(WS_READ_BUFFER)
+        .with_state(local.clone())
+        .with_adapter::<A>(adapter)
+        .build_svc();
+    // A remote adapter finishes setting the namespace up in the background;
+    // until then clients are told the namespace is unknown, and retry.
+    io.ns("/", on_connect::<A>.with(prepare::<A>)).spawn();
+    let routes = endpoint::routes(service, &settings.origins);
+    (routes, Arc::new(Realtime { io, local }))
+}
+
+impl<A: Adapter> FanOut for Realtime<A> {
+    fn watches(&self, session: &SessionId) -> bool {
+        self.local.subscriptions.count(session) > 0
+    }
+
+    /// Emits to the session's room on this instance, and counts the deliveries.
+    fn deliver<'a>(&'a self, event: Sequenced<'a>) -> BoxFuture<'a, ()> {
+        async move {
+            let session = event.session_id;
+            let recipients = self.local.subscriptions.count(session);
+            if recipients == 0 {
+                return;
+            }
+            let metrics = &self.local.metrics;
+            let emitted = self
+                .io
+                .local()
+                .to(session.room())
+                .emit(event.name, event.payload)
+                .await;
+            let undelivered = match emitted {
+                Ok(()) => 0,
+                // Closing sockets, and slow ones whose buffer is full: those
+                // lose this event (counted and logged); everyone else has it.
+                Err(BroadcastError::Socket(errors)) => {
+                    let full = errors
+                        .iter()
+                        .filter(|e| matches!(e, SocketError::InternalChannelFull))
+                        .count();
+                    if full > 0 {
+                        metrics.dropped_deliveries.inc_by(full as u64);
+                        warn!(%session, seq = event.seq, sockets = full, "socket buffers full: event dropped for slow consumers");
+                    }
+                    errors.len() as u32
+                }
+                // A local broadcast of a JSON payload has no other way to fail.
+                Err(e) => {
+                    warn!(%session, seq = event.seq, "local delivery failed: {e}");
+                    recipients
+                }
+            };
+            let delivered = recipients.saturating_sub(undelivered);
+            metrics.events_delivered.inc_by(u64::from(delivered));
+        }
+        .boxed()
+    }
+}
+
+/// What the rest of herald asks of the Socket.IO side, whichever adapter it
+/// runs on.
+pub(crate) trait Sockets: Send + Sync + 'static {
+    /// Sockets subscribed to the session on every instance, where the adapter
+    /// can say in time; this instance's otherwise.
+    fn subscribers<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, usize>;
+
+    /// Sessions with at least one subscriber on any instance; `None` when the
+    /// adapter cannot say now.
+    fn sessions_watched(&self) -> BoxFuture<'_, Option<u64>>;
+
+    /// Closes every socket's transport: clients see a transport close and
+    /// reconnect, rather than `io server disconnect`, which would stop them.
+    fn close_all(&self) -> BoxFuture<'_, ()>;
+}
+
+impl<A: Adapter> Sockets for Realtime<A> {
+    fn subscribers<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, usize> {
+        async move {
+            match self.io.to(id.room()).fetch_sockets().await {
+                Ok(sockets) => sockets.len(),
+                Err(e) => {
+                    debug!("cluster-wide subscriber count unavailable, counting local ones: {e}");
+                    self.local.subscriptions.count(id) as usize
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn sessions_watched(&self) -> BoxFuture<'_, Option<u64>> {
+        async move {
+            let rooms = self.io.rooms().await.ok()?;
+            Some(rooms.iter().filter(|r| SessionId::is_room(r)).count() as u64)
+        }
+        .boxed()
+    }
+
+    fn close_all(&self) -> BoxFuture<'_, ()> {
+        self.io.close().boxed()
+    }
 }
 
 /// Runs before the client is told it is connected, so the handlers are in
@@ -178,7 +282,7 @@ async fn prepare<A: Adapter>(s: SocketRef<A>) -> Result<(), Infallible> {
     Ok(())
 }
 
-async fn on_connect<A: Adapter>(s: SocketRef<A>, State(rt): State<Realtime>) {
+async fn on_connect<A: Adapter>(s: SocketRef<A>, State(rt): State<Local>) {
     rt.metrics.connections.inc();
     let transport = format!("{:?}", s.transport_type());
     info!(socket = %s.id, %transport, "socket connected");
@@ -194,7 +298,7 @@ async fn on_connect<A: Adapter>(s: SocketRef<A>, State(rt): State<Realtime>) {
 async fn on_disconnect<A: Adapter>(
     s: SocketRef<A>,
     reason: DisconnectReason,
-    State(rt): State<Realtime>,
+    State(rt): State<Local>,
 ) {
     rt.metrics.connections.dec();
     let subscriptions = rt.subscriptions.remove_socket(s.id);
@@ -206,7 +310,7 @@ trait RoomChange: Send + Sync + 'static {
     const EVENT: &'static str;
     const REPLY: &'static str;
     /// Makes the change; returns whether the socket's membership changed.
-    fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Realtime) -> bool;
+    fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Local) -> bool;
 }
 
 struct Subscribe;
@@ -215,7 +319,7 @@ struct Unsubscribe;
 impl RoomChange for Subscribe {
     const EVENT: &'static str = "subscribe";
     const REPLY: &'static str = "subscribed";
-    fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Realtime) -> bool {
+    fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Local) -> bool {
         let added = rt.subscriptions.add(s.id, id);
         if added {
             s.join(id.room());
@@ -227,7 +331,7 @@ impl RoomChange for Subscribe {
 impl RoomChange for Unsubscribe {
     const EVENT: &'static str = "unsubscribe";
     const REPLY: &'static str = "unsubscribed";
-    fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Realtime) -> bool {
+    fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Local) -> bool {
         let removed = rt.subscriptions.remove(s.id, id);
         if removed {
             s.leave(id.room());
@@ -250,7 +354,7 @@ impl<A: Adapter, C: RoomChange> FromMessageParts<A> for InOrder<C> {
     ) -> Result<Self, Infallible> {
         let ack = AckSender::from_message_parts(s, v, ack_id)?;
         let TryData(payload) = TryData::<serde_json::Value>::from_message_parts(s, v, ack_id)?;
-        let Ok(State(rt)) = State::<Realtime>::from_message_parts(s, v, ack_id) else {
+        let Ok(State(rt)) = State::<Local>::from_message_parts(s, v, ack_id) else {
             unreachable!("the Socket.IO server is always built with its state");
         };
         let _span = info_span!("room", socket = %s.id, event = C::EVENT).entered();
@@ -264,7 +368,7 @@ impl<A: Adapter, C: RoomChange> FromMessageParts<A> for InOrder<C> {
 
 fn change_room<A: Adapter, C: RoomChange>(
     s: &Socket<A>,
-    rt: &Realtime,
+    rt: &Local,
     id: &SessionId,
     ack: AckSender<A>,
 ) {
@@ -285,7 +389,7 @@ fn change_room<A: Adapter, C: RoomChange>(
     let _ = ack.send(&answer);
 }
 
-fn refuse<A: Adapter>(s: &Socket<A>, rt: &Realtime, message: String, ack: AckSender<A>) {
+fn refuse<A: Adapter>(s: &Socket<A>, rt: &Local, message: String, ack: AckSender<A>) {
     rt.metrics.client_errors.inc();
     info!(%message, "refused");
     let answer = Ack {
@@ -309,7 +413,9 @@ mod tests {
 
     #[test]
     fn subscriptions_are_counted_per_session_and_end_with_their_socket() {
-        let subs = Subscriptions::default();
+        let metrics = Arc::new(Metrics::default());
+        let subs = Subscriptions::new(metrics.clone());
+        let levels = || (metrics.subscriptions.get(), metrics.sessions_watched.get());
         let (a, b) = (Sid::new(), Sid::new());
         assert!(subs.add(a, &session("s1")));
         assert!(
@@ -318,7 +424,8 @@ mod tests {
         );
         assert!(subs.add(a, &session("s2")));
         assert!(subs.add(b, &session("s1")));
-        assert_eq!((subs.count(&session("s1")), subs.total()), (2, 3));
+        assert_eq!(subs.count(&session("s1")), 2);
+        assert_eq!(levels(), (3, 2));
 
         assert!(subs.remove(b, &session("s1")));
         assert!(!subs.remove(b, &session("s1")));
@@ -326,6 +433,6 @@ mod tests {
 
         assert_eq!(subs.remove_socket(a), 2);
         assert_eq!(subs.remove_socket(a), 0);
-        assert_eq!((subs.sessions(), subs.total()), (0, 0));
+        assert_eq!(levels(), (0, 0));
     }
 }

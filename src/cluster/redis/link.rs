@@ -30,6 +30,8 @@ use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use super::queue::EventQueue;
+
 /// How often the probe runs, and how long its message may take to return.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 const PROBE_WAIT: Duration = Duration::from_secs(1);
@@ -39,8 +41,8 @@ enum Route {
     /// socketioxide-redis's request and response channels: bounded, as its
     /// driver interface requires.
     Adapter(mpsc::Sender<ChanItem>),
-    /// herald's event channel: never dropped, in order.
-    Events(mpsc::UnboundedSender<Vec<u8>>),
+    /// herald's event channel: in order, bounded (see `queue`).
+    Events(EventQueue),
     /// This instance's probe channel.
     Probe,
 }
@@ -51,7 +53,7 @@ struct Shared {
     probe_seen: AtomicU64,
     probe_arrived: Notify,
     /// `None` while live; the reason otherwise.
-    problem: watch::Sender<Option<String>>,
+    problem: watch::Sender<Option<LinkProblem>>,
     /// The connection; a cluster's is made once Redis first answers.
     conn: RwLock<Option<Conn>>,
 }
@@ -108,6 +110,29 @@ impl Conn {
     }
 }
 
+/// Why the link cannot carry the cluster's events right now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkProblem {
+    #[error("not connected to Redis yet")]
+    NotConnectedYet,
+    #[error("lost the connection to Redis")]
+    ConnectionLost,
+    #[error("Redis is unreachable: {0}")]
+    Unreachable(Arc<RedisError>),
+    #[error("the Redis subscription is not delivering messages")]
+    NotDelivering,
+    /// The link works, but this instance dropped events it could not keep
+    /// up with (see `queue`).
+    #[error("this instance fell behind the cluster's events ({dropped} dropped so far)")]
+    FellBehind { dropped: u64 },
+}
+
+impl LinkProblem {
+    fn unreachable(e: RedisError) -> Self {
+        Self::Unreachable(Arc::new(e))
+    }
+}
+
 /// How the link (re)connects.
 enum Target {
     Single,
@@ -127,22 +152,22 @@ impl Link {
     /// the seed nodes of a Redis Cluster when `cluster` is set. `events`
     /// receives every message of `events_channel`, in the order Redis
     /// published them.
-    pub fn new(
+    pub(crate) fn new(
         urls: &[&str],
         cluster: bool,
         events_channel: &str,
+        events: EventQueue,
         probe_channel: String,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<Vec<u8>>), RedisError> {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+    ) -> Result<Self, RedisError> {
         let mut routes = HashMap::new();
-        routes.insert(events_channel.to_string(), Route::Events(events_tx));
+        routes.insert(events_channel.to_string(), Route::Events(events));
         routes.insert(probe_channel.clone(), Route::Probe);
         let shared = Arc::new(Shared {
             routes: RwLock::new(routes),
             probe_channel,
             probe_seen: AtomicU64::new(0),
             probe_arrived: Notify::new(),
-            problem: watch::Sender::new(Some("not connected to Redis yet".into())),
+            problem: watch::Sender::new(Some(LinkProblem::NotConnectedYet)),
             conn: RwLock::new(None),
         });
         let router = shared.clone();
@@ -183,13 +208,10 @@ impl Link {
             *shared.conn.write().unwrap() = Some(Conn::Single(manager));
             Target::Single
         };
-        Ok((
-            Self {
-                shared,
-                target: Arc::new(target),
-            },
-            events_rx,
-        ))
+        Ok(Self {
+            shared,
+            target: Arc::new(target),
+        })
     }
 
     /// A connection for commands; it reconnects by itself.
@@ -205,7 +227,7 @@ impl Link {
 
     /// `None` while Redis is reachable and this instance's subscription
     /// delivers; otherwise why not.
-    pub fn problem(&self) -> Option<String> {
+    pub fn problem(&self) -> Option<LinkProblem> {
         self.shared.problem.borrow().clone()
     }
 
@@ -238,14 +260,14 @@ impl Link {
         }
     }
 
-    async fn check(&self, nonce: u64) -> Result<(), String> {
+    async fn check(&self, nonce: u64) -> Result<(), LinkProblem> {
         if let Target::Cluster(client) = &*self.target
             && self.shared.conn.read().unwrap().is_none()
         {
             let conn = client
                 .get_async_connection()
                 .await
-                .map_err(|e| format!("Redis Cluster is unreachable: {e}"))?;
+                .map_err(LinkProblem::unreachable)?;
             *self.shared.conn.write().unwrap() = Some(Conn::Cluster(conn));
         }
         if self.problem().is_some() {
@@ -253,7 +275,7 @@ impl Link {
             // answered) is subscribed again; SUBSCRIBE is idempotent.
             self.subscribe_all()
                 .await
-                .map_err(|e| format!("Redis is unreachable: {e}"))?;
+                .map_err(LinkProblem::unreachable)?;
         }
         self.probe(nonce).await
     }
@@ -276,7 +298,7 @@ impl Link {
         Ok(())
     }
 
-    async fn probe(&self, nonce: u64) -> Result<(), String> {
+    async fn probe(&self, nonce: u64) -> Result<(), LinkProblem> {
         let arrived = self.shared.probe_arrived.notified();
         tokio::pin!(arrived);
         arrived.as_mut().enable();
@@ -284,7 +306,7 @@ impl Link {
             Ok(mut conn) => conn.publish(&self.shared.probe_channel, nonce).await,
             Err(e) => Err(e),
         };
-        published.map_err(|e| format!("Redis is unreachable: {e}"))?;
+        published.map_err(LinkProblem::unreachable)?;
         let seen = tokio::time::timeout(PROBE_WAIT, async {
             while self.shared.probe_seen.load(Ordering::Acquire) < nonce {
                 arrived.as_mut().await;
@@ -293,7 +315,7 @@ impl Link {
             }
         })
         .await;
-        seen.map_err(|_| "the Redis subscription is not delivering messages".to_string())
+        seen.map_err(|_| LinkProblem::NotDelivering)
     }
 }
 
@@ -304,8 +326,7 @@ impl Shared {
             PushKind::Message | PushKind::SMessage => {}
             PushKind::Disconnection => {
                 // Not live until the probe says so again.
-                self.problem
-                    .send_replace(Some("lost the connection to Redis".into()));
+                self.problem.send_replace(Some(LinkProblem::ConnectionLost));
                 return;
             }
             _ => return,
@@ -322,9 +343,7 @@ impl Shared {
             return;
         };
         match self.routes.read().unwrap().get(&channel) {
-            Some(Route::Events(tx)) => {
-                let _ = tx.send(message);
-            }
+            Some(Route::Events(queue)) => queue.push(message),
             Some(Route::Adapter(tx)) => {
                 let sent = tx.try_send((channel, message));
                 if sent.is_err() {

@@ -1,0 +1,92 @@
+//! The HTTP edge in one place: every route herald serves, mounted here and
+//! nowhere else. `/health`, `/ready` and `/metrics` stay outside the API key;
+//! `/api/v1/` sits behind it; `/socket.io/` checks browser origins itself.
+//! CORS, request tracing and the JSON 404 apply to the whole.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::Method,
+    middleware::{self, Next},
+    response::Response,
+};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
+
+use crate::{
+    http::{self, KeyCheck, Origins},
+    metrics::{Metrics, StatusLabel},
+    ops::{self, OpsState},
+    publish::api::{self, ApiState},
+};
+
+/// What the routes are built from.
+pub(crate) struct Edge {
+    pub sockets: Router,
+    pub api: ApiState,
+    pub ops: OpsState,
+    pub api_key: Option<String>,
+    pub origins: Origins,
+}
+
+pub(crate) fn router(edge: Edge) -> Router {
+    let Edge {
+        sockets,
+        api,
+        ops,
+        api_key,
+        origins,
+    } = edge;
+    let max_body = api.max_body;
+    let guard = |routes: Router| match &api_key {
+        Some(key) => {
+            let check = KeyCheck {
+                key: Arc::from(key.as_str()),
+                max_body,
+            };
+            routes.route_layer(middleware::from_fn_with_state(check, http::require_key))
+        }
+        None => routes,
+    };
+    // Counted outside the key check, so that a publish refused for its key
+    // counts as a refused publish.
+    let publish = guard(api::publish_routes(api.clone())).layer(middleware::from_fn_with_state(
+        ops.metrics.clone(),
+        count_rejections,
+    ));
+    let v1 = publish
+        .merge(guard(api::read_routes(api)))
+        .merge(guard(ops::api_routes(ops.clone())))
+        .method_not_allowed_fallback(http::method_not_allowed);
+    Router::new()
+        .nest("/api/v1", v1)
+        .merge(ops::routes(ops))
+        .merge(sockets)
+        .fallback(http::not_found)
+        .layer(origins.cors())
+        // Refusals are answers, not failures of herald: an outage must log
+        // one error, not one per request answered 503.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
+}
+
+/// Counts refused publishes by status (`herald_publish_rejections_total`).
+async fn count_rejections(
+    State(metrics): State<Arc<Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let is_publish = req.method() == Method::POST;
+    let res = next.run(req).await;
+    let status = res.status();
+    if is_publish && (status.is_client_error() || status.is_server_error()) {
+        metrics
+            .publish_rejections
+            .get_or_create(&StatusLabel {
+                status: status.as_u16(),
+            })
+            .inc();
+    }
+    res
+}

@@ -1,0 +1,120 @@
+//! Reading a request body as JSON: the content type, the size limit (a body
+//! somewhat over it is read and dropped so that a proxy still sending it sees
+//! an answer), and the split between malformed JSON (400) and JSON of the
+//! wrong shape (422, with the field's path).
+
+use axum::{
+    body::{Body, Bytes},
+    http::{HeaderMap, StatusCode, header},
+};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+
+use super::ApiError;
+use crate::protocol::Invalid;
+
+/// How far past the size limit a body is still read (and dropped) before a 413.
+const DRAIN_FACTOR: usize = 4;
+
+/// Reads and discards a body, up to `cap` bytes; whether it all was read.
+pub(crate) async fn drain(body: Body, cap: usize) -> bool {
+    let mut body = body;
+    let mut read = 0usize;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                read += frame.data_ref().map_or(0, |d| d.len());
+                if read > cap {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Reads a body: content type absent or JSON, not empty, size within the limit.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let mime = ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
+        let mime = mime.to_ascii_lowercase();
+        if mime != "application/json"
+            && !(mime.starts_with("application/") && mime.ends_with("+json"))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content type {mime:?} is not supported; send application/json"),
+            ));
+        }
+    }
+    let too_large = |drained: bool| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+        .closing(!drained)
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // A body somewhat over the limit is read and dropped, so a proxy that is
+    // still sending it sees an answer rather than a reset connection; a far
+    // larger one is refused unread, and the connection closed.
+    let drain_cap = limit.saturating_mul(DRAIN_FACTOR);
+    if let Some(declared) = declared.filter(|n| *n > limit as u64) {
+        let drained = declared <= drain_cap as u64 && drain(body, drain_cap).await;
+        return Err(too_large(drained));
+    }
+    let mut body = body;
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if bytes.len() + data.len() > limit {
+                return Err(too_large(drain(body, drain_cap).await));
+            }
+            bytes.extend_from_slice(data);
+        }
+    }
+    let bytes = Bytes::from(bytes);
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "request body is empty; expected JSON",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses JSON: syntax errors are 400, shape errors 422 with the field's path.
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    // The whole body must be JSON before its shape is judged, as `JSON.parse`
+    // would: trailing junk or a syntax error after a shape error is a 400.
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::invalid(Invalid::from_serde(
+            if path == "." { "" } else { &path },
+            e.inner(),
+        ))
+    })
+}

@@ -1,0 +1,181 @@
+//! The HTTP API for backends: publish one event, publish a batch, read a
+//! session's state. Handlers only translate between HTTP and the publish
+//! path; every refusal is JSON `{ error, field? }` with the status
+//! docs/protocol.md gives it.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, State, rejection::PathRejection},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tracing::warn;
+
+use super::{Emitter, Publication, PublishError, Receipt};
+use crate::{
+    cluster::{Sequencer, SessionState},
+    http::{ApiError, parse_json, read_body},
+    protocol::{Invalid, SessionEvent, SessionId},
+    realtime::Sockets,
+};
+
+/// What the API handlers read.
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    pub emitter: Emitter,
+    pub sequencer: Arc<dyn Sequencer>,
+    pub sockets: Arc<dyn Sockets>,
+    pub max_body: usize,
+}
+
+/// The publish routes, which `app` mounts under `/api/v1` (and counts the
+/// refusals of).
+pub(crate) fn publish_routes(state: ApiState) -> Router {
+    Router::new()
+        .route("/sessions/{session_id}/events", post(publish_one))
+        .route("/events", post(publish_batch))
+        .with_state(state)
+}
+
+/// The read routes, mounted under `/api/v1` too.
+pub(crate) fn read_routes(state: ApiState) -> Router {
+    Router::new()
+        .route("/sessions/{session_id}", get(session_state))
+        .with_state(state)
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+fn path_session(path: Result<Path<String>, PathRejection>) -> Result<SessionId, ApiError> {
+    let Path(raw) =
+        path.map_err(|e| ApiError::invalid(Invalid::new("sessionId", e.body_text())))?;
+    SessionId::parse(&raw).map_err(|e| ApiError::invalid(Invalid::new("sessionId", e.to_string())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody<'a> {
+    event: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct BatchItem<'a> {
+    session_id: SessionId,
+    event: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+async fn publish_one(
+    State(api): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Receipt>), ApiError> {
+    let session_id = path_session(path)?;
+    let bytes = read_body(&headers, body, api.max_body).await?;
+    let body: EventBody = parse_json(&bytes)?;
+    let publication = Publication::<SessionEvent>::from_json(session_id, &body.event, body.data)
+        .map_err(ApiError::invalid)?;
+    let receipt = api.emitter.publish(publication).await?;
+    Ok((StatusCode::ACCEPTED, Json(receipt)))
+}
+
+#[derive(Serialize)]
+struct BatchReceipt {
+    results: Vec<Receipt>,
+}
+
+/// A batch that stopped part-way: what was published (with seqs) and the
+/// indices of what was not, so that a client retries exactly those.
+#[derive(Serialize)]
+struct BatchStopped {
+    error: String,
+    results: Vec<Receipt>,
+    unpublished: Vec<usize>,
+}
+
+/// All-or-nothing validation: every item is checked before any is sequenced.
+/// Publishing is in order and stops at the first failure.
+async fn publish_batch(
+    State(api): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, api.max_body).await?;
+    let items: Vec<BatchItem> = parse_json(&bytes)?;
+    let publications = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            Publication::<SessionEvent>::from_json(item.session_id, &item.event, item.data)
+                .map_err(|e| ApiError::invalid(e.within(&format!("[{i}]"))))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let total = publications.len();
+    let mut results = Vec::with_capacity(total);
+    for publication in publications {
+        match api.emitter.publish(publication).await {
+            Ok(receipt) => results.push(receipt),
+            Err(e) => {
+                warn!(published = results.len(), total, "batch stopped: {e}");
+                let stopped = BatchStopped {
+                    error: e.to_string(),
+                    unpublished: (results.len()..total).collect(),
+                    results,
+                };
+                return Ok((StatusCode::SERVICE_UNAVAILABLE, Json(stopped)).into_response());
+            }
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(BatchReceipt { results })).into_response())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionReport {
+    session_id: SessionId,
+    seq: u64,
+    progress: Option<Box<RawValue>>,
+    completed: bool,
+    failed: bool,
+    subscribers: usize,
+}
+
+async fn session_state(
+    State(api): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<SessionReport>, ApiError> {
+    let session_id = path_session(path)?;
+    let (state, subscribers) = tokio::join!(
+        api.sequencer.state(&session_id),
+        api.sockets.subscribers(&session_id)
+    );
+    let SessionState {
+        seq,
+        progress,
+        completed,
+        failed,
+    } = state.map_err(PublishError::from)?;
+    Ok(Json(SessionReport {
+        session_id,
+        seq,
+        progress,
+        completed,
+        failed,
+        subscribers,
+    }))
+}
