@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use super::{
     Invalid, SessionId,
-    values::{JsonObject, Millis, Percent, Timestamp, json_kind},
+    values::{JsonKind, JsonObject, Millis, Percent, Timestamp},
 };
 
 /// Overall state of a session, as the `progress` event reports it.
@@ -243,7 +243,10 @@ impl<'a> Fields<'a> {
             .map_err(|_| {
                 Invalid::new(
                     "",
-                    format!("data must be a JSON object, got {}", json_kind(data.get())),
+                    format!(
+                        "data must be a JSON object, got {}",
+                        JsonKind::of_text(data.get())
+                    ),
                 )
             })?
             .0;

@@ -15,7 +15,7 @@ pub use events::{
 };
 pub use requests::{Ack, Connected, RequestError, SessionRequest, SubscriptionReply};
 pub use session_id::{InvalidSessionId, SessionId};
-pub use values::{JsonObject, Millis, Percent, Timestamp};
+pub use values::{JsonKind, JsonObject, Millis, Percent, Timestamp, ValueError};
 
 /// A refusal of input: a readable message and the path of the offending field
 /// (empty for the value as a whole).
