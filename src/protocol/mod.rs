@@ -13,7 +13,9 @@ pub use events::{
     ModelResult, ModelStatus, Outcome, Progress, Prompts, SessionError, SessionEvent,
     SessionStatus, encode,
 };
-pub use requests::{Ack, Connected, RequestError, SessionRequest, SubscriptionReply};
+pub use requests::{
+    Ack, Connected, InvalidRequest, RequestError, SessionRequest, SubscriptionReply,
+};
 pub use session_id::{InvalidSessionId, SessionId};
 pub use values::{JsonKind, JsonObject, Millis, Percent, Timestamp, ValueError};
 
