@@ -25,7 +25,7 @@ use crate::{
     cluster::{Cluster, SessionSnapshot},
     metrics::{Metrics, StatusLabel},
     ops::{self, OpsState},
-    protocol::{Invalid, SessionEvent, SessionId},
+    protocol::{Invalid, SessionEvent, SessionId, read_json},
 };
 
 /// What the API handlers read.
@@ -276,16 +276,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     // The whole body must be JSON before its shape is judged, as `JSON.parse`
     // would: trailing junk or a syntax error after a shape error is a 400.
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+    let json: &RawValue = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::invalid(Invalid::from_serde(
-            if path == "." { "" } else { &path },
-            e.inner(),
-        ))
-    })
+    read_json(json).map_err(ApiError::invalid)
 }
 
 fn path_session(path: Result<Path<String>, PathRejection>) -> Result<SessionId, ApiError> {
