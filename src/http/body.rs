@@ -10,8 +10,10 @@ use axum::{
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
+use serde_json::value::RawValue;
+
 use super::ApiError;
-use crate::protocol::Invalid;
+use crate::protocol::read_json;
 
 /// How far past the size limit a body is still read (and dropped) before a 413.
 const DRAIN_FACTOR: usize = 4;
@@ -107,14 +109,7 @@ pub(crate) async fn read_body(
 pub(crate) fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     // The whole body must be JSON before its shape is judged, as `JSON.parse`
     // would: trailing junk or a syntax error after a shape error is a 400.
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+    let json: &RawValue = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::invalid(Invalid::from_serde(
-            if path == "." { "" } else { &path },
-            e.inner(),
-        ))
-    })
+    read_json(json).map_err(ApiError::invalid)
 }

@@ -7,12 +7,13 @@
 //! workflow events) is another list, and the publish pipeline, which only sees
 //! [`EventFamily`], stays as it is.
 
-use serde::{Deserialize, Serialize, de::value::MapDeserializer};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{
     Invalid, SessionId,
-    values::{JsonObject, Millis, Percent, Timestamp, json_kind},
+    schema::{RawJson, read_fields},
+    values::{JsonKind, JsonObject, Millis, Percent, Timestamp},
 };
 
 /// Overall state of a session, as the `progress` event reports it.
@@ -239,14 +240,15 @@ pub struct Fields<'a>(Vec<(String, &'a RawValue)>);
 impl<'a> Fields<'a> {
     /// Splits `data` into the envelope fields and the event's own fields.
     pub fn read(data: &'a RawValue) -> Result<(Envelope, Self), Invalid> {
-        let all: Vec<(String, &'a RawValue)> = serde_json::from_str::<FieldList<'a>>(data.get())
-            .map_err(|_| {
-                Invalid::new(
-                    "",
-                    format!("data must be a JSON object, got {}", json_kind(data.get())),
-                )
-            })?
-            .0;
+        let all = RawJson(data).fields().map_err(|_| {
+            Invalid::new(
+                "",
+                format!(
+                    "data must be a JSON object, got {}",
+                    JsonKind::of_text(data.get())
+                ),
+            )
+        })?;
         let mut envelope = Envelope::default();
         let mut own = Vec::with_capacity(all.len());
         for (key, value) in all {
@@ -254,15 +256,15 @@ impl<'a> Fields<'a> {
                 // `null` for an optional field means absent.
                 "sessionId" | "timestamp" if value.get() == "null" => {}
                 "sessionId" => {
-                    let text: String = serde_json::from_str(value.get())
-                        .map_err(|_| Invalid::new("sessionId", "sessionId must be a string"))?;
+                    let text = String::deserialize(RawJson(value))
+                        .map_err(|e| Invalid::schema("sessionId", e))?;
                     let id = SessionId::parse(&text)
                         .map_err(|e| Invalid::new("sessionId", e.to_string()))?;
                     envelope.session_id = Some(id);
                 }
                 "timestamp" => {
-                    let ts = serde_json::from_str::<Timestamp>(value.get())
-                        .map_err(|e| Invalid::from_serde("timestamp", &e))?;
+                    let ts = Timestamp::deserialize(RawJson(value))
+                        .map_err(|e| Invalid::schema("timestamp", e))?;
                     envelope.timestamp = Some(ts);
                 }
                 "seq" => {
@@ -278,37 +280,7 @@ impl<'a> Fields<'a> {
     }
 
     fn into_event<T: Event>(self) -> Result<T, Invalid> {
-        let fields = MapDeserializer::<_, serde_json::Error>::new(self.0.into_iter());
-        serde_path_to_error::deserialize(fields).map_err(|e| {
-            let path = e.path().to_string();
-            Invalid::from_serde(if path == "." { "" } else { &path }, e.inner())
-        })
-    }
-}
-
-/// Every key and raw value of a JSON object, in order.
-struct FieldList<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for FieldList<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = FieldList<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: serde::de::MapAccess<'de>>(
-                self,
-                mut map: M,
-            ) -> Result<Self::Value, M::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
-                    fields.push(entry);
-                }
-                Ok(FieldList(fields))
-            }
-        }
-        d.deserialize_map(Visit)
+        read_fields(self.0)
     }
 }
 
@@ -382,37 +354,129 @@ mod tests {
     }
 
     #[test]
-    fn refusals_name_the_field() {
+    fn refusals_name_the_field_and_say_why() {
         let cases = [
-            ("progress", r#"{"status":"DONE"}"#, "status"),
-            ("progress", &PROGRESS.replace("50", "150"), "progress"),
+            // Missing, at the top and nested.
+            ("completed", "{}", "result", "missing field `result`"),
             (
                 "progress",
-                &PROGRESS.replace("\"total\":3", "\"total\":-3"),
+                &PROGRESS.replace("\"total\":3,", ""),
                 "prompts.total",
+                "prompts: missing field `total`",
+            ),
+            // Unknown field, at the top and nested.
+            (
+                "error",
+                r#"{"error":"x","eror":"y"}"#,
+                "eror",
+                "eror: unknown field `eror`, expected `error`",
             ),
             (
                 "progress",
                 &PROGRESS.replace("\"failed\":0", "\"failed\":0,\"x\":1"),
                 "prompts.x",
+                "prompts.x: unknown field `x`, expected one of `total`, `completed`, \
+                 `processing`, `pending`, `failed`",
             ),
-            ("progress", &PROGRESS.replace("}", ",\"seq\":3}"), "seq"),
-            ("completed", r#"{"result":[1]}"#, "result"),
-            ("completed", r#"{}"#, "result"),
-            ("error", r#"{"error":"x","eror":"y"}"#, "eror"),
+            // Wrong type, at the top and nested.
+            (
+                "progress",
+                &PROGRESS.replace("false", "\"no\""),
+                "hasClarifications",
+                r#"hasClarifications: expected a boolean, got "no""#,
+            ),
+            (
+                "progress",
+                &PROGRESS.replace("\"total\":3", "\"total\":1.5"),
+                "prompts.total",
+                "prompts.total: expected u64, got 1.5",
+            ),
+            (
+                "progress",
+                &PROGRESS.replace("\"prompts\":{", "\"prompts\":7,\"p\":{"),
+                "prompts",
+                "prompts: expected an object, got 7",
+            ),
+            // Out of range.
+            (
+                "progress",
+                &PROGRESS.replace("\"total\":3", "\"total\":-3"),
+                "prompts.total",
+                "prompts.total: expected u64, got -3",
+            ),
+            // Unknown enum value, and an enum that is not a string.
+            (
+                "clarification",
+                r#"{"clarificationId":"c","question":"q","status":"open"}"#,
+                "status",
+                "status: unknown value `open`, expected `pending` or `answered`",
+            ),
+            (
+                "model_result",
+                r#"{"modelName":"m","duration":1,"result":"","status":true}"#,
+                "status",
+                "status: expected one of `processing`, `completed`, `failed`, got true",
+            ),
+            // A value type's own rule (custom, from its TryFrom).
+            (
+                "progress",
+                &PROGRESS.replace("50", "150"),
+                "progress",
+                "progress: must be a number from 0 to 100, got 150",
+            ),
             (
                 "model_result",
                 r#"{"modelName":"m","duration":-1,"result":"","status":"completed"}"#,
                 "duration",
+                "duration: must be a non-negative number of milliseconds, got -1",
             ),
-            ("nope", r#"{}"#, "event"),
-            ("error", r#"{"error":"x","timestamp":"later"}"#, "timestamp"),
-            ("error", r#"{"error":"x","sessionId":"a b"}"#, "sessionId"),
-            ("error", r#"[1]"#, ""),
+            (
+                "completed",
+                r#"{"result":[1]}"#,
+                "result",
+                "result: must be a JSON object, got an array",
+            ),
+            // The envelope.
+            (
+                "error",
+                r#"{"error":"x","timestamp":"later"}"#,
+                "timestamp",
+                "timestamp: must be an ISO 8601 date-time such as 2026-01-31T12:00:00.000Z, \
+                 got \"later\"",
+            ),
+            (
+                "error",
+                r#"{"error":"x","timestamp":5}"#,
+                "timestamp",
+                "timestamp: expected a string, got 5",
+            ),
+            (
+                "error",
+                r#"{"error":"x","sessionId":"a b"}"#,
+                "sessionId",
+                "sessionId may contain only A-Z, a-z, 0-9, '.', '_', ':' and '-'; found ' '",
+            ),
+            (
+                "progress",
+                &PROGRESS.replace("}", ",\"seq\":3}"),
+                "seq",
+                "seq is assigned by the server and must not be sent",
+            ),
+            (
+                "error",
+                "[1]",
+                "",
+                "data must be a JSON object, got an array",
+            ),
+            ("nope", "{}", "event", "unknown"),
         ];
-        for (name, data, field) in cases {
+        for (name, data, field, message) in cases {
             match parse(name, data) {
-                Err(e) => assert_eq!(e.field, field, "{name} {data}: {}", e.message),
+                Err(e) => assert_eq!(
+                    (e.field.as_str(), e.message.as_str()),
+                    (field, message),
+                    "{name} {data}"
+                ),
                 Ok(_) => panic!("{name} {data} was accepted"),
             }
         }

@@ -2,9 +2,14 @@
 //! session events, the client requests and the server's replies to them.
 //! Everything that decides whether input is valid lives here, so the socket
 //! handlers and the HTTP API only translate refusals into their own shapes.
+//! Refusals are typed: [`Invalid`] for a published event or HTTP body (built
+//! from serde's structured errors, see `schema`), [`InvalidRequest`] for a
+//! client's request, [`ValueError`] and [`InvalidSessionId`] for a value that
+//! breaks its own rule.
 
 mod events;
 mod requests;
+mod schema;
 mod session_id;
 mod values;
 
@@ -13,9 +18,12 @@ pub use events::{
     ModelResult, ModelStatus, Outcome, Progress, Prompts, SessionError, SessionEvent,
     SessionStatus, encode,
 };
-pub use requests::{Ack, Connected, RequestError, SessionRequest, SubscriptionReply};
+pub use requests::{
+    Ack, Connected, InvalidRequest, RequestError, SessionRequest, SubscriptionReply,
+};
+pub use schema::{Found, SchemaError, read_json};
 pub use session_id::{InvalidSessionId, SessionId};
-pub use values::{JsonObject, Millis, Percent, Timestamp};
+pub use values::{JsonKind, JsonObject, Millis, Percent, Timestamp, ValueError};
 
 /// A refusal of input: a readable message and the path of the offending field
 /// (empty for the value as a whole).
@@ -33,25 +41,20 @@ impl Invalid {
         }
     }
 
-    /// Wraps a serde error found at `field`, dropping serde_json's "at line 1
-    /// column 7" (it points into a fragment the sender never saw) and naming
-    /// the missing field itself when one is missing.
-    pub fn from_serde(field: &str, err: &serde_json::Error) -> Self {
-        let text = err.to_string();
-        let message = match text.rfind(" at line ") {
-            Some(cut) if err.line() > 0 => &text[..cut],
-            _ => &text,
+    /// A value that does not fit its schema, found at `path` (for a missing
+    /// field, in the object that lacks it). The message leads with the path,
+    /// so it reads on its own.
+    pub fn schema(path: &str, err: SchemaError) -> Self {
+        let field = match &err {
+            SchemaError::MissingField(name) => Self::new(*name, "").within(path).field,
+            _ => path.to_string(),
         };
-        let missing = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.strip_suffix('`'));
-        let at = Self::new(missing.unwrap_or_default(), String::new()).within(field);
-        let message = if at.field.is_empty() || missing.is_some() {
-            message.to_string()
+        let message = if path.is_empty() {
+            err.to_string()
         } else {
-            format!("{}: {message}", at.field)
+            format!("{path}: {err}")
         };
-        Self::new(at.field, message)
+        Self::new(field, message)
     }
 
     /// The same refusal, located inside `parent` (`data`, `[3].data`, ...).

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{SessionId, Timestamp};
+use super::{InvalidSessionId, JsonKind, SessionId, Timestamp};
 
 /// A `subscribe` or `unsubscribe` payload: a session id string, or
 /// `{ "sessionId": s, "since": seq? }`.
@@ -17,52 +17,61 @@ pub struct SessionRequest {
     pub since: Option<u64>,
 }
 
+/// Why a `subscribe` or `unsubscribe` payload was refused, worded for the
+/// client that sent it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    #[error("a sessionId is required")]
+    MissingSessionId,
+    #[error("the object has no sessionId field")]
+    NoSessionIdField,
+    #[error("sessionId must be a string, got {0}")]
+    SessionIdNotAString(JsonKind),
+    #[error("since must be a non-negative integer sequence number")]
+    BadSince,
+    #[error("expected a sessionId string or {{ sessionId }}, got {0}")]
+    NotARequest(JsonKind),
+    #[error(transparent)]
+    SessionId(#[from] InvalidSessionId),
+}
+
+impl InvalidRequest {
+    /// The `code` of the `error` reply. PROTOCOL.md gives every malformed
+    /// payload this one, whatever was wrong with it.
+    pub fn code(&self) -> &'static str {
+        "INVALID_SESSION_ID"
+    }
+}
+
 impl SessionRequest {
     /// Reads the first argument of the event, refusing each bad class of
-    /// payload with a message that says what was wrong.
-    pub fn parse(payload: Option<&Value>) -> Result<Self, String> {
+    /// payload with a reason of its own.
+    pub fn parse(payload: Option<&Value>) -> Result<Self, InvalidRequest> {
         let id = match payload {
-            None | Some(Value::Null) => return Err("a sessionId is required".into()),
+            None | Some(Value::Null) => return Err(InvalidRequest::MissingSessionId),
             Some(Value::String(id)) => id,
             Some(Value::Object(fields)) => {
                 let since = match fields.get("since") {
                     None | Some(Value::Null) => None,
-                    Some(v) => Some(
-                        v.as_u64()
-                            .ok_or("since must be a non-negative integer sequence number")?,
-                    ),
+                    Some(v) => Some(v.as_u64().ok_or(InvalidRequest::BadSince)?),
                 };
                 return match fields.get("sessionId") {
                     Some(Value::String(id)) => Ok(Self {
-                        session_id: SessionId::parse(id).map_err(|e| e.to_string())?,
+                        session_id: SessionId::parse(id)?,
                         since,
                     }),
-                    None | Some(Value::Null) => Err("the object has no sessionId field".into()),
-                    Some(other) => Err(format!("sessionId must be a string, got {}", kind(other))),
+                    None | Some(Value::Null) => Err(InvalidRequest::NoSessionIdField),
+                    Some(other) => Err(InvalidRequest::SessionIdNotAString(JsonKind::of_value(
+                        other,
+                    ))),
                 };
             }
-            Some(other) => {
-                return Err(format!(
-                    "expected a sessionId string or {{ sessionId }}, got {}",
-                    kind(other)
-                ));
-            }
+            Some(other) => return Err(InvalidRequest::NotARequest(JsonKind::of_value(other))),
         };
         Ok(Self {
-            session_id: SessionId::parse(id).map_err(|e| e.to_string())?,
+            session_id: SessionId::parse(id)?,
             since: None,
         })
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -92,12 +101,10 @@ pub struct RequestError {
 }
 
 impl RequestError {
-    pub const INVALID_SESSION_ID: &'static str = "INVALID_SESSION_ID";
-
-    pub fn invalid_session_id(error: String) -> Self {
+    pub fn new(refusal: &InvalidRequest) -> Self {
         Self {
-            error,
-            code: Self::INVALID_SESSION_ID,
+            error: refusal.to_string(),
+            code: refusal.code(),
             timestamp: Timestamp::now(),
         }
     }
@@ -129,20 +136,46 @@ mod tests {
 
     #[test]
     fn refuses_every_bad_class() {
-        for bad in [
-            None,
-            Some(json!(null)),
-            Some(json!(42)),
-            Some(json!("")),
-            Some(json!("x".repeat(129))),
-            Some(json!("a b")),
-            Some(json!({})),
-            Some(json!({"sessionId": 5})),
-            Some(json!({"sessionId": "ok", "since": -1})),
-            Some(json!(["abc"])),
-            Some(json!(true)),
+        use InvalidRequest::*;
+        for (bad, why) in [
+            (None, MissingSessionId),
+            (Some(json!(null)), MissingSessionId),
+            (Some(json!(42)), NotARequest(JsonKind::Number)),
+            (Some(json!("")), SessionId(InvalidSessionId::Empty)),
+            (
+                Some(json!("x".repeat(129))),
+                SessionId(InvalidSessionId::TooLong(129)),
+            ),
+            (
+                Some(json!("a b")),
+                SessionId(InvalidSessionId::BadCharacter(' ')),
+            ),
+            (Some(json!({})), NoSessionIdField),
+            (
+                Some(json!({"sessionId": 5})),
+                SessionIdNotAString(JsonKind::Number),
+            ),
+            (Some(json!({"sessionId": "ok", "since": -1})), BadSince),
+            (Some(json!(["abc"])), NotARequest(JsonKind::Array)),
+            (Some(json!(true)), NotARequest(JsonKind::Boolean)),
         ] {
-            assert!(SessionRequest::parse(bad.as_ref()).is_err(), "{bad:?}");
+            assert_eq!(SessionRequest::parse(bad.as_ref()), Err(why), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn refusals_read_as_sentences_with_their_code() {
+        let why = SessionRequest::parse(Some(&json!(42))).unwrap_err();
+        let reply = RequestError::new(&why);
+        assert_eq!(
+            reply.error,
+            "expected a sessionId string or { sessionId }, got a number"
+        );
+        assert_eq!(reply.code, "INVALID_SESSION_ID");
+        let why = SessionRequest::parse(Some(&json!({"sessionId": "a/b"}))).unwrap_err();
+        assert_eq!(
+            why.to_string(),
+            "sessionId may contain only A-Z, a-z, 0-9, '.', '_', ':' and '-'; found '/'"
+        );
     }
 }

@@ -7,6 +7,10 @@
 //! `"progress": 50` has its subscribers see `50`, not `50.0`, and a `result`
 //! object reaches them byte for byte, key order included, without being parsed
 //! into a tree and printed again.
+//!
+//! A value that breaks its rule is refused with a [`ValueError`], worded for
+//! the client that sent it; the schema reader places it at the field it was
+//! found in.
 
 use std::fmt;
 
@@ -14,15 +18,79 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use serde_json::{Number, value::RawValue};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
+/// Why a value was refused: each variant is one rule of this module.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValueError {
+    #[error("must be a finite number, got {0}")]
+    NotFinite(f64),
+    #[error("must be a number from 0 to 100, got {0}")]
+    NotAPercent(Number),
+    #[error("must be a non-negative number of milliseconds, got {0}")]
+    NegativeMillis(Number),
+    #[error("must be a JSON object, got {0}")]
+    NotAnObject(JsonKind),
+    #[error("must be an ISO 8601 date-time such as 2026-01-31T12:00:00.000Z, got {0:?}")]
+    NotATimestamp(String),
+}
+
+/// The JSON type of a value, for refusals that say what arrived instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonKind {
+    Object,
+    Array,
+    String,
+    Boolean,
+    Null,
+    Number,
+}
+
+impl JsonKind {
+    /// The type of well-formed JSON text, told by its first character.
+    pub fn of_text(text: &str) -> Self {
+        match text.trim_start().as_bytes().first() {
+            Some(b'{') => Self::Object,
+            Some(b'[') => Self::Array,
+            Some(b'"') => Self::String,
+            Some(b't' | b'f') => Self::Boolean,
+            Some(b'n') => Self::Null,
+            _ => Self::Number,
+        }
+    }
+
+    pub fn of_value(value: &serde_json::Value) -> Self {
+        match value {
+            serde_json::Value::Object(_) => Self::Object,
+            serde_json::Value::Array(_) => Self::Array,
+            serde_json::Value::String(_) => Self::String,
+            serde_json::Value::Bool(_) => Self::Boolean,
+            serde_json::Value::Null => Self::Null,
+            serde_json::Value::Number(_) => Self::Number,
+        }
+    }
+}
+
+impl fmt::Display for JsonKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Object => "an object",
+            Self::Array => "an array",
+            Self::String => "a string",
+            Self::Boolean => "a boolean",
+            Self::Null => "null",
+            Self::Number => "a number",
+        })
+    }
+}
+
 /// A number from 0 to 100.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "Number", into = "Number")]
 pub struct Percent(Number);
 
 impl Percent {
-    pub fn new(value: f64) -> Result<Self, String> {
+    pub fn new(value: f64) -> Result<Self, ValueError> {
         Number::from_f64(value)
-            .ok_or_else(|| format!("must be a finite number, got {value}"))
+            .ok_or(ValueError::NotFinite(value))
             .and_then(Self::try_from)
     }
 
@@ -32,11 +100,11 @@ impl Percent {
 }
 
 impl TryFrom<Number> for Percent {
-    type Error = String;
-    fn try_from(n: Number) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(n: Number) -> Result<Self, ValueError> {
         match n.as_f64() {
             Some(v) if (0.0..=100.0).contains(&v) => Ok(Self(n)),
-            _ => Err(format!("must be a number from 0 to 100, got {n}")),
+            _ => Err(ValueError::NotAPercent(n)),
         }
     }
 }
@@ -53,9 +121,9 @@ impl From<Percent> for Number {
 pub struct Millis(Number);
 
 impl Millis {
-    pub fn new(ms: f64) -> Result<Self, String> {
+    pub fn new(ms: f64) -> Result<Self, ValueError> {
         Number::from_f64(ms)
-            .ok_or_else(|| format!("must be a finite number, got {ms}"))
+            .ok_or(ValueError::NotFinite(ms))
             .and_then(Self::try_from)
     }
 
@@ -71,13 +139,11 @@ impl From<u64> for Millis {
 }
 
 impl TryFrom<Number> for Millis {
-    type Error = String;
-    fn try_from(n: Number) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(n: Number) -> Result<Self, ValueError> {
         match n.as_f64() {
             Some(v) if v >= 0.0 => Ok(Self(n)),
-            _ => Err(format!(
-                "must be a non-negative number of milliseconds, got {n}"
-            )),
+            _ => Err(ValueError::NegativeMillis(n)),
         }
     }
 }
@@ -97,35 +163,21 @@ impl JsonObject {
         self.0.get()
     }
 
-    fn checked(raw: Box<RawValue>) -> Result<Self, String> {
-        if raw.get().starts_with('{') {
-            Ok(Self(raw))
-        } else {
-            Err(format!(
-                "must be a JSON object, got {}",
-                json_kind(raw.get())
-            ))
+    fn checked(raw: Box<RawValue>) -> Result<Self, ValueError> {
+        match JsonKind::of_text(raw.get()) {
+            JsonKind::Object => Ok(Self(raw)),
+            other => Err(ValueError::NotAnObject(other)),
         }
     }
 }
 
-/// The JSON type of a value, by its first character, for error messages.
-pub(crate) fn json_kind(text: &str) -> &'static str {
-    match text.trim_start().as_bytes().first() {
-        Some(b'{') => "an object",
-        Some(b'[') => "an array",
-        Some(b'"') => "a string",
-        Some(b't' | b'f') => "a boolean",
-        Some(b'n') => "null",
-        _ => "a number",
-    }
-}
-
 impl TryFrom<serde_json::Value> for JsonObject {
-    type Error = String;
-    fn try_from(value: serde_json::Value) -> Result<Self, String> {
-        let raw = serde_json::value::to_raw_value(&value).map_err(|e| e.to_string())?;
-        Self::checked(raw)
+    type Error = ValueError;
+    fn try_from(value: serde_json::Value) -> Result<Self, ValueError> {
+        match value {
+            serde_json::Value::Object(map) => Ok(map.into()),
+            other => Err(ValueError::NotAnObject(JsonKind::of_value(&other))),
+        }
     }
 }
 
@@ -187,13 +239,11 @@ impl Timestamp {
 }
 
 impl TryFrom<String> for Timestamp {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(text: String) -> Result<Self, ValueError> {
         match OffsetDateTime::parse(&text, &Rfc3339) {
             Ok(_) => Ok(Self(text)),
-            Err(_) => Err(format!(
-                "must be an ISO 8601 date-time such as 2026-01-31T12:00:00.000Z, got {text:?}"
-            )),
+            Err(_) => Err(ValueError::NotATimestamp(text)),
         }
     }
 }
@@ -223,7 +273,15 @@ mod tests {
         assert!(serde_json::from_str::<Percent>("-1").is_err());
         assert!(serde_json::from_str::<Millis>("0").is_ok());
         assert!(serde_json::from_str::<Millis>("-0.5").is_err());
-        assert!(Percent::new(f64::NAN).is_err());
+        assert!(matches!(Percent::new(f64::NAN), Err(ValueError::NotFinite(v)) if v.is_nan()));
+        assert_eq!(
+            Percent::new(100.5).unwrap_err().to_string(),
+            "must be a number from 0 to 100, got 100.5"
+        );
+        assert_eq!(
+            Millis::new(-2.0).unwrap_err().to_string(),
+            "must be a non-negative number of milliseconds, got -2.0"
+        );
     }
 
     #[test]
@@ -236,6 +294,12 @@ mod tests {
             err.to_string()
                 .contains("must be a JSON object, got an array")
         );
+        assert_eq!(
+            JsonObject::try_from(serde_json::json!("text")),
+            Err(ValueError::NotAnObject(JsonKind::String))
+        );
+        let o = JsonObject::try_from(serde_json::json!({"a": [1]})).unwrap();
+        assert_eq!(o.get(), r#"{"a":[1]}"#);
     }
 
     #[test]
@@ -244,6 +308,9 @@ mod tests {
         assert_eq!(now.as_str().len(), "2026-01-31T12:00:00.000Z".len());
         assert!(Timestamp::try_from(now.as_str().to_string()).is_ok());
         assert!(Timestamp::try_from("2026-01-31T12:00:00+02:00".to_string()).is_ok());
-        assert!(Timestamp::try_from("yesterday".to_string()).is_err());
+        assert_eq!(
+            Timestamp::try_from("yesterday".to_string()),
+            Err(ValueError::NotATimestamp("yesterday".into()))
+        );
     }
 }

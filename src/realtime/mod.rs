@@ -33,7 +33,8 @@ use crate::{
     http::Origins,
     metrics::Metrics,
     protocol::{
-        Ack, Connected, RequestError, SessionId, SessionRequest, SubscriptionReply, Timestamp,
+        Ack, Connected, InvalidRequest, RequestError, SessionId, SessionRequest, SubscriptionReply,
+        Timestamp,
     },
 };
 
@@ -360,7 +361,7 @@ impl<A: Adapter, C: RoomChange> FromMessageParts<A> for InOrder<C> {
         let _span = info_span!("room", socket = %s.id, event = C::EVENT).entered();
         match SessionRequest::parse(payload.ok().as_ref()) {
             Ok(request) => change_room::<A, C>(s, &rt, &request.session_id, ack),
-            Err(message) => refuse(s, &rt, message, ack),
+            Err(refusal) => refuse(s, &rt, refusal, ack),
         }
         Ok(Self(PhantomData))
     }
@@ -389,15 +390,16 @@ fn change_room<A: Adapter, C: RoomChange>(
     let _ = ack.send(&answer);
 }
 
-fn refuse<A: Adapter>(s: &Socket<A>, rt: &Local, message: String, ack: AckSender<A>) {
+fn refuse<A: Adapter>(s: &Socket<A>, rt: &Local, refusal: InvalidRequest, ack: AckSender<A>) {
     rt.metrics.client_errors.inc();
-    info!(%message, "refused");
+    info!(%refusal, "refused");
+    let reply = RequestError::new(&refusal);
     let answer = Ack {
         ok: false,
         session_id: None,
-        error: Some(&message),
+        error: Some(&reply.error),
     };
-    if let Err(e) = s.emit("error", &RequestError::invalid_session_id(message.clone())) {
+    if let Err(e) = s.emit("error", &reply) {
         warn!("could not send error: {e}");
     }
     let _ = ack.send(&answer);

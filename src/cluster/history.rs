@@ -1,0 +1,237 @@
+//! What both backends hold of a session's past, and the one rule that turns
+//! a client's `since` and `epoch` into what it is sent: the history types,
+//! the epoch, and the resume decision. Memory and Redis store differently
+//! (a ring in the session's record; a Redis Stream beside its hash) but
+//! answer through these, so a client gets the same answer from either.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::protocol::{EventFamily, Outcome, SessionEvent};
+
+/// The identity of a session's sequence: fixed when its state is created,
+/// new whenever that state was lost and `seq` started again at 1. Opaque to
+/// clients: 12 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Epoch(u64);
+
+impl Epoch {
+    /// A fresh epoch; 48 random bits, so that two sequences of one session
+    /// never share one in practice.
+    pub(crate) fn new() -> Self {
+        Self(random_u64() & 0xffff_ffff_ffff)
+    }
+
+    /// Reads an epoch as herald wrote it (lowercase hex, the way the Redis
+    /// scripts compare them); anything else is no epoch of ours.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        let ours = text.len() == 12 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        ours.then(|| u64::from_str_radix(text, 16).ok()).flatten().map(Self)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:012x}", self.0)
+    }
+}
+
+impl Serialize for Epoch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A process-unique random number, without a dependency for it.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// The static name of a known event, for events read back from Redis.
+pub(crate) fn known_name(name: &str) -> Option<&'static str> {
+    SessionEvent::NAMES.iter().copied().find(|known| *known == name)
+}
+
+/// Whether the event ends the session (a `completed`, or a published
+/// `error`), and so belongs in the snapshot a late subscriber gets beside
+/// the latest `progress`.
+pub(crate) fn ends_session(outcome: &Outcome) -> bool {
+    (outcome.completed || outcome.failed) && !outcome.is_progress
+}
+
+/// An event as history holds it: exactly as it was first delivered.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    pub seq: u64,
+    pub name: &'static str,
+    pub payload: Box<RawValue>,
+}
+
+impl Held {
+    /// What holding it costs, for the process-wide history budget: the
+    /// payload and the entry around it.
+    pub(crate) fn cost(&self) -> usize {
+        self.payload.get().len() + std::mem::size_of::<Self>()
+    }
+}
+
+/// How a subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// No `since`: the latest state (progress and, once ended, the final event).
+    Snapshot,
+    /// `since: N`, with the epoch the client last saw, if it sent one.
+    Resume { since: u64, epoch: Option<String> },
+}
+
+/// Why a resume could not be told "you missed nothing".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Lost {
+    /// Events after `since` were already dropped from history.
+    HistoryTruncated,
+    /// The sequence the client knew is gone (its epoch is not the session's,
+    /// or it claims a seq this sequence never reached).
+    EpochChanged,
+}
+
+/// The answer to a resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recovery {
+    /// `None`: the client missed nothing after its `since`.
+    pub lost: Option<Lost>,
+    /// Replay events after this seq (everything held when the epoch changed).
+    pub after: u64,
+}
+
+/// Decides a resume from what the session holds: `seq` is its last seq,
+/// `first_held` the first seq its history still has (`seq + 1` when it holds
+/// nothing).
+pub(crate) fn recover(
+    since: u64,
+    given: Option<&str>,
+    epoch: Epoch,
+    seq: u64,
+    first_held: u64,
+) -> Recovery {
+    let changed = given.is_some_and(|given| Epoch::parse(given) != Some(epoch)) || since > seq;
+    if changed {
+        return Recovery {
+            lost: Some(Lost::EpochChanged),
+            after: 0,
+        };
+    }
+    let truncated = first_held > since + 1;
+    Recovery {
+        lost: truncated.then_some(Lost::HistoryTruncated),
+        after: since,
+    }
+}
+
+/// What a subscriber is handed as its subscription takes effect.
+#[derive(Debug)]
+pub(crate) struct Attached {
+    /// The session's last seq at that moment; every live event after has a
+    /// larger one.
+    pub seq: u64,
+    pub epoch: Epoch,
+    /// The snapshot or the replay, in seq order.
+    pub events: Vec<Held>,
+    /// For a resume: whether the client missed nothing.
+    pub recovery: Option<Recovery>,
+    /// Live events delivered to the session's room while the subscription
+    /// was being prepared, after `seq`: a subscriber that was not in the
+    /// room yet must be sent them after `events`; one that was has them.
+    pub caught_up: Vec<Held>,
+}
+
+impl Attached {
+    /// Keeps the live events delivered while the subscription was being
+    /// prepared that come after what was read.
+    pub(crate) fn catch_up(&mut self, live: Vec<Held>) {
+        let seq = self.seq;
+        self.caught_up
+            .extend(live.into_iter().filter(|event| event.seq > seq));
+    }
+}
+
+/// A page of history, for `GET /api/v1/sessions/{id}/events`.
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub seq: u64,
+    /// `None` for a session with no state.
+    pub epoch: Option<Epoch>,
+    /// Whether every event after `since` is still held.
+    pub recovered: bool,
+    pub events: Vec<Held>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_print_and_parse_as_twelve_hex_digits() {
+        let e = Epoch::new();
+        let text = e.to_string();
+        assert_eq!(text.len(), 12);
+        assert_eq!(Epoch::parse(&text), Some(e));
+        assert_eq!(Epoch::parse("xyz"), None);
+        assert_eq!(Epoch::parse("0000000000001"), None);
+        assert_eq!(Epoch::parse("00000000000A"), None, "as the scripts compare");
+        assert_ne!(Epoch::new(), Epoch::new());
+    }
+
+    #[test]
+    fn resume_decisions() {
+        let e = Epoch::parse("00000000000a").unwrap();
+        let same = Some("00000000000a");
+        // Everything after 5 held (history starts at 1).
+        assert_eq!(recover(5, same, e, 9, 1).lost, None);
+        assert_eq!(recover(5, same, e, 9, 1).after, 5);
+        // Without an epoch, no epoch check.
+        assert_eq!(recover(5, None, e, 9, 6).lost, None);
+        // History starts at 7: event 6 is gone.
+        assert_eq!(
+            recover(5, same, e, 9, 7).lost,
+            Some(Lost::HistoryTruncated)
+        );
+        // Caught up, nothing held at all: fine.
+        assert_eq!(recover(9, same, e, 9, 10).lost, None);
+        // Another epoch, or a seq this sequence never reached.
+        let other = recover(5, Some("00000000000b"), e, 9, 1);
+        assert_eq!((other.lost, other.after), (Some(Lost::EpochChanged), 0));
+        assert_eq!(recover(12, None, e, 3, 1).lost, Some(Lost::EpochChanged));
+        assert_eq!(recover(0, same, e, 0, 1).lost, None);
+    }
+
+    #[test]
+    fn catching_up_skips_what_the_replay_had() {
+        let held = |seq| Held {
+            seq,
+            name: "progress",
+            payload: RawValue::from_string("{}".into()).unwrap(),
+        };
+        let mut attached = Attached {
+            seq: 5,
+            epoch: Epoch::new(),
+            events: vec![held(4), held(5)],
+            recovery: None,
+            caught_up: Vec::new(),
+        };
+        attached.catch_up(vec![held(5), held(6), held(7)]);
+        let seqs: Vec<u64> = attached.caught_up.iter().map(|e| e.seq).collect();
+        assert_eq!((seqs, attached.seq), (vec![6, 7], 5));
+    }
+}
