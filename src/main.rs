@@ -46,7 +46,11 @@ async fn main() -> std::process::ExitCode {
         ),
         None => "in-memory (single instance)".to_string(),
     };
+    // The address actually bound (with `--port 0`, the port the OS chose):
+    // test harnesses read it from this line, target `herald::start`.
+    let addr = listener.local_addr().unwrap_or(addr);
     info!(
+        target: "herald::start",
         "herald {} listening on http://{addr} (Socket.IO at ws://{addr}/socket.io/, API at /api/v1), adapter: {adapter}, API key: {}",
         env!("CARGO_PKG_VERSION"),
         if config.required_api_key().is_some() {
