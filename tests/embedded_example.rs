@@ -31,6 +31,9 @@ fn example_binary() -> PathBuf {
 async fn an_embedding_backend_drives_a_session_a_client_can_watch() {
     let path = example_binary();
     assert!(path.exists(), "build the example first: {}", path.display());
+    // A fixed port, picked first: the example logs the address it was
+    // given, not the one it bound, so it cannot be started on port 0 and
+    // read back as herald is.
     let port = free_port();
     let _example = Example(
         Command::new(&path)
