@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{RawSocket, free_port, sample};
+use common::{RawSocket, free_port, herald_env_vars, sample};
 use serde_json::{Value, json};
 
 struct Example(Child);
@@ -31,22 +31,27 @@ fn example_binary() -> PathBuf {
 async fn an_embedding_backend_drives_a_session_a_client_can_watch() {
     let path = example_binary();
     assert!(path.exists(), "build the example first: {}", path.display());
+    // A fixed port, picked first: the example logs the address it was
+    // given, not the one it bound, so it cannot be started on port 0 and
+    // read back as herald is.
     let port = free_port();
-    let _example = Example(
-        Command::new(&path)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--log-level",
-                "warn",
-            ])
-            .env("SIM_STEP_MS", "20")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn example"),
-    );
+    let mut command = Command::new(&path);
+    command
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--log-level",
+            "warn",
+        ])
+        .env("SIM_STEP_MS", "20")
+        .stdout(Stdio::null());
+    // herald's settings are the example's: none from the caller's shell.
+    for var in herald_env_vars() {
+        command.env_remove(var);
+    }
+    let _example = Example(command.spawn().expect("spawn example"));
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(10);

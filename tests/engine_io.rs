@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Herald, RawSocket, event, sample};
+use common::{Herald, RawSocket, cases, event, sample};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -105,21 +105,15 @@ async fn subscribe_with_ack_objects_and_unknown_events() {
 async fn every_bad_subscribe_is_an_error_event_and_the_socket_stays_usable() {
     let herald = Herald::start(&[]).await;
     let (mut s, _, _) = RawSocket::connect(&herald.ws_url()).await;
-    let long = "x".repeat(129);
-    let bad = [
-        r#"["subscribe"]"#.to_string(),
-        r#"["subscribe",null]"#.into(),
-        r#"["subscribe",42]"#.into(),
-        r#"["subscribe",""]"#.into(),
-        format!(r#"["subscribe","{long}"]"#),
-        r#"["subscribe","has space"]"#.into(),
-        r#"["subscribe","slash/ed"]"#.into(),
-        r#"["subscribe",{}]"#.into(),
-        r#"["subscribe",{"session":"a"}]"#.into(),
-        r#"["subscribe",{"sessionId":7}]"#.into(),
-        r#"["subscribe",["a"]]"#.into(),
-        r#"["unsubscribe",true]"#.into(),
-    ];
+    // Every bad payload of tests/fixtures/events.json, to both events.
+    let mut bad = Vec::new();
+    for case in cases("/sessionIds/invalid") {
+        for name in ["subscribe", "unsubscribe"] {
+            let mut frame = vec![json!(name)];
+            frame.extend(case["args"].as_array().unwrap().iter().cloned());
+            bad.push(Value::Array(frame).to_string());
+        }
+    }
     for (i, payload) in bad.iter().enumerate() {
         s.send(&format!("42{i}{payload}")).await;
         let (name, err) = s.next_event().await;
@@ -134,6 +128,16 @@ async fn every_bad_subscribe_is_an_error_event_and_the_socket_stays_usable() {
     }
     s.emit("subscribe", json!("after-errors")).await;
     assert_eq!(s.next_event().await.0, "subscribed");
+    // The boundary cases that are valid are accepted.
+    for case in cases("/sessionIds/valid") {
+        s.emit("subscribe", case["id"].clone()).await;
+        let (name, body) = s.next_event().await;
+        assert_eq!(
+            (name.as_str(), &body["sessionId"]),
+            ("subscribed", &case["id"]),
+            "{case}"
+        );
+    }
     herald
         .publish("after-errors", "error", sample("error"))
         .await;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Herald, RawSocket, sample};
+use common::{Herald, RawSocket, build, cases, sample};
 use serde_json::{Value, json};
 
 const EVENTS: [&str; 5] = [
@@ -90,135 +90,85 @@ async fn optional_fields_pass_and_null_means_absent() {
 
 /// One refused request: how it is sent and what herald must answer.
 struct Refusal {
-    path: &'static str,
-    content_type: Option<&'static str>,
+    label: String,
+    path: String,
+    content_type: Option<String>,
     body: String,
     status: u16,
-    field: Option<&'static str>,
+    /// `None`: not checked; `Some(None)`: the error must name no field.
+    field: Option<Option<String>>,
 }
 
+/// Every refusal of tests/fixtures/events.json, sent to session `doc-9`.
 fn refusals() -> Vec<Refusal> {
     let one = "/api/v1/sessions/doc-9/events";
-    let bad = |body: Value, field: &'static str| Refusal {
-        path: one,
-        content_type: Some("application/json"),
-        body: body.to_string(),
-        status: 422,
-        field: Some(field),
-    };
-    let with = |event: &str, key: &str, value: Value| {
-        let mut data = sample(event);
-        data[key] = value;
-        json!({ "event": event, "data": data })
-    };
-    let without = |event: &str, key: &str| {
-        let mut data = sample(event);
-        data.as_object_mut().unwrap().remove(key);
-        json!({ "event": event, "data": data })
-    };
-    let raw = |content_type: Option<&'static str>, body: &str, status: u16| Refusal {
-        path: one,
-        content_type,
-        body: body.to_string(),
-        status,
-        field: None,
-    };
-    vec![
-        bad(json!({ "event": "nope", "data": {} }), "event"),
-        bad(json!({ "data": sample("error") }), "event"),
-        bad(json!({ "event": "error" }), "data"),
-        bad(json!({ "event": "error", "data": "boom" }), "data"),
-        bad(
-            json!({ "event": "error", "data": sample("error"), "extra": 1 }),
-            "extra",
-        ),
-        bad(with("progress", "progress", json!(150)), "data.progress"),
-        bad(with("progress", "progress", json!("50")), "data.progress"),
-        bad(with("progress", "status", json!("DONE")), "data.status"),
-        bad(
-            with(
-                "progress",
-                "prompts",
-                json!({ "total": -1, "completed": 0, "processing": 0, "pending": 0, "failed": 0 }),
+    let json = Some("application/json".to_string());
+    let field = |case: &Value| case.get("field").map(|f| f.as_str().map(String::from));
+    let label = |case: &Value| case["label"].as_str().unwrap().to_string();
+    let status = |case: &Value| case["status"].as_u64().unwrap() as u16;
+    let mut all = Vec::new();
+    for case in cases("/refusals/publish") {
+        all.push(Refusal {
+            label: label(case),
+            path: one.into(),
+            content_type: json.clone(),
+            body: build(case, None).to_string(),
+            status: status(case),
+            field: field(case),
+        });
+    }
+    for case in cases("/refusals/batch") {
+        let body = match case.get("items") {
+            Some(items) => Value::Array(
+                items
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|item| build(item, Some("doc-9")))
+                    .collect(),
             ),
-            "data.prompts.total",
-        ),
-        bad(
-            with("progress", "clarificationCount", json!(1.5)),
-            "data.clarificationCount",
-        ),
-        bad(with("progress", "result", json!([1])), "data.result"),
-        bad(
-            without("progress", "hasClarifications"),
-            "data.hasClarifications",
-        ),
-        bad(with("model_result", "duration", json!(-5)), "data.duration"),
-        bad(with("model_result", "status", json!("done")), "data.status"),
-        bad(without("model_result", "modelName"), "data.modelName"),
-        bad(
-            with("clarification", "status", json!("open")),
-            "data.status",
-        ),
-        bad(with("completed", "result", json!("text")), "data.result"),
-        bad(with("error", "eror", json!("typo")), "data.eror"),
-        bad(with("error", "seq", json!(4)), "data.seq"),
-        bad(
-            with("error", "sessionId", json!("another")),
-            "data.sessionId",
-        ),
-        bad(
-            with("error", "timestamp", json!("yesterday")),
-            "data.timestamp",
-        ),
-        Refusal {
-            path: "/api/v1/sessions/bad%20id/events",
-            ..bad(
-                json!({ "event": "error", "data": sample("error") }),
-                "sessionId",
-            )
-        },
-        Refusal {
-            path: "/api/v1/events",
-            ..bad(
-                json!([{ "sessionId": "doc-9", "event": "error", "data": sample("error") }, { "sessionId": "doc-9", "event": "progress", "data": with("progress", "progress", json!(101))["data"].clone() }]),
-                "[1].data.progress",
-            )
-        },
-        Refusal {
-            path: "/api/v1/events",
-            ..bad(
-                json!([{ "sessionId": "doc 9", "event": "error", "data": sample("error") }]),
-                "[0].sessionId",
-            )
-        },
-        Refusal {
-            path: "/api/v1/events",
-            ..bad(json!({ "sessionId": "doc-9" }), "")
-        },
-        raw(Some("application/json"), "{\"event\": ", 400),
-        raw(Some("application/json"), "", 400),
-        raw(
-            Some("application/json"),
-            r#"{"event":"completed","data":{"result":{}}} x"#,
-            400,
-        ),
-        raw(
-            Some("application/json"),
-            r#"{"event":"nope","data":{}"#,
-            400,
-        ),
-        raw(None, "not json", 400),
-        raw(
-            Some("text/plain"),
-            &json!({ "event": "error", "data": sample("error") }).to_string(),
-            415,
-        ),
-        raw(
-            Some("application/x-www-form-urlencoded"),
-            "event=error",
-            415,
-        ),
-    ]
+            None => build(case, None),
+        };
+        all.push(Refusal {
+            label: format!("batch: {}", label(case)),
+            path: "/api/v1/events".into(),
+            content_type: json.clone(),
+            body: body.to_string(),
+            status: status(case),
+            field: field(case),
+        });
+    }
+    for case in cases("/refusals/raw") {
+        let body = match case.get("raw") {
+            Some(raw) => raw.as_str().unwrap().to_string(),
+            None => build(case, None).to_string(),
+        };
+        let path = match case["to"].as_str() {
+            Some("session") => one,
+            Some("batch") => "/api/v1/events",
+            other => panic!("raw case to {other:?}"),
+        };
+        all.push(Refusal {
+            label: label(case),
+            path: path.into(),
+            content_type: case["contentType"].as_str().map(String::from),
+            body,
+            status: status(case),
+            field: None,
+        });
+    }
+    for case in cases("/sessionIds/invalidInPath") {
+        let segment = case["segment"].as_str().unwrap();
+        all.push(Refusal {
+            label: format!("session id in the path: {}", label(case)),
+            path: format!("/api/v1/sessions/{segment}/events"),
+            content_type: json.clone(),
+            body: json!({ "event": "error", "data": sample("error") }).to_string(),
+            status: 422,
+            field: Some(Some("sessionId".into())),
+        });
+    }
+    all
 }
 
 #[tokio::test]
@@ -227,24 +177,23 @@ async fn every_refusal_is_json_delivers_nothing_and_consumes_no_seq() {
     let mut sub = RawSocket::subscribed(&herald, "doc-9").await;
     let client = reqwest::Client::new();
     for r in refusals() {
-        let mut req = client.post(herald.url(r.path)).body(r.body.clone());
-        if let Some(ct) = r.content_type {
+        let mut req = client.post(herald.url(&r.path)).body(r.body.clone());
+        if let Some(ct) = &r.content_type {
             req = req.header("content-type", ct);
         }
         let res = req.send().await.unwrap();
         let status = res.status().as_u16();
         let body: Value = res.json().await.expect("JSON error body");
-        assert_eq!(status, r.status, "{} {} -> {body}", r.path, r.body);
+        let what = format!("{}: {} {}", r.label, r.path, r.body);
+        assert_eq!(status, r.status, "{what} -> {body}");
         assert!(
             body["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "readable error: {body}"
+            "{what}: readable error: {body}"
         );
-        if let Some(field) = r.field {
-            if field.is_empty() {
-                assert!(body.get("field").is_none(), "{body}");
-            } else {
-                assert_eq!(body["field"], field, "{} -> {body}", r.body);
-            }
+        match &r.field {
+            None => {}
+            Some(None) => assert!(body.get("field").is_none(), "{what} -> {body}"),
+            Some(Some(field)) => assert_eq!(body["field"], *field, "{what} -> {body}"),
         }
     }
     sub.assert_silent(Duration::from_millis(300)).await;
@@ -315,7 +264,10 @@ async fn session_state_follows_the_events() {
     let (_, state) = herald.get("/api/v1/sessions/s").await;
     assert_eq!(state["seq"], 2);
     assert_eq!(state["subscribers"], 1);
-    assert_eq!(state["progress"]["progress"], 40);
+    assert_eq!(
+        state["progress"]["progress"],
+        sample("progress")["progress"]
+    );
     assert_eq!(state["progress"]["seq"], 1);
     assert_eq!(
         (state["completed"].as_bool(), state["failed"].as_bool()),
@@ -329,8 +281,15 @@ async fn session_state_follows_the_events() {
     assert_eq!(herald.get("/api/v1/sessions/s").await.1["completed"], true);
     herald.publish("f", "error", sample("error")).await;
     assert_eq!(herald.get("/api/v1/sessions/f").await.1["failed"], true);
-    let (status, body) = herald.get("/api/v1/sessions/bad%2Fid").await;
-    assert_eq!((status, body["field"].as_str()), (422, Some("sessionId")));
+    for case in cases("/sessionIds/invalidInPath") {
+        let segment = case["segment"].as_str().unwrap();
+        let (status, body) = herald.get(&format!("/api/v1/sessions/{segment}")).await;
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (422, Some("sessionId")),
+            "GET {segment}: {body}"
+        );
+    }
 }
 
 #[tokio::test]

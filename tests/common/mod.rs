@@ -4,8 +4,11 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 use std::{
+    io::{BufRead, BufReader, Write},
     net::TcpListener,
+    path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -14,58 +17,112 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async, tungstenite::Message};
 
+/// The settings herald reads from the environment: every variable
+/// `.env.example` lists (commented out or not), so the list cannot drift
+/// from what herald documents. They are removed from the environment of
+/// every herald a test starts: the tests pass flags, and a variable in the
+/// caller's shell must not change what they test.
+pub fn herald_env_vars() -> Vec<&'static str> {
+    let vars: Vec<&str> = include_str!("../../.env.example")
+        .lines()
+        .filter_map(|line| {
+            let name = line.trim_start_matches(['#', ' ']).split_once('=')?.0;
+            (!name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
+            .then_some(name)
+        })
+        .collect();
+    assert!(
+        vars.contains(&"PORT"),
+        ".env.example lists no PORT: {vars:?}"
+    );
+    vars
+}
+
+/// Where herald processes run: a directory without a `.env`, so that a
+/// developer's `.env` in the checkout does not reach the tests either.
+fn herald_cwd() -> PathBuf {
+    std::env::temp_dir()
+}
+
 pub struct Herald {
     child: Child,
     pub port: u16,
-    log: Option<std::path::PathBuf>,
+    log: Option<PathBuf>,
 }
 
 impl Herald {
-    /// Starts the herald binary on a free port with extra flags, and waits
-    /// until `/health` answers.
+    /// Starts the herald binary with extra flags on a port the OS picks
+    /// (`--port 0`), reads the port from its start line, and waits until
+    /// `/health` answers. Its log (warnings and errors) goes to this
+    /// process's stderr.
     pub async fn start(args: &[&str]) -> Self {
-        let port = free_port();
-        Self::start_on(port, args).await
-    }
-
-    pub async fn start_on(port: u16, args: &[&str]) -> Self {
-        Self::spawn(port, args, None).await
+        Self::spawn(args, None).await
     }
 
     /// Like [`Herald::start`], with its log (at info level) kept for [`Herald::log`].
     pub async fn start_logged(args: &[&str]) -> Self {
-        let port = free_port();
-        let path =
-            std::env::temp_dir().join(format!("herald-test-{port}-{}.log", std::process::id()));
-        Self::spawn(port, args, Some(path)).await
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("herald-test-{}-{n}.log", std::process::id()));
+        Self::spawn(args, Some(path)).await
     }
 
-    async fn spawn(port: u16, args: &[&str], log: Option<std::path::PathBuf>) -> Self {
+    async fn spawn(args: &[&str], log: Option<PathBuf>) -> Self {
         let (stderr, level) = match &log {
             Some(path) => (
                 Stdio::from(std::fs::File::create(path).expect("log file")),
                 "info",
             ),
-            None => (Stdio::inherit(), "warn"),
+            None => (Stdio::piped(), "warn,herald::start=info"),
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--log-level",
-                level,
-            ])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .args(["--host", "127.0.0.1", "--port", "0", "--log-level", level])
             .args(args)
-            .env_remove("REDIS_URL")
-            .env_remove("API_KEY")
+            .current_dir(herald_cwd())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn herald");
-        let herald = Self { child, port, log };
+            .stderr(stderr);
+        for var in herald_env_vars() {
+            command.env_remove(var);
+        }
+        let mut child = command.spawn().expect("spawn herald");
         let deadline = Instant::now() + Duration::from_secs(10);
+        let port = match &log {
+            Some(path) => loop {
+                // herald writes its log straight to the file: poll it.
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                if let Some(port) = text.lines().find_map(start_line_port) {
+                    break port;
+                }
+                if let Some(status) = child.try_wait().expect("wait herald") {
+                    panic!("herald exited ({status}) before listening:\n{text}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "herald logged no start line in 10 s:\n{text}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            },
+            None => {
+                let stderr = child.stderr.take().expect("piped stderr");
+                let port = read_port_then_forward(stderr);
+                match tokio::time::timeout(Duration::from_secs(10), port).await {
+                    Ok(Ok(port)) => port,
+                    Ok(Err(_)) => {
+                        let status = child.wait().expect("wait herald");
+                        panic!("herald exited ({status}) before listening (its log is above)");
+                    }
+                    Err(_) => {
+                        let _ = child.kill();
+                        panic!("herald logged no start line in 10 s");
+                    }
+                }
+            }
+        };
+        let herald = Self { child, port, log };
         loop {
             if let Ok(res) = reqwest::get(herald.url("/health")).await
                 && res.status() == 200
@@ -74,7 +131,7 @@ impl Herald {
             }
             assert!(
                 Instant::now() < deadline,
-                "herald did not come up on port {port}"
+                "herald did not answer /health on port {port}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -162,6 +219,41 @@ impl Drop for Herald {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// The port in herald's start line (`... listening on http://127.0.0.1:PORT ...`,
+/// target `herald::start`), or `None` for any other line.
+pub fn start_line_port(line: &str) -> Option<u16> {
+    let addr = line.split("listening on http://").nth(1)?;
+    let addr = addr
+        .split(|c: char| c.is_whitespace() || c == '/' || c == '"')
+        .next()?;
+    addr.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Reads herald's stderr on a thread of its own: resolves with the port of
+/// its start line, and copies every line (before and after it) to this
+/// process's stderr until herald exits, so the pipe never fills. The
+/// receiver errs if herald's stderr ends before the start line.
+fn read_port_then_forward(
+    stderr: std::process::ChildStderr,
+) -> tokio::sync::oneshot::Receiver<u16> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        let mut reader = BufReader::new(stderr);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let _ = std::io::stderr().write_all(&line);
+            if let Some(port) = start_line_port(&String::from_utf8_lossy(&line))
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(port);
+            }
+            line.clear();
+        }
+    });
+    rx
 }
 
 /// A real `redis-server` on a free port, without persistence.
@@ -329,6 +421,11 @@ impl Drop for RedisCluster {
     }
 }
 
+/// A port that was free a moment ago (bind port 0, read it, close). Only for
+/// processes that cannot report the port they bound: redis-server (its
+/// `--port 0` means "no TCP at all") and the `embedded` example (it logs
+/// the configured address, not the bound one). herald itself is started on
+/// `--port 0` and its port read back, which cannot race.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -336,25 +433,78 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A valid payload for each session event.
+/// tests/fixtures/events.json, the sample events and bad inputs every test
+/// suite (Rust, Node, Python, browser) shares; its `about` says what is where.
+pub fn fixtures() -> &'static Value {
+    static FIXTURES: OnceLock<Value> = OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        serde_json::from_str(include_str!("../fixtures/events.json"))
+            .expect("tests/fixtures/events.json is JSON")
+    })
+}
+
+/// A valid payload for each session event (a copy of the fixture's).
 pub fn sample(event: &str) -> Value {
-    match event {
-        "progress" => serde_json::json!({
-            "status": "PROCESSING", "progress": 40,
-            "prompts": { "total": 5, "completed": 2, "processing": 1, "pending": 2, "failed": 0 },
-            "hasClarifications": false, "clarificationCount": 0
-        }),
-        "model_result" => serde_json::json!({
-            "modelName": "llama3.1:8b", "duration": 1234, "result": "summary", "status": "completed",
-            "provider": "ollama"
-        }),
-        "clarification" => serde_json::json!({
-            "clarificationId": "c-1", "question": "Which year?", "status": "pending"
-        }),
-        "completed" => serde_json::json!({ "result": { "summary": "done", "score": 0.9 } }),
-        "error" => serde_json::json!({ "error": "model timed out" }),
-        other => panic!("no sample for {other}"),
+    fixtures()["events"]
+        .get(event)
+        .unwrap_or_else(|| panic!("no sample for {event}"))
+        .clone()
+}
+
+/// The fixture's cases under `pointer` (e.g. `/refusals/publish`).
+pub fn cases(pointer: &str) -> &'static [Value] {
+    fixtures()
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("no {pointer} in tests/fixtures/events.json"))
+}
+
+/// A request body built from a fixture case: its `body` as is, or
+/// `{event, data: sample(event)}` (plus `sessionId` when given, for a batch
+/// item) with the case's `set` (dotted path -> value) and `unset` applied.
+pub fn build(case: &Value, session: Option<&str>) -> Value {
+    if let Some(body) = case.get("body") {
+        return body.clone();
     }
+    let event = case["event"].as_str().expect("case has an event");
+    let mut body = serde_json::Map::new();
+    if let Some(session) = session {
+        body.insert("sessionId".into(), Value::from(session));
+    }
+    body.insert("event".into(), Value::from(event));
+    body.insert("data".into(), sample(event));
+    let mut body = Value::Object(body);
+    if let Some(set) = case.get("set").and_then(Value::as_object) {
+        for (path, value) in set {
+            let (parent, key) = walk(&mut body, path);
+            parent.insert(key.to_string(), value.clone());
+        }
+    }
+    for path in case
+        .get("unset")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (parent, key) = walk(&mut body, path.as_str().expect("unset path"));
+        parent.remove(key);
+    }
+    body
+}
+
+/// The object holding the last key of a dotted `path`, and that key.
+fn walk<'a, 'p>(
+    body: &'a mut Value,
+    path: &'p str,
+) -> (&'a mut serde_json::Map<String, Value>, &'p str) {
+    let (parents, key) = path.rsplit_once('.').unwrap_or(("", path));
+    let mut at = body;
+    for part in parents.split('.').filter(|p| !p.is_empty()) {
+        at = at
+            .get_mut(part)
+            .unwrap_or_else(|| panic!("no {part} in {path}"));
+    }
+    (at.as_object_mut().expect("an object"), key)
 }
 
 /// A raw Engine.IO WebSocket connection: text frames in, text frames out.

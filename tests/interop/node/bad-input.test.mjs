@@ -10,6 +10,8 @@ import {
   waitFor,
   subscribe,
   sample,
+  cases,
+  build,
   sessionId,
   isRecentIsoTimestamp,
   sleep,
@@ -17,24 +19,10 @@ import {
 
 const MAX_PAYLOAD = 64 * 1024;
 
-// Payloads that are not a valid session id, as [label, args] (args after the event name).
-const BAD_SESSION_PAYLOADS = [
-  ['missing payload', []],
-  ['null', [null]],
-  ['number', [42]],
-  ['boolean', [true]],
-  ['empty string', ['']],
-  ['129 characters', ['a'.repeat(129)]],
-  ['space', ['bad id']],
-  ['slash', ['a/b']],
-  ['non-ASCII', ['sessión']],
-  ['angle brackets', ['<script>']],
-  ['object without sessionId', [{ session: 'abc' }]],
-  ['object with empty sessionId', [{ sessionId: '' }]],
-  ['object with numeric sessionId', [{ sessionId: 7 }]],
-  ['object with invalid sessionId', [{ sessionId: 'no way!' }]],
-  ['array', [['abc']]],
-];
+// Payloads that are not a valid session id (tests/fixtures/events.json):
+// `args` are the arguments after the event name.
+const BAD_SESSION_PAYLOADS = cases('sessionIds.invalid');
+const VALID_SESSION_IDS = cases('sessionIds.valid');
 
 function assertRequestError(payload, label) {
   assert.equal(typeof payload, 'object', `${label}: error payload ${JSON.stringify(payload)}`);
@@ -72,7 +60,7 @@ describe('bad input', () => {
       for (const transports of [['websocket'], ['polling']]) {
         test(`${eventName} over ${transports[0]}: every bad payload class, without and with ack`, async () => {
           const socket = await connect(herald.url, { transports });
-          for (const [label, args] of BAD_SESSION_PAYLOADS) {
+          for (const { label, args } of BAD_SESSION_PAYLOADS) {
             // Without an ack callback: an `error` event.
             const errEvent = waitFor(socket, 'error', (d) => d && d.code === 'INVALID_SESSION_ID', 3000);
             socket.emit(eventName, ...args);
@@ -110,15 +98,16 @@ describe('bad input', () => {
       }
     }
 
-    test('boundary: a 128-character id of every allowed character class is valid', async () => {
+    test('boundaries: ids of 1 and 128 characters, of every allowed character class, are valid', async () => {
       const socket = await connect(herald.url, { transports: ['websocket'] });
-      const id = `Az09._:-${'x'.repeat(120)}`;
-      assert.equal(id.length, 128);
-      const { ack } = await subscribe(socket, id);
-      assert.deepEqual(ack, { ok: true, sessionId: id });
-      const arriving = waitFor(socket, 'progress', (d) => d.sessionId === id);
-      await herald.publishOk(id, 'progress', sample('progress'));
-      assert.equal((await arriving).seq, 1);
+      assert.ok(VALID_SESSION_IDS.some(({ id }) => id.length === 128), 'the fixtures hold a 128-character id');
+      for (const { label, id } of VALID_SESSION_IDS) {
+        const { ack } = await subscribe(socket, id);
+        assert.deepEqual(ack, { ok: true, sessionId: id }, label);
+        const arriving = waitFor(socket, 'progress', (d) => d.sessionId === id);
+        await herald.publishOk(id, 'progress', sample('progress'));
+        assert.equal((await arriving).seq, 1, label);
+      }
       socket.disconnect();
     });
 
@@ -137,90 +126,56 @@ describe('bad input', () => {
   describe('over HTTP', () => {
     const path = `/api/v1/sessions/${target}/events`;
 
-    /** POST `json` to the target session and expect `status` (+ `field`). */
+    /** POST `json` to the target session and expect `status` (+ `field`; null: none). */
     async function expectReject(label, body, status, field) {
       const res = await herald.request('POST', path, { json: body });
       assert.equal(res.status, status, `${label}: expected ${status}, got ${res.status} ${res.text}`);
       assert.match(res.headers.get('content-type') ?? '', /application\/json/, `${label}: not JSON`);
       assert.equal(typeof res.body?.error, 'string', `${label}: body ${res.text}`);
       assert.ok(res.body.error.length > 0);
-      if (field instanceof RegExp) {
-        assert.match(String(res.body.field), field, `${label}: field in ${res.text}`);
+      if (field === null) {
+        assert.equal(res.body.field, undefined, `${label}: no field expected in ${res.text}`);
       } else if (field !== undefined) {
         assert.equal(res.body.field, field, `${label}: field in ${res.text}`);
       }
       return res;
     }
 
+    /** Send a raw fixture case: its bytes, with its content type or none at all. */
+    function sendRaw(c, sessionPath) {
+      const raw = 'raw' in c ? c.raw : JSON.stringify(build(c));
+      const to = c.to === 'batch' ? '/api/v1/events' : sessionPath;
+      // A byte body makes fetch send no content type; a string one would get text/plain.
+      if (c.contentType === null) return herald.request('POST', to, { body: new TextEncoder().encode(raw) });
+      return herald.request('POST', to, { body: raw, headers: { 'content-type': c.contentType } });
+    }
+
     test('invalid session id in the path -> 422 field sessionId', async () => {
-      for (const bad of ['bad%20id', 'a!b', `${'x'.repeat(129)}`, 'sessi%C3%B3n', '%3Cscript%3E']) {
+      for (const { label, segment: bad } of cases('sessionIds.invalidInPath')) {
         const res = await herald.request('POST', `/api/v1/sessions/${bad}/events`, {
           json: { event: 'progress', data: sample('progress') },
         });
-        assert.equal(res.status, 422, `${bad}: ${res.status} ${res.text}`);
-        assert.equal(res.body?.field, 'sessionId', `${bad}: ${res.text}`);
+        assert.equal(res.status, 422, `${label} ${bad}: ${res.status} ${res.text}`);
+        assert.equal(res.body?.field, 'sessionId', `${label} ${bad}: ${res.text}`);
         assert.equal(typeof res.body.error, 'string');
+        const get = await herald.request('GET', `/api/v1/sessions/${bad}`);
+        assert.equal(get.status, 422, `GET ${label} ${bad}: ${get.text}`);
+        assert.equal(get.body?.field, 'sessionId');
       }
-      const get = await herald.request('GET', '/api/v1/sessions/a!b');
-      assert.equal(get.status, 422, get.text);
-      assert.equal(get.body?.field, 'sessionId');
     });
 
-    test('schema violations -> 422 naming the field', async () => {
-      const progressMissingPrompts = sample('progress');
-      delete progressMissingPrompts.prompts;
-      const promptsMissingTotal = sample('progress');
-      delete promptsMissingTotal.prompts.total;
-      const modelMissingName = sample('model_result');
-      delete modelMissingName.modelName;
-
-      const cases = [
-        ['unknown event name', { event: 'progres', data: sample('progress') }, 'event'],
-        ['missing event', { data: sample('progress') }, 'event'],
-        ['event not a string', { event: 5, data: sample('progress') }, 'event'],
-        ['missing data', { event: 'completed' }, 'data'],
-        ['data not an object', { event: 'completed', data: 'done' }, 'data'],
-        ['unknown top-level field', { event: 'completed', data: sample('completed'), extra: 1 }, /extra/],
-        ['missing required field', { event: 'progress', data: progressMissingPrompts }, 'data.prompts'],
-        ['missing nested field', { event: 'progress', data: promptsMissingTotal }, 'data.prompts.total'],
-        ['missing modelName', { event: 'model_result', data: modelMissingName }, 'data.modelName'],
-        ['wrong status enum', { event: 'progress', data: sample('progress', { status: 'RUNNING' }) }, 'data.status'],
-        ['lower-case status enum', { event: 'progress', data: sample('progress', { status: 'active' }) }, 'data.status'],
-        ['model status enum', { event: 'model_result', data: sample('model_result', { status: 'done' }) }, 'data.status'],
-        ['clarification status enum', { event: 'clarification', data: sample('clarification', { status: 'open' }) }, 'data.status'],
-        ['progress 150', { event: 'progress', data: sample('progress', { progress: 150 }) }, 'data.progress'],
-        ['progress -1', { event: 'progress', data: sample('progress', { progress: -1 }) }, 'data.progress'],
-        ['progress as string', { event: 'progress', data: sample('progress', { progress: '50' }) }, 'data.progress'],
-        ['negative duration', { event: 'model_result', data: sample('model_result', { duration: -5 }) }, 'data.duration'],
-        ['negative prompt count', { event: 'progress', data: sample('progress', { prompts: { total: 1, completed: -1, processing: 0, pending: 0, failed: 0 } }) }, 'data.prompts.completed'],
-        ['fractional prompt count', { event: 'progress', data: sample('progress', { prompts: { total: 1.5, completed: 0, processing: 0, pending: 0, failed: 0 } }) }, 'data.prompts.total'],
-        ['hasClarifications not bool', { event: 'progress', data: sample('progress', { hasClarifications: 'yes' }) }, 'data.hasClarifications'],
-        ['result not an object (completed)', { event: 'completed', data: { result: 'ok' } }, 'data.result'],
-        ['result not a string (model_result)', { event: 'model_result', data: sample('model_result', { result: { a: 1 } }) }, 'data.result'],
-        ['error not a string', { event: 'error', data: { error: 500 } }, 'data.error'],
-        ['unknown field (typo) in data', { event: 'model_result', data: sample('model_result', { modelname: 'x' }) }, 'data.modelname'],
-        ['unknown field in progress', { event: 'progress', data: sample('progress', { percent: 3 }) }, 'data.percent'],
-        ['seq in data', { event: 'completed', data: sample('completed', { seq: 99 }) }, 'data.seq'],
-        ['sessionId in data differs from path', { event: 'completed', data: sample('completed', { sessionId: 'someone-else' }) }, /^(data\.)?sessionId$/],
-        ['timestamp not a string', { event: 'completed', data: sample('completed', { timestamp: 12345 }) }, 'data.timestamp'],
-      ];
+    // Every refused publish of tests/fixtures/events.json: schema violations
+    // (422 naming the field) and JSON bodies that are not an object.
+    test('schema violations -> 422 naming the field; a body that is not an object -> 422', async () => {
       const failures = [];
-      for (const [label, body, field] of cases) {
+      for (const c of cases('refusals.publish')) {
         try {
-          await expectReject(label, body, 422, field);
+          await expectReject(c.label, build(c), c.status, c.field);
         } catch (e) {
           failures.push(e.message);
         }
       }
-      assert.deepEqual(failures, [], `schema cases that did not get the expected 422:\n${failures.join('\n')}`);
-    });
-
-    test('body not an object -> 4xx JSON error', async () => {
-      for (const body of [[], 'string', 42, null]) {
-        const res = await herald.request('POST', path, { json: body });
-        assert.ok([400, 422].includes(res.status), `${JSON.stringify(body)}: ${res.status} ${res.text}`);
-        assert.equal(typeof res.body?.error, 'string');
-      }
+      assert.deepEqual(failures, [], `refusals that did not get the expected answer:\n${failures.join('\n')}`);
     });
 
     test('malformed and empty JSON -> 400', async () => {
@@ -228,35 +183,25 @@ describe('bad input', () => {
       // than only in the final "nothing advanced" check.
       const garbage = sessionId('garbage');
       const failures = [];
-      for (const [label, raw] of [
-        ['truncated', '{"event":"progress","data":{'],
-        ['not JSON', 'hello'],
-        ['trailing garbage', '{"event":"completed","data":{"result":{}}} x'],
-        ['empty body', ''],
-        ['only whitespace', '   '],
-      ]) {
-        const res = await herald.request('POST', `/api/v1/sessions/${garbage}/events`, {
-          body: raw,
-          headers: { 'content-type': 'application/json' },
-        });
+      const malformed = cases('refusals.raw').filter((c) => c.status === 400);
+      assert.ok(malformed.some((c) => c.to === 'batch'), 'the fixtures hold a malformed batch');
+      for (const c of malformed) {
+        const res = await sendRaw(c, `/api/v1/sessions/${garbage}/events`);
         if (res.status !== 400 || typeof res.body?.error !== 'string') {
-          failures.push(`${label} ${JSON.stringify(raw)}: expected 400 JSON error, got ${res.status} ${res.text}`);
+          failures.push(`${c.label} ${JSON.stringify(c.raw)}: expected 400 JSON error, got ${res.status} ${res.text}`);
         }
       }
       assert.deepEqual(failures, []);
       assert.equal((await herald.session(garbage)).seq, 0, 'a malformed body was published');
-      const batch = await herald.request('POST', '/api/v1/events', {
-        body: '[{"sessionId":',
-        headers: { 'content-type': 'application/json' },
-      });
-      assert.equal(batch.status, 400, batch.text);
     });
 
     test('wrong content type -> 415; missing content type is read as JSON', async () => {
       const good = JSON.stringify({ event: 'completed', data: sample('completed') });
-      for (const ct of ['text/plain', 'application/x-www-form-urlencoded', 'text/html; charset=utf-8']) {
-        const res = await herald.request('POST', path, { body: good, headers: { 'content-type': ct } });
-        assert.equal(res.status, 415, `${ct}: ${res.status} ${res.text}`);
+      const wrongType = cases('refusals.raw').filter((c) => c.status === 415);
+      assert.ok(wrongType.length >= 3, 'the fixtures hold content-type refusals');
+      for (const c of wrongType) {
+        const res = await sendRaw(c, path);
+        assert.equal(res.status, 415, `${c.label} (${c.contentType}): ${res.status} ${res.text}`);
         assert.equal(typeof res.body?.error, 'string');
       }
       // fetch adds text/plain for a string body, so this one is a 415 too.
@@ -308,31 +253,25 @@ describe('bad input', () => {
     });
 
     test('batch with one bad item -> 422 with an indexed field, nothing from the batch published', async () => {
-      const other = sessionId('batch-other');
+      // Items naming no session go to the target; the others (e.g.
+      // batch-other) are watched too: nothing may reach them.
+      const batches = cases('refusals.batch');
+      const others = [
+        ...new Set(batches.flatMap((c) => (c.items ?? []).map((i) => i.set?.sessionId)).filter(Boolean)),
+      ];
+      assert.ok(others.includes('batch-other'), 'the fixtures hold a batch with a second session');
       const watcher2 = await connect(herald.url, { transports: ['websocket'] });
-      await subscribe(watcher2, other);
-      const res = await herald.publishBatch([
-        { sessionId: target, event: 'progress', data: sample('progress') },
-        { sessionId: other, event: 'progress', data: sample('progress', { progress: 150 }) },
-        { sessionId: other, event: 'completed', data: sample('completed') },
-      ]);
-      assert.equal(res.status, 422, res.text);
-      assert.equal(res.body?.field, '[1].data.progress');
-
-      for (const [items, field] of [
-        [[{ sessionId: target, event: 'completed', data: sample('completed') }, { sessionId: 'bad id', event: 'completed', data: sample('completed') }], '[1].sessionId'],
-        [[{ sessionId: target, event: 'nope', data: {} }], '[0].event'],
-        [[{ sessionId: target, event: 'completed', data: sample('completed') }, { sessionId: target, event: 'model_result', data: sample('model_result', { seq: 1 }) }], '[1].data.seq'],
-        [[{ sessionId: target, event: 'completed', data: sample('completed') }, { sessionId: target, event: 'completed', data: sample('completed', { sessionId: 'x' }) }], /^\[1\]\.(data\.)?sessionId$/],
-      ]) {
-        const r = await herald.publishBatch(items);
-        assert.equal(r.status, 422, r.text);
-        if (field instanceof RegExp) assert.match(String(r.body?.field), field);
-        else assert.equal(r.body?.field, field, r.text);
+      for (const other of others) {
+        // Only valid ids can be watched; an invalid one is refused anyway.
+        if (/^[A-Za-z0-9._:-]{1,128}$/.test(other)) await subscribe(watcher2, other);
       }
-
-      const notArray = await herald.request('POST', '/api/v1/events', { json: { sessionId: target } });
-      assert.ok([400, 422].includes(notArray.status), notArray.text);
+      for (const c of batches) {
+        const body = c.items ? c.items.map((item) => build(item, target)) : build(c);
+        const r = await herald.publishBatch(body);
+        assert.equal(r.status, c.status, `${c.label}: ${r.text}`);
+        if (c.field === null) assert.equal(r.body?.field, undefined, `${c.label}: ${r.text}`);
+        else if (c.field !== undefined) assert.equal(r.body?.field, c.field, `${c.label}: ${r.text}`);
+      }
 
       await sleep(300);
       assert.deepEqual(
@@ -340,7 +279,7 @@ describe('bad input', () => {
         [],
         'an item of a rejected batch was delivered',
       );
-      assert.equal((await herald.session(other)).seq, 0, 'a rejected batch consumed a seq');
+      assert.equal((await herald.session('batch-other')).seq, 0, 'a rejected batch consumed a seq');
       watcher2.disconnect();
     });
 

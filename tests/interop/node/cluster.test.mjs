@@ -87,7 +87,8 @@ describe('cluster: two heralds sharing one Redis', () => {
   before(async () => {
     redis = await startRedis();
     const args = ['--redis-url', redis.url];
-    [a, b] = await Promise.all([startHerald({ args }), startHerald({ args })]);
+    // At info: the outage test reads "cluster link up" from their logs.
+    [a, b] = await Promise.all([startHerald({ args, logLevel: 'info' }), startHerald({ args, logLevel: 'info' })]);
     await Promise.all([
       waitReadyStatus(a, 200, { timeoutMs: 10000, what: 'instance A at start' }),
       waitReadyStatus(b, 200, { timeoutMs: 10000, what: 'instance B at start' }),

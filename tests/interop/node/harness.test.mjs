@@ -16,6 +16,8 @@ import {
   waitFor,
   sample,
   EVENT_TYPES,
+  FIXTURES,
+  cases,
   sessionId,
 } from './lib/herald.mjs';
 
@@ -46,6 +48,7 @@ describe('harness', () => {
     assert.equal(await herald.stop('SIGINT'), 0, herald.logTail());
   });
 
+  // A fixed port on purpose: one that is taken.
   test('a port already in use makes start() fail with herald\'s message', async () => {
     const blocker = net.createServer();
     blocker.listen(0, '127.0.0.1');
@@ -101,6 +104,24 @@ describe('harness', () => {
     const a = sample('progress');
     a.prompts.total = 999;
     assert.notEqual(sample('progress').prompts.total, 999);
+  });
+
+  test('the shared fixtures (tests/fixtures/events.json) are what they claim', () => {
+    const SESSION_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+    const valid = cases('sessionIds.valid').map((c) => c.id);
+    assert.ok(valid.every((id) => SESSION_ID.test(id)), `valid ids: ${valid}`);
+    assert.ok(valid.some((id) => id.length === 1) && valid.some((id) => id.length === 128));
+    const invalid = cases('sessionIds.invalid');
+    for (const { label, args } of invalid) {
+      const [arg] = args;
+      const id = arg !== null && typeof arg === 'object' && !Array.isArray(arg) ? arg.sessionId : arg;
+      assert.ok(args.length === 0 || typeof id !== 'string' || !SESSION_ID.test(id), `${label} is a valid id`);
+    }
+    assert.ok(invalid.some(({ args }) => args[0]?.length === 129), 'a 129-character id');
+    for (const c of cases('refusals.publish')) {
+      assert.ok('body' in c || c.event in FIXTURES.events, `${c.label}: no sample ${c.event}`);
+      assert.ok(Number.isInteger(c.status), c.label);
+    }
   });
 
   test('HERALD_BIN points at an existing binary', async () => {

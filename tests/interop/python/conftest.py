@@ -1,12 +1,16 @@
 """Fixtures and helpers for the python-socketio interop suite.
 
 A real herald process (HERALD_BIN, default target/debug/herald) is started on
-127.0.0.1 on a free port once per test session; tests talk to it with the
+127.0.0.1 once per test session, on a port the OS picks (--port 0, read back
+from herald's start line); tests talk to it with the
 stock `socketio.Client` / `socketio.AsyncClient` and publish through its HTTP
 API with `requests`.
 
 Every test uses session ids of its own (`new_session_id`), so tests sharing
 the one server cannot see each other's events.
+
+Sample payloads and bad inputs come from tests/fixtures/events.json, which
+the Rust, Node and browser suites read too.
 
 Helpers defined here are plain module-level names; test modules import them
 with `from conftest import ...` (this directory has no __init__.py, so pytest
@@ -21,8 +25,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -39,15 +43,28 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[2]
 DEFAULT_HERALD_BIN = REPO_ROOT / "target" / "debug" / "herald"
 
-# Settings herald reads from the environment (src/config.rs, plus the ones the
-# spec announces). They are removed from the environment the test server gets,
-# so a developer's shell cannot change what the suite tests.
-HERALD_ENV_VARS = {
-    "HOST", "PORT", "API_KEY", "CORS_ORIGINS", "PING_INTERVAL_MS",
-    "PING_TIMEOUT_MS", "MAX_PAYLOAD_BYTES", "SOCKET_BUFFER_PACKETS",
-    "SESSION_TTL_SECS", "LOG_LEVEL", "LOG_FORMAT", "REDIS_URL", "JWT_SECRET",
-    "RUST_LOG",
-}
+# The sample events and bad inputs every suite shares (its "about" says what
+# is where).
+FIXTURES = json.loads(
+    (REPO_ROOT / "tests" / "fixtures" / "events.json").read_text("utf-8"))
+
+
+def _env_example_vars() -> frozenset:
+    """Every variable .env.example lists (commented out or not): the settings
+    herald reads from the environment. Derived, so it cannot drift."""
+    text = (REPO_ROOT / ".env.example").read_text("utf-8")
+    names = frozenset(re.findall(r"^[#\s]*([A-Z][A-Z0-9_]*)=", text, re.M))
+    assert "PORT" in names, f".env.example lists no PORT: {sorted(names)}"
+    return names
+
+
+# Removed from the environment the test server gets, so a developer's shell
+# cannot change what the suite tests.
+HERALD_ENV_VARS = _env_example_vars()
+
+# herald's start line (target herald::start): "... listening on
+# http://127.0.0.1:PORT ...".
+START_LINE = re.compile(r"listening on http://(?:\[[^\]]*\]|[^\s/:\"]+):(\d+)")
 
 SOCKETIO_PATH = "/socket.io/"
 
@@ -57,7 +74,7 @@ ISO_8601 = re.compile(
     r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
 )
 
-EVENT_NAMES = ("progress", "model_result", "clarification", "completed", "error")
+EVENT_NAMES = tuple(FIXTURES["events"])
 
 # Wait bounds (seconds). Generous next to what a local server needs, short
 # enough that a missing event fails a test quickly.
@@ -71,12 +88,6 @@ QUIET = 0.4  # how long "nothing arrives" is watched for
 
 def herald_bin() -> Path:
     return Path(os.environ.get("HERALD_BIN") or DEFAULT_HERALD_BIN)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent() -> None:
@@ -111,47 +122,54 @@ class Herald:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, attempts: int = 3, timeout: float = 20.0) -> "Herald":
+    def start(self, timeout: float = 20.0) -> "Herald":
+        """Starts herald on --port 0, reads its port from the start line in
+        its log file, and waits until GET /health answers 200. Its log is at
+        info level: it goes to a file, shown with any failing test."""
         binary = herald_bin()
         if not binary.is_file():
             raise RuntimeError(
                 f"herald binary not found at {binary}; build it with "
                 "`cargo build` in the repo root or set HERALD_BIN"
             )
-        last_error = ""
-        for _ in range(attempts):
-            self.port = free_port()
-            self._log_file = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(
-                [str(binary), "--host", "127.0.0.1", "--port", str(self.port),
-                 *self.extra_args],
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                env=_server_env(),
-                cwd=str(REPO_ROOT),
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break
+        offset = self.log_size()
+        self._log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(binary), "--host", "127.0.0.1", "--port", "0",
+             "--log-level", "info", *self.extra_args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=_server_env(),
+            # A directory without a .env: a developer's .env in the checkout
+            # must not reach the tests either.
+            cwd=tempfile.gettempdir(),
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        deadline = time.monotonic() + timeout
+        self.port = None
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if self.port is None:
+                found = START_LINE.search(self.log_since(offset))
+                if found:
+                    self.port = int(found.group(1))
+            if self.port is not None:
                 try:
                     r = requests.get(self.url + "/health", timeout=1)
                     if r.status_code == 200:
                         return self
                 except requests.RequestException:
                     pass
-                time.sleep(0.05)
-            # Exited (the port may have been taken meanwhile) or never healthy.
-            last_error = (
-                f"herald on port {self.port} "
-                + ("exited with code %s" % self.proc.returncode
-                   if self.proc.poll() is not None
-                   else f"did not answer GET /health 200 within {timeout}s")
-            )
-            self._kill()
-        raise RuntimeError(f"{last_error}\n--- herald log ---\n{self.log_tail()}")
+            time.sleep(0.02)
+        if self.proc.poll() is not None:
+            error = f"herald exited with code {self.proc.returncode}"
+        elif self.port is None:
+            error = f"herald logged no start line within {timeout}s"
+        else:
+            error = (f"herald on port {self.port} did not answer GET /health "
+                     f"200 within {timeout}s")
+        self._kill()
+        raise RuntimeError(f"{error}\n--- herald log ---\n{self.log_tail()}")
 
     def _kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -222,6 +240,12 @@ class Herald:
             assert body.get("event") == event, body
             assert isinstance(body.get("seq"), int), body
         return body
+
+    def post_json(self, path: str, body: Any) -> requests.Response:
+        """POSTs `body` as JSON, whatever it is; asserts nothing."""
+        return self.http.post(
+            f"{self.url}{path}", data=json.dumps(body),
+            headers={"Content-Type": "application/json"}, timeout=WAIT)
 
     def publish_batch(self, items: list, expect: int = 202) -> dict:
         """POST /api/v1/events with [{sessionId, event, data}, ...]."""
@@ -316,46 +340,49 @@ def assert_iso8601(value: Any, what: str = "timestamp",
 
 
 def sample_payloads() -> dict:
-    """One valid `data` object per event type, with every optional field
-    set, exercising ints, floats, nested objects, null, and non-ASCII text."""
-    return {
-        "progress": {
-            "status": "PROCESSING",
-            "progress": 50,
-            "prompts": {"total": 4, "completed": 2, "processing": 1,
-                        "pending": 1, "failed": 0},
-            "hasClarifications": True,
-            "clarificationCount": 1,
-            "hasResult": True,
-            "result": {"partial": True, "pages": [1, 2, 3],
-                       "score": 0.75, "note": None},
-        },
-        "model_result": {
-            "modelName": "llama3.1:8b",
-            "duration": 1234,
-            "result": "Résumé: the contract renews yearly ✓",
-            "status": "completed",
-            "error": "retried once after a timeout",
-            "provider": "ollama",
-        },
-        "clarification": {
-            "clarificationId": str(uuid.uuid4()),
-            "question": "Which fiscal year should the totals use?",
-            "status": "pending",
-        },
-        "completed": {
-            "result": {"summary": "3 contracts, 2 invoices", "documents": 5,
-                       "confidence": 0.93,
-                       "models": ["llama3.1:8b", "mistral:7b"],
-                       "details": {"ok": True, "warnings": [],
-                                   "missing": None}},
-        },
-        "error": {"error": "model backend unavailable: connection refused"},
-    }
+    """One valid `data` object per event type (tests/fixtures/events.json),
+    with every optional field set, exercising ints, floats, nested objects,
+    null, and non-ASCII text. A fresh copy on every call."""
+    return copy.deepcopy(FIXTURES["events"])
 
 
 def sample(event: str) -> dict:
-    return copy.deepcopy(sample_payloads()[event])
+    return copy.deepcopy(FIXTURES["events"][event])
+
+
+def fixture_cases(dotted: str) -> list:
+    """A copy of the fixture's cases under `dotted` (e.g. "refusals.publish")."""
+    found = FIXTURES
+    for key in dotted.split("."):
+        found = found[key]
+    assert isinstance(found, list), dotted
+    return copy.deepcopy(found)
+
+
+def build(case: dict, session: Optional[str] = None) -> Any:
+    """The request body of a fixture case: its `body` as is, or {event, data:
+    sample(event)} (with sessionId first when given, for a batch item) with
+    the case's `set` (dotted path -> value) and `unset` applied."""
+    if "body" in case:
+        return copy.deepcopy(case["body"])
+    body: dict = {} if session is None else {"sessionId": session}
+    body["event"] = case["event"]
+    body["data"] = sample(case["event"])
+
+    def walk(path):
+        *parents, key = path.split(".")
+        at = body
+        for p in parents:
+            at = at[p]
+        return at, key
+
+    for path, value in case.get("set", {}).items():
+        at, key = walk(path)
+        at[key] = copy.deepcopy(value)
+    for path in case.get("unset", []):
+        at, key = walk(path)
+        del at[key]
+    return body
 
 
 def progress_payload(pct, status: str = "PROCESSING", **extra) -> dict:

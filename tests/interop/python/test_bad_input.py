@@ -6,45 +6,23 @@ sequenced, no membership changes, and the same socket keeps working."""
 import pytest
 
 from conftest import (
-    QUIET, WAIT, assert_delivered, assert_iso8601, model_result_payload,
-    new_session_id, progress_payload,
+    QUIET, WAIT, assert_delivered, assert_iso8601, fixture_cases,
+    model_result_payload, new_session_id, progress_payload,
 )
 
-MISSING = object()
-
-BAD_PAYLOADS = {
-    "missing": MISSING,
-    "null": None,
-    "number": 42,
-    "float": 1.5,
-    "boolean": True,
-    "array": ["abc"],
-    "empty-string": "",
-    "too-long-129": "a" * 129,
-    "space": "bad id",
-    "slash": "a/b",
-    "non-ascii": "séance",
-    "semicolon": "id;drop",
-    "newline": "line\nbreak",
-    "object-empty": {},
-    "object-other-key": {"session": "abc"},
-    "object-null-id": {"sessionId": None},
-    "object-number-id": {"sessionId": 42},
-    "object-empty-id": {"sessionId": ""},
-    "object-too-long-id": {"sessionId": "b" * 129},
-    "object-bad-chars-id": {"sessionId": "a b"},
-}
+# tests/fixtures/events.json: label -> the Socket.IO arguments after the
+# event name ([] sends none, [None] one JSON null).
+BAD_PAYLOADS = {c["label"]: c["args"]
+                for c in fixture_cases("sessionIds.invalid")}
+VALID_IDS = {c["label"]: c["id"] for c in fixture_cases("sessionIds.valid")}
 
 
-def _send(conn, event, payload, ack):
+def _send(conn, event, args, ack):
     """Emits the bad payload; returns the ack when one was asked for."""
     sio = conn.sio
-    if payload is MISSING:
-        if ack:
-            return sio.call(event, timeout=WAIT)
-        sio.emit(event)
-        return None
-    data = (None,) if payload is None else payload  # (None,) sends a JSON null
+    # python-socketio sends a tuple as that many arguments: () none at all,
+    # (None,) one JSON null.
+    data = tuple(args)
     if ack:
         return sio.call(event, data, timeout=WAIT)
     sio.emit(event, data)
@@ -135,14 +113,9 @@ def test_bad_payloads_in_a_row_on_other_transports(herald, connect, transport):
     assert len(_request_errors(c)) == n
 
 
-@pytest.mark.parametrize("session_id", [
-    "a",                                       # shortest
-    "x" * 128,                                 # longest
-    "AZaz09._:-",                              # every allowed class
-    "123e4567-e89b-12d3-a456-426614174000",    # UUID
-    "tenant:42.run_7-b",
-])
-def test_boundary_ids_are_accepted(herald, connect, session_id):
+@pytest.mark.parametrize("label", list(VALID_IDS))
+def test_boundary_ids_are_accepted(herald, connect, label):
+    session_id = VALID_IDS[label]
     c = connect(["websocket"])
     # Unique per run: the shared server may have seen these ids before.
     seq0 = herald.session(session_id)["seq"]

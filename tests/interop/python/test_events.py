@@ -4,8 +4,9 @@ published fields unchanged plus sessionId, timestamp and seq."""
 import pytest
 
 from conftest import (
-    EVENT_NAMES, WAIT, assert_delivered, model_result_payload,
-    new_session_id, progress_payload, sample, sample_payloads,
+    EVENT_NAMES, WAIT, assert_delivered, build, fixture_cases,
+    model_result_payload, new_session_id, progress_payload, sample,
+    sample_payloads,
 )
 
 
@@ -154,17 +155,21 @@ def test_rejected_publish_delivers_nothing_and_takes_no_seq(herald, connect):
     sid = new_session_id("reject")
     c.subscribe(sid)
     herald.publish(sid, "progress", progress_payload(10))
-    bad = [
-        ("progress", progress_payload(150)),                    # out of range
-        ("progress", progress_payload(10, sttus="typo")),       # unknown field
-        ("model_result", model_result_payload(1) | {"seq": 9}),  # seq is the server's
-        ("completed", {"result": [1, 2]}),                      # not an object
-        ("nope", {"x": 1}),                                     # unknown event
-        ("error", {"error": "x", "sessionId": "someone-else"}),  # id mismatch
-    ]
-    for event, data in bad:
-        body = herald.publish(sid, event, data, expect=422)
-        assert isinstance(body.get("error"), str) and body["error"], body
+    # Every refused publish of tests/fixtures/events.json.
+    refusals = fixture_cases("refusals.publish")
+    assert any(c["body"]["event"] == "nope" for c in refusals if "body" in c)
+    failures = []
+    for case in refusals:
+        r = herald.post_json(f"/api/v1/sessions/{sid}/events", build(case))
+        body = r.json()
+        ok = (r.status_code == case["status"]
+              and isinstance(body.get("error"), str) and body["error"]
+              and ("field" not in case or body.get("field") == case["field"]))
+        if not ok:
+            failures.append(f"{case['label']}: expected {case['status']} "
+                            f"field {case.get('field')!r}, got "
+                            f"{r.status_code} {r.text[:300]}")
+    assert failures == [], "\n".join(failures)
     assert herald.session(sid)["seq"] == 1
     after = progress_payload(20)
     assert herald.publish(sid, "progress", after)["seq"] == 2

@@ -8,15 +8,24 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { io } from 'socket.io-client';
+import {
+  REPO_ROOT,
+  HERALD_ENV_VARS,
+  QUIET_LOG_LEVEL,
+  startLinePort,
+  sample,
+  EVENT_TYPES,
+  FIXTURES,
+  cases,
+  build,
+} from '../../../fixtures/fixtures.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-
-/** The repository root (tests/interop/node/lib -> ../../../..). */
-export const REPO_ROOT = path.resolve(here, '../../../..');
+// The shared fixtures (tests/fixtures/events.json), for the tests.
+export { REPO_ROOT, HERALD_ENV_VARS, sample, EVENT_TYPES, FIXTURES, cases, build };
 
 /** The herald binary under test: $HERALD_BIN, else the debug build. */
 export const HERALD_BIN = process.env.HERALD_BIN || path.join(REPO_ROOT, 'target/debug/herald');
@@ -43,8 +52,8 @@ process.on('exit', () => {
  * if the test process exits first. Returns the child, a promise of its exit
  * `{ code, signal }`, and a promise that rejects if it could not be spawned.
  */
-export function spawnTracked(bin, argv, { env, onLog }) {
-  const child = spawn(bin, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+export function spawnTracked(bin, argv, { env, onLog, cwd }) {
+  const child = spawn(bin, argv, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   liveChildren.add(child);
   const onData = (chunk) => onLog(chunk.toString());
   child.stdout.on('data', onData);
@@ -63,7 +72,12 @@ export function spawnTracked(bin, argv, { env, onLog }) {
   return { child, exited, spawnError };
 }
 
-/** A TCP port that was free a moment ago: listen on port 0, read it, close. */
+/**
+ * A TCP port that was free a moment ago: listen on port 0, read it, close.
+ * Racy (someone else may take it before it is used): only for what cannot
+ * report the port it bound (redis-server) and for "nothing listens here".
+ * herald itself starts on --port 0 and reports its port.
+ */
 export async function freePort() {
   const server = net.createServer();
   server.listen(0, HOST);
@@ -73,37 +87,22 @@ export async function freePort() {
   return port;
 }
 
-// Settings herald reads from the environment; the tests pass flags instead, so
-// a stray API_KEY or PORT in the caller's environment must not leak in.
-const HERALD_ENV_VARS = [
-  'HOST',
-  'PORT',
-  'API_KEY',
-  'CORS_ORIGINS',
-  'PING_INTERVAL_MS',
-  'PING_TIMEOUT_MS',
-  'MAX_PAYLOAD_BYTES',
-  'SOCKET_BUFFER_PACKETS',
-  'SESSION_TTL_SECS',
-  'LOG_LEVEL',
-  'LOG_FORMAT',
-  'REDIS_URL',
-  'REDIS_CLUSTER',
-  'REDIS_PREFIX',
-  'JWT_SECRET',
-];
-
 /**
- * One herald process (and its successors after `restart()`), always on the same
- * port. Create with `await startHerald(...)`.
+ * One herald process (and its successors after `restart()`). Create with
+ * `await startHerald(...)`. Without a `port`, the first start is on --port 0
+ * and the port is read from herald's start line; later starts (restart) use
+ * that same port on purpose, so that clients reconnect to where they were.
+ * The log filter is `logLevel` (default: warnings and the start line; pass
+ * 'info' to read what herald logs at info), unless `args` set --log-level.
  */
 export class Herald {
-  constructor({ port, args = [], env = {}, echoLogs = !!process.env.HERALD_TEST_LOGS }) {
+  constructor({ port, args = [], env = {}, echoLogs = !!process.env.HERALD_TEST_LOGS, logLevel = QUIET_LOG_LEVEL }) {
     this.port = port;
     this.args = args;
     this.extraEnv = env;
     this.echoLogs = echoLogs;
-    this.url = `http://${HOST}:${port}`;
+    this.logLevel = logLevel;
+    this.url = port === undefined ? undefined : `http://${HOST}:${port}`;
     this.child = null;
     this.exitCode = undefined;
     this.exitSignal = undefined;
@@ -125,19 +124,27 @@ export class Herald {
     return this.child !== null && this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  /** Spawn herald and resolve once GET /health answers 200. */
+  /**
+   * Spawn herald, read its port from its start line, and resolve once GET
+   * /health answers 200.
+   */
   async start({ timeoutMs = 15000 } = {}) {
     if (this.running) throw new Error('herald is already running');
     const env = { ...process.env };
     for (const name of HERALD_ENV_VARS) delete env[name];
     Object.assign(env, { NO_COLOR: '1' }, this.extraEnv);
-    const argv = ['--host', HOST, '--port', String(this.port), ...this.args];
+    const logLevel = this.args.includes('--log-level') ? [] : ['--log-level', this.logLevel];
+    const argv = ['--host', HOST, '--port', String(this.port ?? 0), ...logLevel, ...this.args];
     this._logs.push(`--- spawn ${HERALD_BIN} ${argv.join(' ')}\n`);
+    const spawnedAt = this._logs.length;
     const { child, exited, spawnError } = spawnTracked(HERALD_BIN, argv, {
       env,
+      // A directory without a .env: a developer's .env in the checkout must
+      // not reach the tests either.
+      cwd: os.tmpdir(),
       onLog: (text) => {
         this._logs.push(text);
-        if (this.echoLogs) process.stderr.write(`[herald:${this.port}] ${text}`);
+        if (this.echoLogs) process.stderr.write(`[herald:${this.port ?? '?'}] ${text}`);
       },
     });
     this.child = child;
@@ -150,12 +157,33 @@ export class Herald {
     });
 
     const deadline = Date.now() + timeoutMs;
+    let listening = false;
     for (;;) {
       if (!this.running) {
         await Promise.race([this._exited, spawnError]);
         throw new Error(
           `herald exited before becoming healthy (code=${this.exitCode} signal=${this.exitSignal})\n${this.logTail()}`,
         );
+      }
+      if (!listening) {
+        const port = startLinePort(this._logs.slice(spawnedAt).join(''));
+        if (port !== undefined) {
+          if (this.port !== undefined && port !== this.port) {
+            await this.kill();
+            throw new Error(`herald listens on port ${port}, not ${this.port}\n${this.logTail()}`);
+          }
+          this.port = port;
+          this.url = `http://${HOST}:${port}`;
+          listening = true;
+        }
+      }
+      if (!listening) {
+        if (Date.now() > deadline) {
+          await this.kill();
+          throw new Error(`herald logged no start line within ${timeoutMs} ms\n${this.logTail()}`);
+        }
+        await Promise.race([sleep(10), spawnError]);
+        continue;
       }
       try {
         const res = await fetch(`${this.url}/health`, { signal: AbortSignal.timeout(1000) });
@@ -201,7 +229,7 @@ export class Herald {
     }
   }
 
-  /** Stop (if running) and start again on the same port. */
+  /** Stop (if running) and start again on the same port (on purpose: see the class). */
   async restart(opts) {
     if (this.running) await this.stop('SIGTERM');
     return this.start(opts);
@@ -276,62 +304,19 @@ export class Herald {
   }
 }
 
-/** Start a herald on a free port (or `port`) with extra CLI `args`. */
-export async function startHerald({ args = [], port, env, echoLogs } = {}) {
-  let lastError;
-  // A port found free can be taken by someone else before herald binds it;
-  // retry a couple of times with another one (only when no port was forced).
-  for (let attempt = 0; attempt < 3; attempt++) {
-    const h = new Herald({ port: port ?? (await freePort()), args, env, echoLogs });
-    try {
-      return await h.start();
-    } catch (e) {
-      lastError = e;
-      await h.kill();
-      if (port !== undefined || !/address|in use/i.test(h.logs())) break;
-    }
+/**
+ * Start a herald with extra CLI `args`: on a port the OS picks (--port 0,
+ * read back from its start line), or on `port` when a test needs that one.
+ * `logLevel`: see Herald.
+ */
+export async function startHerald({ args = [], port, env, echoLogs, logLevel } = {}) {
+  const h = new Herald({ port, args, env, echoLogs, logLevel });
+  try {
+    return await h.start();
+  } catch (e) {
+    await h.kill();
+    throw e;
   }
-  throw lastError;
-}
-
-// ---------------------------------------------------------------------------
-// Sample payloads: a valid `data` for each of the five session events.
-// ---------------------------------------------------------------------------
-
-const SAMPLES = {
-  progress: {
-    status: 'PROCESSING',
-    progress: 42.5,
-    prompts: { total: 10, completed: 4, processing: 2, pending: 3, failed: 1 },
-    hasClarifications: true,
-    clarificationCount: 2,
-  },
-  model_result: {
-    modelName: 'llama3.1:8b',
-    duration: 1834,
-    result: 'The contract renews automatically every 12 months.',
-    status: 'completed',
-  },
-  clarification: {
-    clarificationId: '5f0c6a9e-8a3b-4c1e-9d2f-2b7e4a1c9e10',
-    question: 'Which jurisdiction applies to this contract?',
-    status: 'pending',
-  },
-  completed: {
-    result: { summary: 'done', pages: 12, models: ['llama3.1:8b', 'gpt-4o'], nested: { ok: true, score: 0.93 } },
-  },
-  error: {
-    error: 'Model provider timed out after 3 retries',
-  },
-};
-
-/** The five event names herald publishes. */
-export const EVENT_TYPES = Object.keys(SAMPLES);
-
-/** A fresh (deep-copied) valid `data` payload for `event`, merged with `overrides`. */
-export function sample(event, overrides = {}) {
-  if (!(event in SAMPLES)) throw new Error(`no sample for event ${event}`);
-  return { ...structuredClone(SAMPLES[event]), ...overrides };
 }
 
 /** A unique, valid session id. */
