@@ -60,6 +60,17 @@ pub struct Config {
     #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 86_400)]
     pub session_ttl_secs: u64,
 
+    /// Events kept per session for late subscribers and resuming clients
+    /// (in Redis when Redis is configured); 0 keeps none.
+    #[arg(long, env = "HISTORY_MAX_EVENTS", default_value_t = 1000)]
+    pub history_max_events: usize,
+
+    /// Bytes of history this process may hold without Redis, all sessions
+    /// together; past that the sessions published to least recently lose
+    /// their history first (resuming clients are told it was truncated).
+    #[arg(long, env = "HISTORY_MAX_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub history_max_bytes: usize,
+
     /// Redis URL (`redis://host:6379`). Set it to run several instances as one
     /// cluster; unset, herald runs alone with an in-memory adapter. With
     /// `--redis-cluster`, the comma-separated seed nodes of a Redis Cluster.

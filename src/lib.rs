@@ -56,7 +56,7 @@ pub use publish::{Emitter, Publication, PublishError, Receipt};
 use crate::{
     cluster::{
         FanOut, Sequencer,
-        memory::MemorySequencer,
+        memory::{self, MemorySequencer},
         redis::{self as redis_cluster, RedisAdapter, RedisSequencer},
     },
     http::Origins,
@@ -138,7 +138,12 @@ impl Herald {
         };
         let wired = match redis {
             None => wire::<LocalAdapter, _>(&settings, (), &metrics, |fanout| {
-                MemorySequencer::new(fanout, config.session_ttl(), metrics.clone())
+                let limits = memory::Limits {
+                    ttl: config.session_ttl(),
+                    max_events: config.history_max_events,
+                    max_bytes: config.history_max_bytes,
+                };
+                MemorySequencer::new(fanout, limits, metrics.clone())
             }),
             Some(urls) => {
                 let redis_settings = redis_cluster::Settings {
@@ -146,6 +151,7 @@ impl Herald {
                     cluster: config.redis_cluster,
                     prefix: &config.redis_prefix,
                     session_ttl: config.session_ttl(),
+                    history_events: config.history_max_events,
                     queue_events: config.cluster_queue_events,
                 };
                 let (setup, adapter) = redis_cluster::Setup::new(&redis_settings, metrics.clone())?;
@@ -267,6 +273,8 @@ where
 {
     let (socket_routes, realtime) = realtime::build::<A>(settings, adapter, metrics.clone());
     let (sequencer, run) = sequencer(realtime.clone());
+    let sequencer: Arc<dyn Sequencer> = sequencer;
+    realtime.subscribe_through(&sequencer);
     Wired {
         socket_routes,
         sockets: realtime,

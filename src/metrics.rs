@@ -17,6 +17,11 @@ pub(crate) struct EventLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StatusLabel {
     pub status: u16,
 }
@@ -31,6 +36,14 @@ pub(crate) struct Metrics {
     /// Sessions whose seq and state this process keeps (in memory only: with
     /// Redis they live in Redis, and this is not registered).
     pub sessions_known: Gauge,
+    /// Accounted bytes of the history this process holds (memory only).
+    pub history_bytes: Gauge,
+    /// Sessions whose history was dropped to keep within HISTORY_MAX_BYTES.
+    pub history_truncated: Counter,
+    /// Subscriptions with `since`, by how they went.
+    pub resumes: Family<ResultLabel, Counter>,
+    /// Held events sent to resuming subscribers.
+    pub replayed: Counter,
     pub events_published: Family<EventLabel, Counter>,
     pub published_total: Counter,
     pub events_delivered: Counter,
@@ -61,6 +74,10 @@ impl Metrics {
             subscriptions: Gauge::default(),
             sessions_watched: Gauge::default(),
             sessions_known: Gauge::default(),
+            history_bytes: Gauge::default(),
+            history_truncated: Counter::default(),
+            resumes: Family::default(),
+            replayed: Counter::default(),
             events_published: Family::default(),
             published_total: Counter::default(),
             events_delivered: Counter::default(),
@@ -77,6 +94,13 @@ impl Metrics {
     }
 
     /// Counts one event published through this instance.
+    /// Counts one resume and what it replayed.
+    pub(crate) fn resumed(&self, lost: Option<crate::protocol::Lost>, replayed: usize) {
+        let result = lost.map_or("recovered", crate::protocol::Lost::reason);
+        self.resumes.get_or_create(&ResultLabel { result }).inc();
+        self.replayed.inc_by(replayed as u64);
+    }
+
     pub(crate) fn published(&self, event: &'static str) {
         self.events_published
             .get_or_create(&EventLabel { event })
@@ -109,7 +133,27 @@ impl Metrics {
                 "Sessions whose seq and state this instance keeps",
                 self.sessions_known.clone(),
             );
+            r.register(
+                "history_bytes",
+                "Bytes of event history this instance holds (payloads and their entries)",
+                self.history_bytes.clone(),
+            );
+            r.register(
+                "history_truncated_sessions",
+                "Sessions whose history was dropped to keep within HISTORY_MAX_BYTES",
+                self.history_truncated.clone(),
+            );
         }
+        r.register(
+            "resumes",
+            "Subscriptions with since, by result: recovered, history_truncated, epoch_changed",
+            self.resumes.clone(),
+        );
+        r.register(
+            "replayed_events",
+            "Held events replayed to resuming subscribers",
+            self.replayed.clone(),
+        );
         r.register(
             "events_published",
             "Events published, by event name",

@@ -209,14 +209,23 @@ async fn redis_down_and_back_mid_stream() {
             started.elapsed()
         );
     }
-    // Local sockets keep being served during the outage.
+    // A subscription made during the outage waits for Redis (nothing is
+    // published meanwhile), then takes effect with its snapshot.
     on_a.emit("subscribe", json!("during-outage")).await;
-    assert_eq!(on_a.next_event().await.0, "subscribed");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    on_a.assert_silent(Duration::from_secs(2)).await;
 
     redis.restart().await;
     a.wait_ready(200, Duration::from_secs(6)).await;
     b.wait_ready(200, Duration::from_secs(6)).await;
+    let (name, reply) = on_a.next_event().await;
+    assert_eq!(
+        (
+            name.as_str(),
+            reply["sessionId"].as_str(),
+            reply["seq"].as_u64()
+        ),
+        ("subscribed", Some("during-outage"), Some(0))
+    );
     let (status, receipt) = b.publish("flaky", "completed", sample("completed")).await;
     assert_eq!(status, 202, "{receipt}");
     let (name, payload) = on_a.next_event().await;
@@ -244,13 +253,19 @@ async fn redis_down_at_start_then_up() {
     let url = redis.url();
     let herald = Herald::start(&["--redis-url", &url]).await;
     herald.wait_ready(503, Duration::from_secs(3)).await;
-    let mut socket = RawSocket::subscribed(&herald, "late").await;
+    let (mut socket, _, _) = RawSocket::connect(&herald.ws_url()).await;
+    socket.emit("subscribe", json!("late")).await;
     assert_eq!(
         herald.publish("late", "error", sample("error")).await.0,
         503
     );
     redis.restart().await;
     herald.wait_ready(200, Duration::from_secs(6)).await;
+    let (name, reply) = socket.next_event().await;
+    assert_eq!(
+        (name.as_str(), reply["seq"].as_u64()),
+        ("subscribed", Some(0))
+    );
     let (status, _) = herald.publish("late", "error", sample("error")).await;
     assert_eq!(status, 202);
     assert_eq!(socket.seqs("error", 1).await, [1]);
@@ -289,8 +304,10 @@ async fn a_killed_instance_stalls_no_one_and_its_clients_resume_elsewhere() {
     );
     assert_eq!(on_a.seqs("error", 20).await, (1..=20).collect::<Vec<u64>>());
 
-    // The killed instance's client reconnects to a survivor and re-subscribes.
+    // The killed instance's client reconnects to a survivor and re-subscribes:
+    // its snapshot is the session's last (final) event.
     let mut moved = RawSocket::subscribed(&all[0], "survive").await;
+    assert_eq!(moved.seqs("error", 1).await, [20]);
     let (_, receipt) = all[1]
         .publish("survive", "completed", sample("completed"))
         .await;

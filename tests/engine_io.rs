@@ -76,12 +76,18 @@ async fn subscribe_with_ack_objects_and_unknown_events() {
     s.send(r#"421["subscribe",{"sessionId":"raw-1"}]"#).await;
     let (name, reply) = s.next_event().await;
     assert_eq!(
-        (name.as_str(), reply["sessionId"].as_str()),
-        ("subscribed", Some("raw-1"))
+        (
+            name.as_str(),
+            reply["sessionId"].as_str(),
+            reply["seq"].as_u64()
+        ),
+        ("subscribed", Some("raw-1"), Some(0))
     );
+    let epoch = reply["epoch"].as_str().expect("an epoch").to_string();
+    assert_eq!(epoch.len(), 12, "{reply}");
     assert_eq!(
         s.recv_skipping_pings().await,
-        r#"431[{"ok":true,"sessionId":"raw-1"}]"#
+        format!(r#"431[{{"ok":true,"sessionId":"raw-1","seq":0,"epoch":"{epoch}"}}]"#)
     );
 
     herald

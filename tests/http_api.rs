@@ -254,7 +254,7 @@ async fn session_state_follows_the_events() {
     assert_eq!(status, 200);
     assert_eq!(
         state,
-        json!({ "sessionId": "never-seen", "seq": 0, "progress": null, "completed": false, "failed": false, "subscribers": 0 })
+        json!({ "sessionId": "never-seen", "seq": 0, "epoch": null, "progress": null, "completed": false, "failed": false, "subscribers": 0 })
     );
     let _sub = RawSocket::subscribed(&herald, "s").await;
     herald.publish("s", "progress", sample("progress")).await;

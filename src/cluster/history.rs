@@ -4,63 +4,17 @@
 //! (a ring in the session's record; a Redis Stream beside its hash) but
 //! answer through these, so a client gets the same answer from either.
 
-use std::fmt;
-
-use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
+pub(crate) use crate::protocol::{Epoch, Lost};
 use crate::protocol::{EventFamily, Outcome, SessionEvent};
-
-/// The identity of a session's sequence: fixed when its state is created,
-/// new whenever that state was lost and `seq` started again at 1. Opaque to
-/// clients: 12 hex digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Epoch(u64);
-
-impl Epoch {
-    /// A fresh epoch; 48 random bits, so that two sequences of one session
-    /// never share one in practice.
-    pub(crate) fn new() -> Self {
-        Self(random_u64() & 0xffff_ffff_ffff)
-    }
-
-    /// Reads an epoch as herald wrote it (lowercase hex, the way the Redis
-    /// scripts compare them); anything else is no epoch of ours.
-    pub(crate) fn parse(text: &str) -> Option<Self> {
-        let ours = text.len() == 12 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        ours.then(|| u64::from_str_radix(text, 16).ok()).flatten().map(Self)
-    }
-}
-
-impl fmt::Display for Epoch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:012x}", self.0)
-    }
-}
-
-impl Serialize for Epoch {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-/// A process-unique random number, without a dependency for it.
-pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
-}
 
 /// The static name of a known event, for events read back from Redis.
 pub(crate) fn known_name(name: &str) -> Option<&'static str> {
-    SessionEvent::NAMES.iter().copied().find(|known| *known == name)
+    SessionEvent::NAMES
+        .iter()
+        .copied()
+        .find(|known| *known == name)
 }
 
 /// Whether the event ends the session (a `completed`, or a published
@@ -93,17 +47,6 @@ pub(crate) enum Start {
     Snapshot,
     /// `since: N`, with the epoch the client last saw, if it sent one.
     Resume { since: u64, epoch: Option<String> },
-}
-
-/// Why a resume could not be told "you missed nothing".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Lost {
-    /// Events after `since` were already dropped from history.
-    HistoryTruncated,
-    /// The sequence the client knew is gone (its epoch is not the session's,
-    /// or it claims a seq this sequence never reached).
-    EpochChanged,
 }
 
 /// The answer to a resume.
@@ -182,18 +125,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn epochs_print_and_parse_as_twelve_hex_digits() {
-        let e = Epoch::new();
-        let text = e.to_string();
-        assert_eq!(text.len(), 12);
-        assert_eq!(Epoch::parse(&text), Some(e));
-        assert_eq!(Epoch::parse("xyz"), None);
-        assert_eq!(Epoch::parse("0000000000001"), None);
-        assert_eq!(Epoch::parse("00000000000A"), None, "as the scripts compare");
-        assert_ne!(Epoch::new(), Epoch::new());
-    }
-
-    #[test]
     fn resume_decisions() {
         let e = Epoch::parse("00000000000a").unwrap();
         let same = Some("00000000000a");
@@ -203,10 +134,7 @@ mod tests {
         // Without an epoch, no epoch check.
         assert_eq!(recover(5, None, e, 9, 6).lost, None);
         // History starts at 7: event 6 is gone.
-        assert_eq!(
-            recover(5, same, e, 9, 7).lost,
-            Some(Lost::HistoryTruncated)
-        );
+        assert_eq!(recover(5, same, e, 9, 7).lost, Some(Lost::HistoryTruncated));
         // Caught up, nothing held at all: fine.
         assert_eq!(recover(9, same, e, 9, 10).lost, None);
         // Another epoch, or a seq this sequence never reached.
@@ -225,7 +153,7 @@ mod tests {
         };
         let mut attached = Attached {
             seq: 5,
-            epoch: Epoch::new(),
+            epoch: Epoch::fresh(),
             events: vec![held(4), held(5)],
             recovery: None,
             caught_up: Vec::new(),

@@ -9,12 +9,14 @@
 //! sequencer never touches sockets: it reports to the fan-out registered when
 //! it was built (the Socket.IO side, [`crate::realtime`]).
 
+pub(crate) mod history;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 
+use self::history::{Attached, Epoch, Page, Start};
 pub use self::redis::LinkProblem;
 use crate::protocol::{Encoded, Outcome, SessionId};
 
@@ -46,11 +48,22 @@ pub(crate) trait FanOut: Send + Sync + 'static {
     fn deliver<'a>(&'a self, event: Sequenced<'a>) -> BoxFuture<'a, ()>;
 }
 
+/// Makes a subscription take effect: given what the subscriber must be sent
+/// first (snapshot or replay), it sends that and joins the session's
+/// subscribers, without waiting; given an error, it tells the subscriber
+/// why not. A sequencer calls it exactly once, and with an `Attached` at a
+/// moment when no event of the session is being delivered, so that what it
+/// hands over and the live events that follow meet with no gap and no
+/// duplicate.
+pub(crate) type Join = Box<dyn FnOnce(Result<Attached, SequencerError>) + Send>;
+
 /// What a sequencer knows of one session.
 #[derive(Debug, Default)]
 pub(crate) struct SessionState {
     /// The last seq handed out; 0 before the first publish.
     pub seq: u64,
+    /// `None` for a session with no state yet.
+    pub epoch: Option<Epoch>,
     /// The latest `progress` payload, as subscribers received it.
     pub progress: Option<Box<RawValue>>,
     pub completed: bool,
@@ -71,6 +84,7 @@ pub(crate) struct ClusterFigures {
 pub enum Action {
     Publish,
     ReadSession,
+    Subscribe,
 }
 
 impl std::fmt::Display for Action {
@@ -78,6 +92,7 @@ impl std::fmt::Display for Action {
         f.write_str(match self {
             Self::Publish => "cannot publish cluster-wide",
             Self::ReadSession => "cannot read the session from Redis",
+            Self::Subscribe => "cannot start the subscription",
         })
     }
 }
@@ -89,6 +104,9 @@ pub enum SequencerError {
     /// This instance cannot currently reach every instance.
     #[error("cannot publish cluster-wide: {0}")]
     LinkDown(LinkProblem),
+    /// herald is shutting down: its delivery task has stopped.
+    #[error("{0}: herald is shutting down")]
+    Stopped(Action),
     /// Redis failed the request.
     #[error("{action}: Redis: {source}")]
     Redis {
@@ -114,6 +132,21 @@ pub(crate) trait Sequencer: Send + Sync + 'static {
         &'a self,
         id: &'a SessionId,
     ) -> BoxFuture<'a, Result<SessionState, SequencerError>>;
+
+    /// Starts a subscription to the session: computes the snapshot or the
+    /// replay `start` asks for and calls `join` with it at a moment when none
+    /// of the session's events is being delivered (see [`Join`]), or with
+    /// the reason it could not. Creates the session's state (and epoch) if
+    /// it has none yet. Resolves once `join` has run.
+    fn attach<'a>(&'a self, id: &'a SessionId, start: Start, join: Join) -> BoxFuture<'a, ()>;
+
+    /// Up to `limit` held events after `since`, in seq order.
+    fn history<'a>(
+        &'a self,
+        id: &'a SessionId,
+        since: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page, SequencerError>>;
 
     /// Why this instance cannot publish cluster-wide right now, if it cannot.
     fn problem(&self) -> Option<LinkProblem>;

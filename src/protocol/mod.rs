@@ -8,6 +8,7 @@
 //! breaks its own rule.
 
 mod events;
+mod recovery;
 mod requests;
 mod schema;
 mod session_id;
@@ -18,8 +19,9 @@ pub use events::{
     ModelResult, ModelStatus, Outcome, Progress, Prompts, SessionError, SessionEvent,
     SessionStatus, encode,
 };
+pub use recovery::{Epoch, Lost};
 pub use requests::{
-    Ack, Connected, InvalidRequest, RequestError, SessionRequest, SubscriptionReply,
+    Ack, Connected, InvalidRequest, RequestError, SessionRequest, Subscribed, SubscriptionReply,
 };
 pub use schema::{Found, SchemaError, read_json};
 pub use session_id::{InvalidSessionId, SessionId};
@@ -66,4 +68,19 @@ impl Invalid {
         };
         self
     }
+}
+
+/// A random number, without a dependency for it: epochs and instance ids
+/// need to differ, not to be unguessable.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }

@@ -5,16 +5,18 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{InvalidSessionId, JsonKind, SessionId, Timestamp};
+use super::{Epoch, InvalidSessionId, JsonKind, Lost, SessionId, Timestamp};
 
 /// A `subscribe` or `unsubscribe` payload: a session id string, or
-/// `{ "sessionId": s, "since": seq? }`.
+/// `{ "sessionId": s, "since": seq?, "epoch": e? }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRequest {
     pub session_id: SessionId,
-    /// The last `seq` the client has seen. Accepted and checked now so that
-    /// clients written for replay connect today; replay itself is not built yet.
+    /// The last `seq` the client has seen: resume after it.
     pub since: Option<u64>,
+    /// The epoch the client last saw, so that a sequence that started over
+    /// is not mistaken for the one it knew.
+    pub epoch: Option<String>,
 }
 
 /// Why a `subscribe` or `unsubscribe` payload was refused, worded for the
@@ -29,6 +31,8 @@ pub enum InvalidRequest {
     SessionIdNotAString(JsonKind),
     #[error("since must be a non-negative integer sequence number")]
     BadSince,
+    #[error("epoch must be a string, got {0}")]
+    BadEpoch(JsonKind),
     #[error("expected a sessionId string or {{ sessionId }}, got {0}")]
     NotARequest(JsonKind),
     #[error(transparent)]
@@ -55,10 +59,16 @@ impl SessionRequest {
                     None | Some(Value::Null) => None,
                     Some(v) => Some(v.as_u64().ok_or(InvalidRequest::BadSince)?),
                 };
+                let epoch = match fields.get("epoch") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(e)) => Some(e.clone()),
+                    Some(other) => return Err(InvalidRequest::BadEpoch(JsonKind::of_value(other))),
+                };
                 return match fields.get("sessionId") {
                     Some(Value::String(id)) => Ok(Self {
                         session_id: SessionId::parse(id)?,
                         since,
+                        epoch,
                     }),
                     None | Some(Value::Null) => Err(InvalidRequest::NoSessionIdField),
                     Some(other) => Err(InvalidRequest::SessionIdNotAString(JsonKind::of_value(
@@ -71,6 +81,7 @@ impl SessionRequest {
         Ok(Self {
             session_id: SessionId::parse(id)?,
             since: None,
+            epoch: None,
         })
     }
 }
@@ -83,7 +94,29 @@ pub struct Connected<'a> {
     pub timestamp: Timestamp,
 }
 
-/// `subscribed` and `unsubscribed`.
+/// `subscribed`: the subscription took effect. Right after it come the
+/// snapshot or the replayed events, then live events, every one with a seq
+/// larger than this `seq`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscribed<'a> {
+    pub session_id: &'a SessionId,
+    pub timestamp: Timestamp,
+    /// The session's last seq when the subscription took effect (0: none).
+    pub seq: u64,
+    pub epoch: Epoch,
+    /// For a resume (`since`): whether the client missed nothing after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// For a resume: how many held events follow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<usize>,
+    /// Why `recovered` is false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Lost>,
+}
+
+/// `unsubscribed`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionReply<'a> {
@@ -91,34 +124,61 @@ pub struct SubscriptionReply<'a> {
     pub timestamp: Timestamp,
 }
 
-/// The `error` event answering a bad client request: it carries a `code` and
-/// no `seq`, which tells it apart from a published session `error`.
+/// The `error` event answering a client request herald did not carry out:
+/// it carries a `code` and no `seq`, which tells it apart from a published
+/// session `error`.
 #[derive(Debug, Serialize)]
-pub struct RequestError {
+#[serde(rename_all = "camelCase")]
+pub struct RequestError<'a> {
     pub error: String,
     pub code: &'static str,
+    /// The session the request named, when it named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<&'a SessionId>,
     pub timestamp: Timestamp,
 }
 
-impl RequestError {
+impl<'a> RequestError<'a> {
+    /// A request whose payload was malformed.
     pub fn new(refusal: &InvalidRequest) -> Self {
         Self {
             error: refusal.to_string(),
             code: refusal.code(),
+            session_id: None,
+            timestamp: Timestamp::now(),
+        }
+    }
+
+    /// A well-formed subscribe herald could not carry out now (Redis is
+    /// unreachable, herald is shutting down): the client may try again.
+    pub const UNAVAILABLE: &'static str = "UNAVAILABLE";
+
+    pub fn unavailable(session_id: &'a SessionId, why: String) -> Self {
+        Self {
+            error: why,
+            code: Self::UNAVAILABLE,
+            session_id: Some(session_id),
             timestamp: Timestamp::now(),
         }
     }
 }
 
 /// The acknowledgement of `subscribe`/`unsubscribe` when the client asked for one.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Ack<'a> {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<&'a SessionId>,
+    /// For a subscribe: as in `subscribed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
 }
 
 #[cfg(test)]

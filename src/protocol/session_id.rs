@@ -31,6 +31,7 @@ impl SessionId {
     /// Room prefix: a session room can never collide with a socket id or with
     /// the rooms of another event family.
     const ROOM_PREFIX: &'static str = "session:";
+    const ARRIVING_PREFIX: &'static str = "arriving:";
 
     pub fn parse(text: &str) -> Result<Self, InvalidSessionId> {
         Self::check(text)?;
@@ -58,15 +59,28 @@ impl SessionId {
         &self.0
     }
 
-    /// Whether a Socket.IO room is a session's room.
-    pub fn is_room(room: &str) -> bool {
-        room.starts_with(Self::ROOM_PREFIX)
+    /// The session a room is for: its subscribers' room or its arriving
+    /// subscribers' room.
+    pub fn of_room(room: &str) -> Option<&str> {
+        room.strip_prefix(Self::ROOM_PREFIX)
+            .or_else(|| room.strip_prefix(Self::ARRIVING_PREFIX))
     }
 
     /// The Socket.IO room whose members are this session's subscribers.
     pub fn room(&self) -> String {
-        let mut room = String::with_capacity(Self::ROOM_PREFIX.len() + self.0.len());
-        room.push_str(Self::ROOM_PREFIX);
+        self.prefixed(Self::ROOM_PREFIX)
+    }
+
+    /// The room of subscribers that have their snapshot or replay and wait
+    /// for the first live event to join [`SessionId::room`]: counted as
+    /// subscribers, not sent the room's events.
+    pub fn arriving_room(&self) -> String {
+        self.prefixed(Self::ARRIVING_PREFIX)
+    }
+
+    fn prefixed(&self, prefix: &str) -> String {
+        let mut room = String::with_capacity(prefix.len() + self.0.len());
+        room.push_str(prefix);
         room.push_str(&self.0);
         room
     }
@@ -157,6 +171,13 @@ mod tests {
 
     #[test]
     fn rooms_are_prefixed() {
-        assert_eq!(SessionId::parse("abc").unwrap().room(), "session:abc");
+        let id = SessionId::parse("abc").unwrap();
+        assert_eq!(
+            (id.room(), id.arriving_room()),
+            ("session:abc".into(), "arriving:abc".into())
+        );
+        assert_eq!(SessionId::of_room("arriving:abc"), Some("abc"));
+        assert_eq!(SessionId::of_room("session:abc"), Some("abc"));
+        assert_eq!(SessionId::of_room("abc"), None);
     }
 }

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     body::Body,
-    extract::{Path, State, rejection::PathRejection},
+    extract::{
+        Path, Query, State,
+        rejection::{PathRejection, QueryRejection},
+    },
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -19,7 +22,10 @@ use tracing::warn;
 
 use super::{Emitter, Publication, PublishError, Receipt};
 use crate::{
-    cluster::{Sequencer, SessionState},
+    cluster::{
+        Sequencer, SessionState,
+        history::{Epoch, Page},
+    },
     http::{ApiError, parse_json, read_body},
     protocol::{Invalid, SessionEvent, SessionId},
     realtime::Sockets,
@@ -47,8 +53,14 @@ pub(crate) fn publish_routes(state: ApiState) -> Router {
 pub(crate) fn read_routes(state: ApiState) -> Router {
     Router::new()
         .route("/sessions/{session_id}", get(session_state))
+        .route("/sessions/{session_id}/events", get(session_events))
         .with_state(state)
 }
+
+/// Events a history page holds when the client does not say.
+const PAGE_DEFAULT: usize = 100;
+/// The most events one history page holds.
+const PAGE_MAX: usize = 1000;
 
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
@@ -149,6 +161,7 @@ async fn publish_batch(
 struct SessionReport {
     session_id: SessionId,
     seq: u64,
+    epoch: Option<Epoch>,
     progress: Option<Box<RawValue>>,
     completed: bool,
     failed: bool,
@@ -166,6 +179,7 @@ async fn session_state(
     );
     let SessionState {
         seq,
+        epoch,
         progress,
         completed,
         failed,
@@ -173,9 +187,98 @@ async fn session_state(
     Ok(Json(SessionReport {
         session_id,
         seq,
+        epoch,
         progress,
         completed,
         failed,
         subscribers,
     }))
+}
+
+/// `?since=N&limit=L` of a history request.
+#[derive(Deserialize)]
+struct PageQuery {
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+impl PageQuery {
+    /// Reads both, refusing what is not a count in range with the field named.
+    fn read(self) -> Result<(u64, usize), ApiError> {
+        let since = match self.since.as_deref() {
+            None => 0,
+            Some(text) => text.parse::<u64>().map_err(|_| {
+                ApiError::invalid(Invalid::new(
+                    "since",
+                    format!("since must be a non-negative integer sequence number, got {text:?}"),
+                ))
+            })?,
+        };
+        let limit = match self.limit.as_deref() {
+            None => PAGE_DEFAULT,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=PAGE_MAX).contains(n))
+                .ok_or_else(|| {
+                    ApiError::invalid(Invalid::new(
+                        "limit",
+                        format!("limit must be an integer from 1 to {PAGE_MAX}, got {text:?}"),
+                    ))
+                })?,
+        };
+        Ok((since, limit))
+    }
+}
+
+#[derive(Serialize)]
+struct HeldEvent<'a> {
+    event: &'static str,
+    data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventsPage<'a> {
+    session_id: SessionId,
+    epoch: Option<Epoch>,
+    seq: u64,
+    recovered: bool,
+    events: Vec<HeldEvent<'a>>,
+}
+
+/// `GET /api/v1/sessions/{id}/events?since=N&limit=L`: what a client that
+/// cannot hold a socket missed, in seq order, exactly as delivered.
+async fn session_events(
+    State(api): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let session_id = path_session(path)?;
+    let Query(query) = query.map_err(|e| ApiError::invalid(Invalid::new("", e.body_text())))?;
+    let (since, limit) = query.read()?;
+    let Page {
+        seq,
+        epoch,
+        recovered,
+        events,
+    } = api
+        .sequencer
+        .history(&session_id, since, limit)
+        .await
+        .map_err(PublishError::from)?;
+    let page = EventsPage {
+        session_id,
+        epoch,
+        seq,
+        recovered,
+        events: events
+            .iter()
+            .map(|e| HeldEvent {
+                event: e.name,
+                data: &e.payload,
+            })
+            .collect(),
+    };
+    Ok(Json(page).into_response())
 }

@@ -4,18 +4,24 @@
 //!
 //! socketioxide runs every event handler in a task of its own, so two events
 //! from one socket may run in either order, and a `subscribe` sent just before
-//! an `unsubscribe` could win. Room changes must follow the client's order, so
-//! they are made by the [`InOrder`] extractor, which socketioxide calls while
-//! it reads the packet, in the order the packets arrived. Everything done
-//! there is synchronous (join, leave, emit, ack only queue packets), so the
-//! reading loop never waits.
+//! an `unsubscribe` could win. Requests must take effect in the client's
+//! order, so they are taken by the [`InOrder`] extractor, which socketioxide
+//! calls while it reads the packet, in the order the packets arrived. A
+//! subscription waits for its snapshot or replay; requests about the same
+//! session that follow it wait behind it (in [`Local::queue`]), everything
+//! else is done at once, and the reading loop never waits.
 
 mod endpoint;
 
-use std::{convert::Infallible, marker::PhantomData, sync::Arc};
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    marker::PhantomData,
+    sync::{Arc, OnceLock, Weak},
+};
 
 use axum::Router;
-use dashmap::DashMap;
+use dashmap::{DashMap, Entry};
 use futures_util::future::{BoxFuture, FutureExt};
 use smallvec::SmallVec;
 use socketioxide::{
@@ -26,15 +32,18 @@ use socketioxide::{
     socket::{DisconnectReason, Sid, Socket},
 };
 use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
-use tracing::{debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
-    cluster::{FanOut, Sequenced},
+    cluster::{
+        FanOut, Sequenced, Sequencer, SequencerError,
+        history::{Attached, Start},
+    },
     http::Origins,
     metrics::Metrics,
     protocol::{
-        Ack, Connected, InvalidRequest, RequestError, SessionId, SessionRequest, SubscriptionReply,
-        Timestamp,
+        Ack, Connected, InvalidRequest, RequestError, SessionId, SessionRequest, Subscribed,
+        SubscriptionReply, Timestamp,
     },
 };
 
@@ -95,8 +104,8 @@ impl Subscriptions {
         removed
     }
 
-    /// Ends all of a socket's subscriptions; returns how many there were.
-    fn remove_socket(&self, socket: Sid) -> usize {
+    /// Ends all of a socket's subscriptions; returns the sessions they were to.
+    fn remove_socket(&self, socket: Sid) -> SmallVec<[SessionId; 1]> {
         let sessions = self
             .per_socket
             .remove(&socket)
@@ -105,7 +114,7 @@ impl Subscriptions {
         for id in &sessions {
             self.uncount(id);
         }
-        sessions.len()
+        sessions
     }
 
     fn uncount(&self, id: &SessionId) {
@@ -128,11 +137,79 @@ impl Subscriptions {
     }
 }
 
+/// A request waiting behind a subscription in the making.
+type Queued = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A socket that has joined a session but not its room yet: it was sent
+/// everything up to `floor` (snapshot or replay) and waits for the first
+/// live event past it. Until then, events at or below the floor still on
+/// their way (from another instance, through Redis) must not reach it twice.
+struct Arrival<A: Adapter> {
+    socket: Arc<Socket<A>>,
+    floor: u64,
+}
+
 /// The state socketioxide hands to the handlers.
-#[derive(Clone)]
-struct Local {
+struct Local<A: Adapter> {
     subscriptions: Arc<Subscriptions>,
     metrics: Arc<Metrics>,
+    /// Per session, the sockets joining it (see [`Arrival`]).
+    arriving: Arc<DashMap<SessionId, Vec<Arrival<A>>>>,
+    /// Set once the sequencer is built: it needs this side as its fan-out.
+    sequencer: Arc<OnceLock<Weak<dyn Sequencer>>>,
+    /// Per socket and session, the requests waiting for one in progress;
+    /// an entry exists while one is in progress.
+    queued: Arc<DashMap<(Sid, SessionId), VecDeque<Queued>>>,
+}
+
+impl<A: Adapter> Clone for Local<A> {
+    fn clone(&self) -> Self {
+        Self {
+            subscriptions: self.subscriptions.clone(),
+            metrics: self.metrics.clone(),
+            arriving: self.arriving.clone(),
+            sequencer: self.sequencer.clone(),
+            queued: self.queued.clone(),
+        }
+    }
+}
+
+impl<A: Adapter> Local<A> {
+    /// Stops `socket` joining `session`, if it was.
+    fn forget_arrival(&self, session: &SessionId, socket: Sid) {
+        self.arriving.remove_if_mut(session, |_, arrivals| {
+            arrivals.retain(|a| a.socket.id != socket);
+            arrivals.is_empty()
+        });
+    }
+
+    /// Runs `request` once the earlier ones about the same socket and session
+    /// are done; at once (on a task of its own) when there are none.
+    fn queue(&self, key: (Sid, SessionId), request: Queued) {
+        match self.queued.entry(key.clone()) {
+            Entry::Occupied(mut waiting) => waiting.get_mut().push_back(request),
+            Entry::Vacant(idle) => {
+                idle.insert(VecDeque::new());
+                let rt = self.clone();
+                tokio::spawn(async move {
+                    let mut next = request;
+                    loop {
+                        next().await;
+                        next = match rt.queued.entry(key.clone()) {
+                            Entry::Occupied(mut waiting) => match waiting.get_mut().pop_front() {
+                                Some(request) => request,
+                                None => {
+                                    waiting.remove();
+                                    return;
+                                }
+                            },
+                            Entry::Vacant(_) => return,
+                        };
+                    }
+                });
+            }
+        }
+    }
 }
 
 /// How the Socket.IO server is set up, whichever adapter it runs on.
@@ -153,7 +230,7 @@ const WS_READ_BUFFER: usize = 128;
 /// The Socket.IO server of this instance and its local subscribers.
 pub(crate) struct Realtime<A: Adapter> {
     io: SocketIo<A>,
-    local: Local,
+    local: Local<A>,
 }
 
 /// Builds the Socket.IO server on adapter `A`, its default namespace, and
@@ -166,6 +243,9 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
     let local = Local {
         subscriptions: Arc::new(Subscriptions::new(metrics.clone())),
         metrics,
+        arriving: Arc::default(),
+        sequencer: Arc::default(),
+        queued: Arc::default(),
     };
     let (service, io) = SocketIoBuilder::new()
         .ping_interval(settings.ping_interval)
@@ -183,6 +263,45 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
     (routes, Arc::new(Realtime { io, local }))
 }
 
+impl<A: Adapter> Realtime<A> {
+    /// Gives subscriptions the sequencer that reports to this side.
+    pub(crate) fn subscribe_through(&self, sequencer: &Arc<dyn Sequencer>) {
+        let _ = self.local.sequencer.set(Arc::downgrade(sequencer));
+    }
+}
+
+impl<A: Adapter> Realtime<A> {
+    /// Sends `event` to the sockets joining its session that do not have it
+    /// yet; returns those that now have every event up to it, to join the
+    /// room, and how many sockets were arriving (none of them in the room).
+    /// Per socket, but only for the first live event after each subscription.
+    fn arrive(&self, event: &Sequenced<'_>) -> (Vec<Arc<Socket<A>>>, u32) {
+        let mut arrived = Vec::new();
+        let Some(mut arrivals) = self.local.arriving.get_mut(event.session_id) else {
+            return (arrived, 0);
+        };
+        let arriving = arrivals.len() as u32;
+        arrivals.retain(|a| {
+            if event.seq <= a.floor {
+                return true;
+            }
+            if a.socket.emit(event.name, event.payload).is_ok() {
+                self.local.metrics.events_delivered.inc();
+            }
+            arrived.push(a.socket.clone());
+            false
+        });
+        let empty = arrivals.is_empty();
+        drop(arrivals);
+        if empty {
+            self.local
+                .arriving
+                .remove_if(event.session_id, |_, arrivals| arrivals.is_empty());
+        }
+        (arrived, arriving)
+    }
+}
+
 impl<A: Adapter> FanOut for Realtime<A> {
     fn watches(&self, session: &SessionId) -> bool {
         self.local.subscriptions.count(session) > 0
@@ -197,12 +316,19 @@ impl<A: Adapter> FanOut for Realtime<A> {
                 return;
             }
             let metrics = &self.local.metrics;
+            let (arrived, arriving) = self.arrive(&event);
+            let in_room = recipients.saturating_sub(arriving);
             let emitted = self
                 .io
                 .local()
                 .to(session.room())
                 .emit(event.name, event.payload)
                 .await;
+            // After the room's emit, so that an arrival gets this event once.
+            for socket in arrived {
+                socket.leave(session.arriving_room());
+                socket.join(session.room());
+            }
             let undelivered = match emitted {
                 Ok(()) => 0,
                 // Closing sockets, and slow ones whose buffer is full: those
@@ -224,7 +350,7 @@ impl<A: Adapter> FanOut for Realtime<A> {
                     recipients
                 }
             };
-            let delivered = recipients.saturating_sub(undelivered);
+            let delivered = in_room.saturating_sub(undelivered);
             metrics.events_delivered.inc_by(u64::from(delivered));
         }
         .boxed()
@@ -250,7 +376,8 @@ pub(crate) trait Sockets: Send + Sync + 'static {
 impl<A: Adapter> Sockets for Realtime<A> {
     fn subscribers<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, usize> {
         async move {
-            match self.io.to(id.room()).fetch_sockets().await {
+            let rooms = [id.room(), id.arriving_room()];
+            match self.io.to(rooms).fetch_sockets().await {
                 Ok(sockets) => sockets.len(),
                 Err(e) => {
                     debug!("cluster-wide subscriber count unavailable, counting local ones: {e}");
@@ -264,7 +391,9 @@ impl<A: Adapter> Sockets for Realtime<A> {
     fn sessions_watched(&self) -> BoxFuture<'_, Option<u64>> {
         async move {
             let rooms = self.io.rooms().await.ok()?;
-            Some(rooms.iter().filter(|r| SessionId::is_room(r)).count() as u64)
+            let sessions: std::collections::HashSet<&str> =
+                rooms.iter().filter_map(|r| SessionId::of_room(r)).collect();
+            Some(sessions.len() as u64)
         }
         .boxed()
     }
@@ -283,7 +412,7 @@ async fn prepare<A: Adapter>(s: SocketRef<A>) -> Result<(), Infallible> {
     Ok(())
 }
 
-async fn on_connect<A: Adapter>(s: SocketRef<A>, State(rt): State<Local>) {
+async fn on_connect<A: Adapter>(s: SocketRef<A>, State(rt): State<Local<A>>) {
     rt.metrics.connections.inc();
     let transport = format!("{:?}", s.transport_type());
     info!(socket = %s.id, %transport, "socket connected");
@@ -299,53 +428,83 @@ async fn on_connect<A: Adapter>(s: SocketRef<A>, State(rt): State<Local>) {
 async fn on_disconnect<A: Adapter>(
     s: SocketRef<A>,
     reason: DisconnectReason,
-    State(rt): State<Local>,
+    State(rt): State<Local<A>>,
 ) {
     rt.metrics.connections.dec();
-    let subscriptions = rt.subscriptions.remove_socket(s.id);
-    info!(socket = %s.id, ?reason, subscriptions, "socket disconnected");
+    let sessions = rt.subscriptions.remove_socket(s.id);
+    for session in &sessions {
+        rt.forget_arrival(session, s.id);
+    }
+    info!(socket = %s.id, ?reason, subscriptions = sessions.len(), "socket disconnected");
 }
 
-/// A room change a client asks for.
-trait RoomChange: Send + Sync + 'static {
+/// A client request about one session.
+trait Request: Send + Sync + 'static {
     const EVENT: &'static str;
-    const REPLY: &'static str;
-    /// Makes the change; returns whether the socket's membership changed.
-    fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Local) -> bool;
+    /// Carries out the request, or queues it behind the socket's earlier
+    /// requests about the same session.
+    fn take<A: Adapter>(
+        s: &Arc<Socket<A>>,
+        rt: &Local<A>,
+        request: SessionRequest,
+        ack: AckSender<A>,
+    );
 }
 
 struct Subscribe;
 struct Unsubscribe;
 
-impl RoomChange for Subscribe {
+impl Request for Subscribe {
     const EVENT: &'static str = "subscribe";
-    const REPLY: &'static str = "subscribed";
-    fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Local) -> bool {
-        let added = rt.subscriptions.add(s.id, id);
-        if added {
-            s.join(id.room());
-        }
-        added
+    /// Always queued: the subscription takes effect once the sequencer has
+    /// the snapshot or the replay ready (see `cluster::Sequencer::attach`).
+    fn take<A: Adapter>(
+        s: &Arc<Socket<A>>,
+        rt: &Local<A>,
+        request: SessionRequest,
+        ack: AckSender<A>,
+    ) {
+        let key = (s.id, request.session_id.clone());
+        let (s, task_rt) = (s.clone(), rt.clone());
+        rt.queue(
+            key,
+            Box::new(move || subscribe(s, task_rt, request, ack).boxed()),
+        );
     }
 }
 
-impl RoomChange for Unsubscribe {
+impl Request for Unsubscribe {
     const EVENT: &'static str = "unsubscribe";
-    const REPLY: &'static str = "unsubscribed";
-    fn apply<A: Adapter>(s: &Socket<A>, id: &SessionId, rt: &Local) -> bool {
-        let removed = rt.subscriptions.remove(s.id, id);
-        if removed {
-            s.leave(id.room());
+    /// At once, unless a subscription to the same session is still in the
+    /// making: then after it, so that the socket ends unsubscribed.
+    fn take<A: Adapter>(
+        s: &Arc<Socket<A>>,
+        rt: &Local<A>,
+        request: SessionRequest,
+        ack: AckSender<A>,
+    ) {
+        let id = request.session_id;
+        let key = (s.id, id.clone());
+        if rt.queued.contains_key(&key) {
+            let (s, task_rt) = (s.clone(), rt.clone());
+            rt.queue(
+                key,
+                Box::new(move || {
+                    unsubscribe(&s, &task_rt, &id, ack);
+                    futures_util::future::ready(()).boxed()
+                }),
+            );
+        } else {
+            unsubscribe(s, rt, &id, ack);
         }
-        removed
     }
 }
 
-/// An extractor that performs the room change `C` as the packet is read: see
-/// the module comment for why the work happens here and not in the handler.
+/// An extractor that takes the request `C` as the packet is read: see the
+/// module comment for why this happens here and not in the handler.
 struct InOrder<C>(PhantomData<C>);
 
-impl<A: Adapter, C: RoomChange> FromMessageParts<A> for InOrder<C> {
+impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
     type Error = Infallible;
 
     fn from_message_parts(
@@ -355,54 +514,163 @@ impl<A: Adapter, C: RoomChange> FromMessageParts<A> for InOrder<C> {
     ) -> Result<Self, Infallible> {
         let ack = AckSender::from_message_parts(s, v, ack_id)?;
         let TryData(payload) = TryData::<serde_json::Value>::from_message_parts(s, v, ack_id)?;
-        let Ok(State(rt)) = State::<Local>::from_message_parts(s, v, ack_id) else {
+        let Ok(State(rt)) = State::<Local<A>>::from_message_parts(s, v, ack_id) else {
             unreachable!("the Socket.IO server is always built with its state");
         };
-        let _span = info_span!("room", socket = %s.id, event = C::EVENT).entered();
+        let _span = info_span!("request", socket = %s.id, event = C::EVENT).entered();
         match SessionRequest::parse(payload.ok().as_ref()) {
-            Ok(request) => change_room::<A, C>(s, &rt, &request.session_id, ack),
+            Ok(request) => C::take(s, &rt, request, ack),
             Err(refusal) => refuse(s, &rt, refusal, ack),
         }
         Ok(Self(PhantomData))
     }
 }
 
-fn change_room<A: Adapter, C: RoomChange>(
-    s: &Socket<A>,
-    rt: &Local,
-    id: &SessionId,
+/// Asks the sequencer for the snapshot or the replay, and joins with it.
+async fn subscribe<A: Adapter>(
+    s: Arc<Socket<A>>,
+    rt: Local<A>,
+    request: SessionRequest,
     ack: AckSender<A>,
 ) {
-    let changed = C::apply(s, id, rt);
-    info!(session = %id, changed, "{}", C::REPLY);
+    let Some(sequencer) = rt.sequencer.get().and_then(Weak::upgrade) else {
+        // Herald is being dropped.
+        return;
+    };
+    let start = match request.since {
+        None => Start::Snapshot,
+        Some(since) => Start::Resume {
+            since,
+            epoch: request.epoch,
+        },
+    };
+    let id = request.session_id;
+    let span = info_span!("subscribe", socket = %s.id, session = %id);
+    let join = {
+        let (id, span) = (id.clone(), span.clone());
+        Box::new(move |result| span.in_scope(|| joined(&s, &rt, &id, result, ack)))
+    };
+    sequencer.attach(&id, start, join).instrument(span).await;
+}
+
+/// Makes a subscription take effect: see [`crate::cluster::Join`]. Only
+/// queues packets, never waits.
+fn joined<A: Adapter>(
+    s: &Arc<Socket<A>>,
+    rt: &Local<A>,
+    id: &SessionId,
+    result: Result<Attached, SequencerError>,
+    ack: AckSender<A>,
+) {
+    let attached = match result {
+        Ok(attached) => attached,
+        Err(e) => {
+            let why = e.to_string();
+            warn!(%why, "subscribe failed");
+            let reply = RequestError::unavailable(id, why);
+            if let Err(e) = s.emit("error", &reply) {
+                debug!("could not send error: {e}");
+            }
+            let _ = ack.send(&Ack {
+                session_id: Some(id),
+                error: Some(&reply.error),
+                code: Some(reply.code),
+                ..Ack::default()
+            });
+            return;
+        }
+    };
+    if !s.connected() {
+        return;
+    }
+    let added = rt.subscriptions.add(s.id, id);
+    let Attached {
+        seq,
+        epoch,
+        events,
+        recovery,
+        caught_up,
+    } = attached;
+    let lost = recovery.and_then(|r| r.lost);
+    if let Some(r) = recovery {
+        rt.metrics.resumed(r.lost, events.len());
+    }
+    info!(seq, %epoch, replayed = events.len(), lost = ?lost, "subscribed");
+    let reply = Subscribed {
+        session_id: id,
+        timestamp: Timestamp::now(),
+        seq,
+        epoch,
+        recovered: recovery.map(|r| r.lost.is_none()),
+        replayed: recovery.map(|_| events.len()),
+        reason: lost,
+    };
+    if let Err(e) = s.emit("subscribed", &reply) {
+        warn!("could not send subscribed: {e}");
+    }
+    let _ = ack.send(&Ack {
+        ok: true,
+        session_id: Some(id),
+        seq: Some(seq),
+        epoch: Some(epoch),
+        ..Ack::default()
+    });
+    // A socket already subscribed has had the live events it would catch up.
+    let live = if added { caught_up } else { Vec::new() };
+    let mut floor = seq;
+    for event in events.iter().chain(&live) {
+        floor = floor.max(event.seq);
+        if let Err(e) = s.emit(event.name, &*event.payload) {
+            debug!(seq = event.seq, "could not send a held event: {e}");
+        }
+    }
+    if !added {
+        return;
+    }
+    s.join(id.arriving_room());
+    rt.arriving.entry(id.clone()).or_default().push(Arrival {
+        socket: s.clone(),
+        floor,
+    });
+    // It went away meanwhile: its disconnect may have run before the add.
+    if !s.connected() && rt.subscriptions.remove(s.id, id) {
+        rt.forget_arrival(id, s.id);
+    }
+}
+
+fn unsubscribe<A: Adapter>(s: &Socket<A>, rt: &Local<A>, id: &SessionId, ack: AckSender<A>) {
+    let removed = rt.subscriptions.remove(s.id, id);
+    if removed {
+        rt.forget_arrival(id, s.id);
+        s.leave([id.room(), id.arriving_room()]);
+    }
+    info!(session = %id, removed, "unsubscribed");
     let reply = SubscriptionReply {
         session_id: id,
         timestamp: Timestamp::now(),
     };
-    if let Err(e) = s.emit(C::REPLY, &reply) {
-        warn!("could not send {}: {e}", C::REPLY);
+    if let Err(e) = s.emit("unsubscribed", &reply) {
+        warn!("could not send unsubscribed: {e}");
     }
-    let answer = Ack {
+    let _ = ack.send(&Ack {
         ok: true,
         session_id: Some(id),
-        error: None,
-    };
-    let _ = ack.send(&answer);
+        ..Ack::default()
+    });
 }
 
-fn refuse<A: Adapter>(s: &Socket<A>, rt: &Local, refusal: InvalidRequest, ack: AckSender<A>) {
+fn refuse<A: Adapter>(s: &Socket<A>, rt: &Local<A>, refusal: InvalidRequest, ack: AckSender<A>) {
     rt.metrics.client_errors.inc();
     info!(%refusal, "refused");
     let reply = RequestError::new(&refusal);
-    let answer = Ack {
-        ok: false,
-        session_id: None,
-        error: Some(&reply.error),
-    };
     if let Err(e) = s.emit("error", &reply) {
         warn!("could not send error: {e}");
     }
-    let _ = ack.send(&answer);
+    let _ = ack.send(&Ack {
+        error: Some(&reply.error),
+        code: Some(reply.code),
+        ..Ack::default()
+    });
 }
 
 #[cfg(test)]
@@ -433,8 +701,8 @@ mod tests {
         assert!(!subs.remove(b, &session("s1")));
         assert_eq!(subs.count(&session("s1")), 1);
 
-        assert_eq!(subs.remove_socket(a), 2);
-        assert_eq!(subs.remove_socket(a), 0);
+        assert_eq!(subs.remove_socket(a).len(), 2);
+        assert_eq!(subs.remove_socket(a).len(), 0);
         assert_eq!(levels(), (0, 0));
     }
 }

@@ -244,11 +244,16 @@ fn read_port_then_forward(
         let mut reader = BufReader::new(stderr);
         let mut line = Vec::new();
         while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-            let _ = std::io::stderr().write_all(&line);
-            if let Some(port) = start_line_port(&String::from_utf8_lossy(&line))
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(port);
+            // The start line is for the harness; warnings are for the reader.
+            match start_line_port(&String::from_utf8_lossy(&line)) {
+                Some(port) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(port);
+                    }
+                }
+                None => {
+                    let _ = std::io::stderr().write_all(&line);
+                }
             }
             line.clear();
         }

@@ -30,7 +30,7 @@ use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use super::queue::EventQueue;
+use super::{Command, queue::EventQueue};
 
 /// How often the probe runs, and how long its message may take to return.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -42,7 +42,7 @@ enum Route {
     /// driver interface requires.
     Adapter(mpsc::Sender<ChanItem>),
     /// herald's event channel: in order, bounded (see `queue`).
-    Events(EventQueue),
+    Events(EventQueue<Command>),
     /// This instance's probe channel.
     Probe,
 }
@@ -156,7 +156,7 @@ impl Link {
         urls: &[&str],
         cluster: bool,
         events_channel: &str,
-        events: EventQueue,
+        events: EventQueue<Command>,
         probe_channel: String,
     ) -> Result<Self, RedisError> {
         let mut routes = HashMap::new();
@@ -229,6 +229,12 @@ impl Link {
     /// delivers; otherwise why not.
     pub fn problem(&self) -> Option<LinkProblem> {
         self.shared.problem.borrow().clone()
+    }
+
+    /// Resolves once the link is live (at once when it is).
+    pub async fn live(&self) {
+        let mut problem = self.shared.problem.subscribe();
+        let _ = problem.wait_for(Option::is_none).await;
     }
 
     /// Probes the link every second for as long as it runs, logging one

@@ -22,7 +22,14 @@
 mod link;
 mod queue;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::{AsyncCommands, Script};
@@ -30,15 +37,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socketioxide::adapter::Emitter;
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 pub(crate) use link::Link;
 pub use link::LinkProblem;
 
 use super::{
-    Action, ClusterFigures, FanOut, Outbound, Sequenced, Sequencer, SequencerError, SessionState,
+    Action, ClusterFigures, FanOut, Join, Outbound, Sequenced, Sequencer, SequencerError,
+    SessionState,
+    history::{Attached, Epoch, Held, Page, Start, ends_session, known_name, recover},
 };
-use crate::{metrics::Metrics, protocol::SessionId};
+use crate::{
+    metrics::Metrics,
+    protocol::{SessionId, random_u64},
+};
 
 /// The Socket.IO adapter of a Redis-backed herald.
 pub(crate) type RedisAdapter = CustomRedisAdapter<Emitter, Link>;
@@ -47,24 +60,73 @@ pub(crate) type RedisAdapter = CustomRedisAdapter<Emitter, Link>;
 /// instance must not stall anyone for longer.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// How long a subscription waits for a Redis link that is down before it is
+/// refused.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
+
 /// How long an instance's figures count in the cluster totals after it last
 /// reported them: a killed instance drops out within this.
 const INSTANCE_TTL_SECS: u64 = 5;
 
-/// Takes the session's next seq, records its state and publishes the payload,
-/// as one step. KEYS[1]: the session's hash (its only key, so the script runs
-/// on a Redis Cluster too). ARGV: payload head, payload tail, event channel,
-/// message header, flags (progress, completed, failed as "0"/"1"), TTL in ms.
-/// The message is the header, the seq on a line of its own, then the payload.
+/// Takes the session's next seq, records its state and history, and
+/// publishes the payload, as one step, so that seq, state and history can
+/// never disagree. KEYS: the session's hash, its history stream (one slot:
+/// the braces). ARGV: payload head, payload tail, event channel, message
+/// header, flags (progress, completed, failed, ended as "0"/"1"), TTL in ms,
+/// an epoch for a new sequence, history length, event name. Returns the seq
+/// and the epoch. A new sequence (seq 1) starts with an empty history.
 const PUBLISH_SCRIPT: &str = r#"
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[7]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+if seq == 1 then redis.call('DEL', KEYS[2]) end
 local payload = ARGV[1] .. seq .. ARGV[2]
-if string.sub(ARGV[5], 1, 1) == '1' then redis.call('HSET', KEYS[1], 'progress', payload) end
+local stored = seq .. '\n' .. ARGV[9] .. '\n' .. payload
+if string.sub(ARGV[5], 1, 1) == '1' then redis.call('HSET', KEYS[1], 'progress', stored) end
 if string.sub(ARGV[5], 2, 2) == '1' then redis.call('HSET', KEYS[1], 'completed', 1) end
 if string.sub(ARGV[5], 3, 3) == '1' then redis.call('HSET', KEYS[1], 'failed', 1) end
+if string.sub(ARGV[5], 4, 4) == '1' then redis.call('HSET', KEYS[1], 'ended', stored) end
+if tonumber(ARGV[8]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[8], seq .. '-0', 'n', ARGV[9], 'p', payload)
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. seq .. '\n' .. payload)
-return seq
+return {seq, epoch}
+"#;
+
+/// Reads what a subscription or the history endpoint needs, at one moment.
+/// KEYS: the session's hash, its history stream. ARGV: an epoch for a
+/// session with no state, TTL in ms, "1" to create the state if missing,
+/// since, the epoch the client gave ("" for none), how many events at most
+/// ("0": all held). Returns seq, epoch (false: none), the first held seq,
+/// the stored progress and final events, and the held events after since,
+/// or after 0 when the client's sequence is gone (its epoch differs, or
+/// since is past seq: the rule of `history::recover`).
+const READ_SCRIPT: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch and ARGV[3] == '1' then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local first_held = seq + 1
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #first > 0 then first_held = tonumber(string.match(first[1][1], '^(%d+)')) end
+local since = tonumber(ARGV[4])
+if (ARGV[5] ~= '' and ARGV[5] ~= epoch) or since > seq then since = 0 end
+local events
+if tonumber(ARGV[6]) > 0 then
+  events = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+', 'COUNT', ARGV[6])
+else
+  events = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+')
+end
+local state = redis.call('HMGET', KEYS[1], 'progress', 'ended')
+return {seq, epoch or false, first_held, state[1] or false, state[2] or false, events}
 "#;
 
 /// Names of everything herald keeps in Redis, under one prefix.
@@ -77,6 +139,9 @@ impl Keys {
     fn session(&self, id: &SessionId) -> String {
         // The braces keep a session's keys in one Redis Cluster slot.
         format!("{}:session:{{{id}}}", self.prefix)
+    }
+    fn history(&self, id: &SessionId) -> String {
+        format!("{}:history:{{{id}}}", self.prefix)
     }
     fn events(&self) -> String {
         format!("{}:events", self.prefix)
@@ -110,6 +175,8 @@ pub(crate) struct Settings<'a> {
     pub cluster: bool,
     pub prefix: &'a str,
     pub session_ttl: Duration,
+    /// Events kept per session (a Redis Stream capped at this length).
+    pub history_events: usize,
     /// Events that may wait for this instance's delivery task.
     pub queue_events: usize,
 }
@@ -118,11 +185,13 @@ pub(crate) struct Settings<'a> {
 /// over it) and the sequencer (which needs that server's fan-out).
 pub(crate) struct Setup {
     link: Link,
-    events: queue::EventReceiver,
+    queue: queue::EventQueue<Command>,
+    events: queue::EventReceiver<Command>,
     behind: Arc<queue::Behind>,
     keys: Keys,
     uid: String,
     ttl_ms: u64,
+    history_events: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -136,13 +205,13 @@ impl Setup {
         let keys = Keys {
             prefix: settings.prefix.to_string(),
         };
-        let uid = format!("{:016x}", rand_u64());
+        let uid = format!("{:016x}", random_u64());
         let (queue, events, behind) = queue::bounded(settings.queue_events, metrics.clone());
         let link = Link::new(
             settings.urls,
             settings.cluster,
             &keys.events(),
-            queue,
+            queue.clone(),
             keys.probe(&uid),
         )?;
         let config = RedisAdapterConfig::new()
@@ -151,29 +220,44 @@ impl Setup {
         let adapter = RedisAdapterCtr::new_with_driver(link.clone(), config);
         let setup = Self {
             link,
+            queue,
             events,
             behind,
             keys,
             uid,
             ttl_ms: settings.session_ttl.as_millis().max(1) as u64,
+            history_events: settings.history_events,
             metrics,
         };
         Ok((setup, adapter))
     }
 }
 
-/// A process-unique id, without a dependency for it.
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
+/// What the delivery task is asked besides delivering: subscriptions in the
+/// making. Delivery and these run in one task, so a subscription's replay
+/// and the live events after it cannot interleave; and they wait in the same
+/// queue as the events, so that one is served only after every event that
+/// arrived before it. That matters for `Join`: Redis pushes an event to this
+/// instance before it answers a read made after the event was published
+/// (one connection carries both), so every event the read counted is
+/// delivered before the subscriber joins, and none reaches it twice.
+pub(crate) enum Command {
+    /// Start keeping the session's events for a subscription about to read
+    /// its history; answered once the task has taken note.
+    Register {
+        session: SessionId,
+        id: u64,
+        noted: oneshot::Sender<()>,
+    },
+    /// The history is read: add what was kept since, and join.
+    Join {
+        session: SessionId,
+        id: u64,
+        attached: Attached,
+        join: Join,
+    },
+    /// The history could not be read: stop keeping.
+    Cancel { session: SessionId, id: u64 },
 }
 
 pub(crate) struct RedisSequencer {
@@ -181,8 +265,12 @@ pub(crate) struct RedisSequencer {
     behind: Arc<queue::Behind>,
     keys: Keys,
     uid: String,
-    script: Script,
+    publish_script: Script,
+    read_script: Script,
     ttl_ms: u64,
+    history_events: usize,
+    commands: queue::EventQueue<Command>,
+    next_joiner: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -196,11 +284,13 @@ impl RedisSequencer {
     ) -> (Arc<Self>, BoxFuture<'static, ()>) {
         let Setup {
             link,
+            queue,
             events,
             behind,
             keys,
             uid,
             ttl_ms,
+            history_events,
             metrics,
         } = setup;
         let sequencer = Arc::new(Self {
@@ -208,8 +298,12 @@ impl RedisSequencer {
             behind,
             keys,
             uid,
-            script: Script::new(PUBLISH_SCRIPT),
+            publish_script: Script::new(PUBLISH_SCRIPT),
+            read_script: Script::new(READ_SCRIPT),
             ttl_ms,
+            history_events,
+            commands: queue,
+            next_joiner: AtomicU64::new(0),
             metrics,
         });
         let run = {
@@ -258,25 +352,26 @@ impl RedisSequencer {
         if let Some(problem) = self.link.problem() {
             return Err(SequencerError::LinkDown(problem));
         }
-        let flags: String = [
-            out.outcome.is_progress,
-            out.outcome.completed,
-            out.outcome.failed,
-        ]
-        .iter()
-        .map(|f| if *f { '1' } else { '0' })
-        .collect();
+        let o = out.outcome;
+        let flags: String = [o.is_progress, o.completed, o.failed, ends_session(&o)]
+            .iter()
+            .map(|f| if *f { '1' } else { '0' })
+            .collect();
         let header = format!("{}\n{}\n", out.name, out.session_id);
         let failed = redis_failed(Action::Publish);
-        let seq: u64 = self
-            .script
+        let (seq, _epoch): (u64, String) = self
+            .publish_script
             .key(self.keys.session(out.session_id))
+            .key(self.keys.history(out.session_id))
             .arg(&out.encoded.head)
             .arg(&out.encoded.tail)
             .arg(self.keys.events())
             .arg(header)
             .arg(flags)
             .arg(self.ttl_ms)
+            .arg(Epoch::fresh().to_string())
+            .arg(self.history_events)
+            .arg(out.name)
             .invoke_async(&mut self.link.connection().map_err(&failed)?)
             .await
             .map_err(&failed)?;
@@ -285,22 +380,168 @@ impl RedisSequencer {
 
     async fn state(&self, id: &SessionId) -> Result<SessionState, SequencerError> {
         let failed = redis_failed(Action::ReadSession);
-        let (seq, progress, completed, failed_flag): (
-            Option<u64>,
-            Option<String>,
-            Option<u8>,
-            Option<u8>,
-        ) = redis::cmd("HMGET")
+        let (seq, epoch, progress, completed, failed_flag): StateReply = redis::cmd("HMGET")
             .arg(self.keys.session(id))
-            .arg(&["seq", "progress", "completed", "failed"])
+            .arg(&["seq", "epoch", "progress", "completed", "failed"])
             .query_async(&mut self.link.connection().map_err(&failed)?)
             .await
             .map_err(&failed)?;
         Ok(SessionState {
             seq: seq.unwrap_or(0),
-            progress: progress.and_then(|p| RawValue::from_string(p).ok()),
+            epoch: epoch.as_deref().and_then(Epoch::parse),
+            progress: progress.and_then(|p| stored_event(&p)).map(|e| e.payload),
             completed: completed == Some(1),
             failed: failed_flag == Some(1),
+        })
+    }
+
+    /// Runs the read script: see [`READ_SCRIPT`].
+    async fn read(&self, id: &SessionId, ask: ReadAsk<'_>) -> Result<Read, SequencerError> {
+        let failed = redis_failed(ask.action);
+        let (seq, epoch, first_held, progress, ended, entries): ReadReply = self
+            .read_script
+            .key(self.keys.session(id))
+            .key(self.keys.history(id))
+            .arg(Epoch::fresh().to_string())
+            .arg(self.ttl_ms)
+            .arg(if ask.create { "1" } else { "0" })
+            .arg(ask.since)
+            .arg(ask.given.unwrap_or(""))
+            .arg(ask.limit)
+            .invoke_async(&mut self.link.connection().map_err(&failed)?)
+            .await
+            .map_err(&failed)?;
+        let events = entries
+            .into_iter()
+            .filter_map(|(id, fields)| history_entry(&id, fields))
+            .collect();
+        let snapshot = [progress, ended]
+            .iter()
+            .flatten()
+            .filter_map(|text| stored_event(text))
+            .collect();
+        Ok(Read {
+            seq,
+            epoch: epoch.as_deref().and_then(Epoch::parse),
+            first_held,
+            snapshot,
+            events,
+        })
+    }
+
+    /// See [`Sequencer::attach`]: the delivery task keeps the session's
+    /// events from before the history is read until the subscriber has
+    /// joined, and runs the join itself, between two deliveries.
+    async fn attach(&self, id: &SessionId, start: Start, join: Join) {
+        let (ran, done) = oneshot::channel();
+        let join: Join = Box::new(move |result| {
+            join(result);
+            let _ = ran.send(());
+        });
+        // Nothing is published while the link is down, so a subscriber that
+        // waits for it misses nothing, and gets its snapshot once it is back.
+        if tokio::time::timeout(SUBSCRIBE_WAIT, self.link.live())
+            .await
+            .is_err()
+        {
+            let problem = self.link.problem().unwrap_or(LinkProblem::NotDelivering);
+            return join(Err(SequencerError::LinkDown(problem)));
+        }
+        let joiner = self.next_joiner.fetch_add(1, Ordering::Relaxed);
+        let (noted, taken) = oneshot::channel();
+        let registered = self
+            .commands
+            .request(Command::Register {
+                session: id.clone(),
+                id: joiner,
+                noted,
+            })
+            .await;
+        if registered.is_err() || taken.await.is_err() {
+            return join(Err(SequencerError::Stopped(Action::Subscribe)));
+        }
+        let (since, given) = match &start {
+            Start::Snapshot => (0, None),
+            Start::Resume { since, epoch } => (*since, epoch.as_deref()),
+        };
+        let ask = ReadAsk {
+            create: true,
+            since,
+            given,
+            limit: 0,
+            action: Action::Subscribe,
+        };
+        let read = match self.read(id, ask).await {
+            Ok(read) => read,
+            Err(e) => {
+                let _ = self
+                    .commands
+                    .request(Command::Cancel {
+                        session: id.clone(),
+                        id: joiner,
+                    })
+                    .await;
+                return join(Err(e));
+            }
+        };
+        let epoch = read.epoch.unwrap_or_else(Epoch::fresh);
+        let (mut events, recovery) = match start {
+            Start::Snapshot => (read.snapshot, None),
+            Start::Resume {
+                since,
+                epoch: given,
+            } => {
+                let r = recover(since, given.as_deref(), epoch, read.seq, read.first_held);
+                (read.events, Some(r))
+            }
+        };
+        events.sort_by_key(|e| e.seq);
+        let attached = Attached {
+            seq: read.seq,
+            epoch,
+            events,
+            recovery,
+            caught_up: Vec::new(),
+        };
+        let sent = self
+            .commands
+            .request(Command::Join {
+                session: id.clone(),
+                id: joiner,
+                attached,
+                join,
+            })
+            .await;
+        match sent {
+            Ok(()) => {
+                let _ = done.await;
+            }
+            Err(Command::Join { join, .. }) => {
+                join(Err(SequencerError::Stopped(Action::Subscribe)))
+            }
+            Err(_) => {}
+        }
+    }
+
+    async fn history(
+        &self,
+        id: &SessionId,
+        since: u64,
+        limit: usize,
+    ) -> Result<Page, SequencerError> {
+        let ask = ReadAsk {
+            create: false,
+            since,
+            given: None,
+            limit,
+            action: Action::ReadSession,
+        };
+        let read = self.read(id, ask).await?;
+        Ok(Page {
+            seq: read.seq,
+            epoch: read.epoch,
+            recovered: read.first_held <= since + 1 && since <= read.seq,
+            events: read.events,
         })
     }
 
@@ -337,6 +578,78 @@ impl RedisSequencer {
     }
 }
 
+/// What to ask the read script.
+struct ReadAsk<'a> {
+    /// Create the session's state (and epoch) if it has none.
+    create: bool,
+    since: u64,
+    /// The epoch the client gave, if any.
+    given: Option<&'a str>,
+    /// At most this many events; 0 for all held.
+    limit: usize,
+    action: Action,
+}
+
+/// A session hash's seq, epoch, progress, completed and failed fields.
+type StateReply = (
+    Option<u64>,
+    Option<String>,
+    Option<String>,
+    Option<u8>,
+    Option<u8>,
+);
+
+/// What the read script answers: seq, epoch, first held seq, stored
+/// progress, stored final event, history entries.
+type ReadReply = (
+    u64,
+    Option<String>,
+    u64,
+    Option<String>,
+    Option<String>,
+    Vec<(String, Vec<String>)>,
+);
+
+/// The read script's answer, parsed.
+struct Read {
+    seq: u64,
+    epoch: Option<Epoch>,
+    first_held: u64,
+    snapshot: Vec<Held>,
+    events: Vec<Held>,
+}
+
+/// An event the publish script stored in the session's hash: `seq \n name
+/// \n payload`.
+fn stored_event(text: &str) -> Option<Held> {
+    let (seq, rest) = text.split_once('\n')?;
+    let (name, payload) = rest.split_once('\n')?;
+    Some(Held {
+        seq: seq.parse().ok()?,
+        name: known_name(name)?,
+        payload: RawValue::from_string(payload.to_string()).ok()?,
+    })
+}
+
+/// A history stream entry: id `seq-0`, fields `n` (name) and `p` (payload).
+fn history_entry(id: &str, fields: Vec<String>) -> Option<Held> {
+    let seq = id.split_once('-')?.0.parse().ok()?;
+    let (mut name, mut payload) = (None, None);
+    let mut fields = fields.into_iter();
+    while let (Some(key), Some(value)) = (fields.next(), fields.next()) {
+        match key.as_str() {
+            "n" => name = known_name(&value),
+            "p" => payload = RawValue::from_string(value).ok(),
+            _ => {}
+        }
+    }
+    Some(Held {
+        seq,
+        name: name?,
+        payload: payload?,
+    })
+}
+
 impl Sequencer for RedisSequencer {
     fn adapter(&self) -> &'static str {
         "redis"
@@ -353,6 +666,19 @@ impl Sequencer for RedisSequencer {
         RedisSequencer::state(self, id).boxed()
     }
 
+    fn attach<'a>(&'a self, id: &'a SessionId, start: Start, join: Join) -> BoxFuture<'a, ()> {
+        RedisSequencer::attach(self, id, start, join).boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        id: &'a SessionId,
+        since: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page, SequencerError>> {
+        RedisSequencer::history(self, id, since, limit).boxed()
+    }
+
     fn problem(&self) -> Option<LinkProblem> {
         self.link.problem().or_else(|| {
             self.behind
@@ -366,34 +692,98 @@ impl Sequencer for RedisSequencer {
     }
 }
 
+/// Subscriptions in the making, with the events kept for each meanwhile.
+type Joining = HashMap<SessionId, Vec<(u64, Vec<Held>)>>;
+
 /// One task, in arrival order: the order Redis published, which is seq
-/// order for every session.
-async fn deliver_all(mut events: queue::EventReceiver, fanout: Arc<dyn FanOut>) {
-    while let Some(message) = events.next().await {
-        let Some(message) = Message::split(&message) else {
-            warn!("ignoring a malformed event message on the cluster channel");
-            continue;
-        };
-        let Ok(session) = SessionId::parse(message.session) else {
-            warn!("ignoring a cluster event for an invalid session id");
-            continue;
-        };
-        if !fanout.watches(&session) {
-            continue;
+/// order for every session. Subscriptions in the making are served here too,
+/// in their place in the queue (see [`Command`]).
+async fn deliver_all(mut events: queue::EventReceiver<Command>, fanout: Arc<dyn FanOut>) {
+    let mut joining = Joining::new();
+    while let Some(item) = events.next().await {
+        match item {
+            queue::Item::Event(message) => {
+                deliver_one(&message, &mut joining, fanout.as_ref()).await
+            }
+            queue::Item::Command(command) => serve(command, &mut joining),
         }
-        let Ok(payload) = RawValue::from_string(message.payload.to_string()) else {
-            warn!(%session, "ignoring a cluster event whose payload is not JSON");
-            continue;
-        };
-        fanout
-            .deliver(Sequenced {
-                session_id: &session,
-                name: message.name,
-                seq: message.seq,
-                payload: &payload,
-            })
-            .await;
     }
+}
+
+fn serve(command: Command, joining: &mut Joining) {
+    match command {
+        Command::Register { session, id, noted } => {
+            joining.entry(session).or_default().push((id, Vec::new()));
+            let _ = noted.send(());
+        }
+        Command::Join {
+            session,
+            id,
+            mut attached,
+            join,
+        } => {
+            if let Some(kept) = take_joiner(joining, &session, id) {
+                attached.catch_up(kept);
+            }
+            join(Ok(attached));
+        }
+        Command::Cancel { session, id } => {
+            take_joiner(joining, &session, id);
+        }
+    }
+}
+
+fn take_joiner(joining: &mut Joining, session: &SessionId, id: u64) -> Option<Vec<Held>> {
+    let waiting = joining.get_mut(session)?;
+    let at = waiting.iter().position(|(joiner, _)| *joiner == id)?;
+    let (_, kept) = waiting.swap_remove(at);
+    if waiting.is_empty() {
+        joining.remove(session);
+    }
+    Some(kept)
+}
+
+async fn deliver_one(message: &[u8], joining: &mut Joining, fanout: &dyn FanOut) {
+    let Some(message) = Message::split(message) else {
+        warn!("ignoring a malformed event message on the cluster channel");
+        return;
+    };
+    let Ok(session) = SessionId::parse(message.session) else {
+        warn!("ignoring a cluster event for an invalid session id");
+        return;
+    };
+    let waiting = joining.get_mut(&session);
+    if waiting.is_none() && !fanout.watches(&session) {
+        return;
+    }
+    let Ok(payload) = RawValue::from_string(message.payload.to_string()) else {
+        warn!(%session, "ignoring a cluster event whose payload is not JSON");
+        return;
+    };
+    if let Some(waiting) = waiting {
+        match known_name(message.name) {
+            Some(name) => {
+                for (_, kept) in waiting.iter_mut() {
+                    kept.push(Held {
+                        seq: message.seq,
+                        name,
+                        payload: payload.clone(),
+                    });
+                }
+            }
+            None => {
+                warn!(%session, name = message.name, "not keeping a cluster event of an unknown name")
+            }
+        }
+    }
+    fanout
+        .deliver(Sequenced {
+            session_id: &session,
+            name: message.name,
+            seq: message.seq,
+            payload: &payload,
+        })
+        .await;
 }
 
 /// Maps a Redis error to a refusal saying what could not be done.

@@ -20,16 +20,33 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 
-/// The sending side, called by the Redis connection for each message; never
-/// blocks.
-pub(crate) struct EventQueue {
-    tx: mpsc::Sender<Vec<u8>>,
+/// What waits for the delivery task: the cluster's events and, in the same
+/// order, requests about them (`C`), so that a request is served after every
+/// event that arrived before it.
+pub(crate) enum Item<C> {
+    Event(Vec<u8>),
+    Command(C),
+}
+
+/// The sending side: the Redis connection pushes each message (never
+/// blocking), and herald queues its requests behind them.
+pub(crate) struct EventQueue<C> {
+    tx: mpsc::Sender<Item<C>>,
     state: Arc<Behind>,
 }
 
+impl<C> Clone for EventQueue<C> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
 /// The delivery task's side.
-pub(crate) struct EventReceiver {
-    rx: mpsc::Receiver<Vec<u8>>,
+pub(crate) struct EventReceiver<C> {
+    rx: mpsc::Receiver<Item<C>>,
     state: Arc<Behind>,
 }
 
@@ -53,10 +70,10 @@ impl Behind {
 }
 
 /// A queue of `capacity` events, and the state `/ready` reads.
-pub(crate) fn bounded(
+pub(crate) fn bounded<C>(
     capacity: usize,
     metrics: Arc<Metrics>,
-) -> (EventQueue, EventReceiver, Arc<Behind>) {
+) -> (EventQueue<C>, EventReceiver<C>, Arc<Behind>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let state = Arc::new(Behind {
         metrics,
@@ -75,9 +92,20 @@ pub(crate) fn bounded(
     )
 }
 
-impl EventQueue {
+impl<C> EventQueue<C> {
+    /// Queues a request behind the events already queued, waiting for room;
+    /// gives it back if the delivery task is gone.
+    pub(crate) async fn request(&self, command: C) -> Result<(), C> {
+        self.tx.send(Item::Command(command)).await.map_err(
+            |mpsc::error::SendError(item)| match item {
+                Item::Command(command) => command,
+                Item::Event(_) => unreachable!("a command was sent"),
+            },
+        )
+    }
+
     pub(crate) fn push(&self, message: Vec<u8>) {
-        match self.tx.try_send(message) {
+        match self.tx.try_send(Item::Event(message)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.state.metrics.cluster_events_dropped.inc();
@@ -94,9 +122,10 @@ impl EventQueue {
     }
 }
 
-impl EventReceiver {
-    /// The next event, in the order Redis published them.
-    pub(crate) async fn next(&mut self) -> Option<Vec<u8>> {
+impl<C> EventReceiver<C> {
+    /// The next event or request, in the order they came: events in the
+    /// order Redis published them.
+    pub(crate) async fn next(&mut self) -> Option<Item<C>> {
         let message = self.rx.recv().await?;
         if self.rx.is_empty() && self.state.behind.load(Ordering::Acquire) {
             let dropped = self.state.dropped.swap(0, Ordering::Relaxed);
@@ -111,10 +140,17 @@ impl EventReceiver {
 mod tests {
     use super::*;
 
+    fn event(item: Option<Item<()>>) -> Option<Vec<u8>> {
+        match item? {
+            Item::Event(event) => Some(event),
+            Item::Command(()) => None,
+        }
+    }
+
     #[tokio::test]
     async fn a_full_queue_drops_counts_and_recovers_once_drained() {
         let metrics = Arc::new(Metrics::default());
-        let (queue, mut receiver, behind) = bounded(2, metrics.clone());
+        let (queue, mut receiver, behind) = bounded::<()>(2, metrics.clone());
         for n in 0..5u8 {
             queue.push(vec![n]);
         }
@@ -122,12 +158,12 @@ mod tests {
         assert_eq!(metrics.cluster_events_dropped.get(), 3);
         // What was queued is delivered, in order, and the instance counts as
         // behind until the queue is empty.
-        assert_eq!(receiver.next().await, Some(vec![0]));
+        assert_eq!(event(receiver.next().await), Some(vec![0]));
         assert_eq!(behind.dropped(), Some(3));
-        assert_eq!(receiver.next().await, Some(vec![1]));
+        assert_eq!(event(receiver.next().await), Some(vec![1]));
         assert_eq!(behind.dropped(), None, "caught up");
         queue.push(vec![9]);
-        assert_eq!(receiver.next().await, Some(vec![9]));
+        assert_eq!(event(receiver.next().await), Some(vec![9]));
         assert_eq!(
             metrics.cluster_events_dropped.get(),
             3,
