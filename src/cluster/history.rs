@@ -97,6 +97,11 @@ pub(crate) struct Attached {
     /// was being prepared, after `seq`: a subscriber that was not in the
     /// room yet must be sent them after `events`; one that was has them.
     pub caught_up: Vec<Held>,
+    /// No event of the session at or below `seq` can still be on its way to
+    /// this instance's fan-out (in memory: it was all delivered under the
+    /// lock). When false (Redis: another instance's event may still be in
+    /// flight), the subscriber waits past `seq` before joining the room.
+    pub settled: bool,
 }
 
 impl Attached {
@@ -157,6 +162,7 @@ mod tests {
             events: vec![held(4), held(5)],
             recovery: None,
             caught_up: Vec::new(),
+            settled: false,
         };
         attached.catch_up(vec![held(5), held(6), held(7)]);
         let seqs: Vec<u64> = attached.caught_up.iter().map(|e| e.seq).collect();

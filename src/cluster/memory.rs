@@ -116,6 +116,7 @@ impl SessionRecord {
             events,
             recovery,
             caught_up: Vec::new(),
+            settled: true,
         }
     }
 

@@ -44,31 +44,40 @@ pub(super) type Queued = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send + Syn
 
 impl<A: Adapter> Local<A> {
     /// Runs `request` once the earlier ones about the same socket and session
-    /// are done; at once (on a task of its own) when there are none.
+    /// are done. With none waiting it starts at once, inline: a subscription
+    /// whose state is at hand (in memory) completes there, like any other
+    /// request, and only one that must wait (for Redis) gets a task, which
+    /// then also runs what queues behind it.
     fn queue(&self, key: (Sid, SessionId), request: Queued) {
-        match self.queued.entry(key.clone()) {
-            Entry::Occupied(mut waiting) => waiting.get_mut().push_back(request),
-            Entry::Vacant(idle) => {
-                idle.insert(VecDeque::new());
-                let rt = self.clone();
-                tokio::spawn(async move {
-                    let mut next = request;
-                    loop {
-                        next().await;
-                        next = match rt.queued.entry(key.clone()) {
-                            Entry::Occupied(mut waiting) => match waiting.get_mut().pop_front() {
-                                Some(request) => request,
-                                None => {
-                                    waiting.remove();
-                                    return;
-                                }
-                            },
-                            Entry::Vacant(_) => return,
-                        };
-                    }
-                });
-            }
+        // Requests of one socket are taken one at a time, in order, so no
+        // other request for this key can arrive between the check and the
+        // insert below; the task only ever removes the entry.
+        if let Some(mut waiting) = self.queued.get_mut(&key) {
+            waiting.push_back(request);
+            return;
         }
+        let mut first = request();
+        if (&mut first).now_or_never().is_some() {
+            return;
+        }
+        self.queued.insert(key.clone(), VecDeque::new());
+        let rt = self.clone();
+        tokio::spawn(async move {
+            first.await;
+            loop {
+                let next = match rt.queued.entry(key.clone()) {
+                    Entry::Occupied(mut waiting) => match waiting.get_mut().pop_front() {
+                        Some(request) => request,
+                        None => {
+                            waiting.remove();
+                            return;
+                        }
+                    },
+                    Entry::Vacant(_) => return,
+                };
+                next().await;
+            }
+        });
     }
 }
 
@@ -259,6 +268,7 @@ fn joined<A: Adapter>(
         events,
         recovery,
         caught_up,
+        settled,
     } = attached;
     let lost = recovery.and_then(|r| r.lost);
     if let Some(r) = recovery {
@@ -296,14 +306,19 @@ fn joined<A: Adapter>(
     if !added {
         return;
     }
-    s.join(id.arriving_room());
-    rt.arriving.entry(id.clone()).or_default().push(Arrival {
-        socket: s.clone(),
-        floor,
-    });
+    if settled {
+        s.join(id.room());
+    } else {
+        s.join(id.arriving_room());
+        rt.arriving.entry(id.clone()).or_default().push(Arrival {
+            socket: s.clone(),
+            floor,
+        });
+    }
     // It went away meanwhile: its disconnect may have run before the add.
     if !s.connected() && rt.subscriptions.remove(s.id, id) {
         rt.forget_arrival(id, s.id);
+        s.leave([id.room(), id.arriving_room()]);
     }
 }
 

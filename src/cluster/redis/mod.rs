@@ -502,6 +502,7 @@ impl RedisSequencer {
             events,
             recovery,
             caught_up: Vec::new(),
+            settled: false,
         };
         let sent = self
             .commands
