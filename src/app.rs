@@ -62,7 +62,7 @@ pub(crate) fn router(edge: Edge) -> Router {
         .method_not_allowed_fallback(http::method_not_allowed);
     Router::new()
         .nest("/api/v1", v1)
-        .merge(ops::routes(ops))
+        .merge(ops::routes(ops).method_not_allowed_fallback(http::method_not_allowed))
         .merge(sockets)
         .fallback(http::not_found)
         .layer(origins.cors())

@@ -5,8 +5,8 @@
 //! With idle time, every event is written to its socket at once. Once the
 //! workers never rest, one `send` per event per socket (a fixed kernel cost
 //! each) is most of the work, and writing a socket's events together lets
-//! the same CPUs deliver more (bench/: publishes/s, see README's Performance
-//! section). How long to hold is adjusted to the load: the linger doubles
+//! the same CPUs deliver more (bench/: publishes/s, see docs/performance.md).
+//! How long to hold is adjusted to the load: the linger doubles
 //! each sample the runtime stays saturated, up to `WRITE_LINGER_MS`, and
 //! halves each sample it has room to spare, so events wait only as long as
 //! the load makes them. Answers to a client (connect, acks) never wait:

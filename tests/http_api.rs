@@ -340,7 +340,10 @@ async fn unknown_routes_and_methods_answer_json() {
     assert!(body["error"].as_str().unwrap().contains("/nowhere"));
     let (status, body) = herald.get("/api/v1/events").await;
     assert_eq!(status, 405);
-    assert!(body["error"].is_string());
+    assert_eq!(body["error"], "GET is not allowed on /api/v1/events");
+    let (status, body) = herald.post("/health", "{}").await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error"], "POST is not allowed on /health");
 }
 
 #[tokio::test]

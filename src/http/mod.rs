@@ -8,7 +8,7 @@ mod error;
 mod key;
 
 use axum::{
-    extract::Request,
+    extract::{OriginalUri, Request},
     http::{HeaderValue, StatusCode},
 };
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -62,10 +62,12 @@ pub(crate) async fn not_found(req: Request) -> ApiError {
     )
 }
 
-/// Answers a known route called with the wrong method with a JSON 405.
-pub(crate) async fn method_not_allowed(req: Request) -> ApiError {
+/// Answers a known route called with the wrong method with a JSON 405,
+/// naming the path as the client sent it (a nested router sees it without
+/// its prefix).
+pub(crate) async fn method_not_allowed(OriginalUri(uri): OriginalUri, req: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+        format!("{} is not allowed on {}", req.method(), uri.path()),
     )
 }

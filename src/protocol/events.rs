@@ -185,7 +185,7 @@ macro_rules! event_family {
 }
 
 event_family! {
-    /// The document-processing session events of PROTOCOL.md section 1.
+    /// The document-processing session events of docs/protocol.md.
     SessionEvent {
         "progress" => Progress(Progress),
         "model_result" => ModelResult(ModelResult),
@@ -389,7 +389,7 @@ mod tests {
                 "progress",
                 &PROGRESS.replace("\"total\":3", "\"total\":1.5"),
                 "prompts.total",
-                "prompts.total: expected u64, got 1.5",
+                "prompts.total: expected a non-negative integer, got 1.5",
             ),
             (
                 "progress",
@@ -402,7 +402,7 @@ mod tests {
                 "progress",
                 &PROGRESS.replace("\"total\":3", "\"total\":-3"),
                 "prompts.total",
-                "prompts.total: expected u64, got -3",
+                "prompts.total: expected a non-negative integer, got -3",
             ),
             // Unknown enum value, and an enum that is not a string.
             (

@@ -1,4 +1,4 @@
-//! The wire contract of PROTOCOL.md as types, with no I/O: session ids, the
+//! The wire contract (docs/protocol.md) as types, with no I/O: session ids, the
 //! session events, the client requests and the server's replies to them.
 //! Everything that decides whether input is valid lives here, so the socket
 //! handlers and the HTTP API only translate refusals into their own shapes.

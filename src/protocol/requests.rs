@@ -40,7 +40,7 @@ pub enum InvalidRequest {
 }
 
 impl InvalidRequest {
-    /// The `code` of the `error` reply. PROTOCOL.md gives every malformed
+    /// The `code` of the `error` reply. docs/protocol.md gives every malformed
     /// payload this one, whatever was wrong with it.
     pub fn code(&self) -> &'static str {
         "INVALID_SESSION_ID"

@@ -89,14 +89,14 @@ impl de::Error for SchemaError {
     fn invalid_type(found: Unexpected<'_>, expected: &dyn Expected) -> Self {
         Self::InvalidType {
             found: found.into(),
-            expected: expected.to_string(),
+            expected: in_json_terms(expected),
         }
     }
 
     fn invalid_value(found: Unexpected<'_>, expected: &dyn Expected) -> Self {
         Self::InvalidValue {
             found: found.into(),
-            expected: expected.to_string(),
+            expected: in_json_terms(expected),
         }
     }
 
@@ -168,6 +168,18 @@ impl fmt::Display for Found {
             Self::Object => f.write_str("an object"),
             Self::Other(what) => f.write_str(what),
         }
+    }
+}
+
+/// What serde's own readers expect, said to a JSON sender: serde's number
+/// readers name the Rust type they fill (`u64`), which means nothing to a
+/// client.
+fn in_json_terms(expected: &dyn Expected) -> String {
+    match expected.to_string().as_str() {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer".into(),
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer".into(),
+        "f32" | "f64" => "a number".into(),
+        other => other.into(),
     }
 }
 
@@ -535,7 +547,7 @@ mod tests {
                     "prompts.total",
                     SchemaError::InvalidValue {
                         found: Found::Number("-3".into()),
-                        expected: "u64".into(),
+                        expected: "a non-negative integer".into(),
                     },
                 ),
             ),
