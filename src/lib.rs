@@ -30,6 +30,7 @@ mod ops;
 pub mod protocol;
 mod publish;
 mod realtime;
+#[cfg(feature = "write-coalescing")]
 mod saturation;
 
 use std::{
@@ -113,12 +114,25 @@ impl Background {
     }
 }
 
+/// A built herald, with what only herald's own code reaches.
+struct Built {
+    herald: Herald,
+    background: Background,
+    /// The write linger of this herald's engine (set by `saturation`), for
+    /// the test that two heralds keep theirs apart.
+    #[cfg(all(test, feature = "write-coalescing"))]
+    linger: engineioxide::coalesce::Linger,
+}
+
 /// What choosing a backend produces: the same shape for every backend.
 struct Wired {
     socket_routes: Router,
     sockets: Arc<dyn Sockets>,
     sequencer: Arc<dyn Sequencer>,
     tasks: Vec<BoxFuture<'static, ()>>,
+    /// This server's engine's write linger, which `saturation` sets.
+    #[cfg(feature = "write-coalescing")]
+    linger: engineioxide::coalesce::Linger,
 }
 
 impl Herald {
@@ -126,6 +140,10 @@ impl Herald {
     /// cluster once its [`Background`] runs: it serves its own sockets at
     /// once, and publishes once Redis answers (`/ready` says when).
     pub fn new(config: &Config) -> Result<(Self, Background), SetupError> {
+        Self::build(config).map(|built| (built.herald, built.background))
+    }
+
+    fn build(config: &Config) -> Result<Built, SetupError> {
         let redis = config.redis();
         let metrics = Arc::new(Metrics::new(redis.is_none()));
         let origins = Origins::from_config(&config.cors_origins);
@@ -164,11 +182,16 @@ impl Herald {
             socket_routes,
             sockets,
             sequencer,
+            #[cfg_attr(not(feature = "write-coalescing"), allow(unused_mut))]
             mut tasks,
+            #[cfg(feature = "write-coalescing")]
+            linger,
         } = wired;
+        #[cfg(feature = "write-coalescing")]
         tasks.push(Box::pin(saturation::watch(
             config.write_linger(),
             metrics.clone(),
+            linger.clone(),
         )));
 
         let emitter = Emitter::new(sequencer.clone(), metrics.clone());
@@ -195,7 +218,12 @@ impl Herald {
             sockets,
             emitter,
         };
-        Ok((herald, Background { tasks, running }))
+        Ok(Built {
+            herald,
+            background: Background { tasks, running },
+            #[cfg(all(test, feature = "write-coalescing"))]
+            linger,
+        })
     }
 
     /// The handle for publishing from Rust.
@@ -277,8 +305,82 @@ where
     realtime.subscribe_through(&sequencer);
     Wired {
         socket_routes,
+        #[cfg(feature = "write-coalescing")]
+        linger: realtime.write_linger(),
         sockets: realtime,
         sequencer,
         tasks: vec![run],
+    }
+}
+
+#[cfg(all(test, feature = "write-coalescing"))]
+mod tests {
+    use std::time::Instant;
+
+    use clap::Parser;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::{connect_async, tungstenite::Message};
+
+    use super::*;
+    use crate::protocol::{SessionError, SessionId};
+
+    /// A raw Socket.IO client of `router`, subscribed to `session`.
+    async fn subscribed(
+        router: Router,
+        session: &str,
+    ) -> impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+        let (mut ws, _) = connect_async(url).await.unwrap();
+        ws.next().await.unwrap().unwrap(); // the open packet
+        ws.send(Message::text("40")).await.unwrap();
+        ws.send(Message::text(format!(r#"42["subscribe","{session}"]"#)))
+            .await
+            .unwrap();
+        loop {
+            let frame = ws.next().await.unwrap().unwrap().into_text().unwrap();
+            if frame.starts_with(r#"42["subscribed""#) {
+                return ws;
+            }
+        }
+    }
+
+    /// How long a published event takes to reach `client`.
+    async fn arrival(
+        emitter: &Emitter,
+        client: &mut (
+                 impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin
+             ),
+    ) -> Duration {
+        let started = Instant::now();
+        let session = SessionId::parse("s").unwrap();
+        let event = SessionError { error: "x".into() };
+        emitter.error(&session, event).await.unwrap();
+        loop {
+            let frame = client.next().await.unwrap().unwrap().into_text().unwrap();
+            if frame.starts_with(r#"42["error""#) {
+                return started.elapsed();
+            }
+        }
+    }
+
+    /// Write coalescing is a property of each server's engine: one herald's
+    /// hold must not hold another's writes in the same process.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_heralds_in_one_process_keep_separate_lingers() {
+        let config = Config::parse_from(["herald"]);
+        let held = Herald::build(&config).unwrap();
+        let quick = Herald::build(&config).unwrap();
+        let mut held_client = subscribed(held.herald.router(), "s").await;
+        let mut quick_client = subscribed(quick.herald.router(), "s").await;
+        held.linger.set(Duration::from_millis(400));
+        // Quiet clients: an answer to a client that just spoke is never held.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let quick_took = arrival(&quick.herald.emitter(), &mut quick_client).await;
+        let held_took = arrival(&held.herald.emitter(), &mut held_client).await;
+        assert!(quick_took < Duration::from_millis(200), "{quick_took:?}");
+        assert!(held_took >= Duration::from_millis(300), "{held_took:?}");
     }
 }

@@ -25,6 +25,8 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
+use engineioxide::coalesce::Linger;
+
 use crate::metrics::Metrics;
 
 /// How often busy time is sampled: short enough that a burst is noticed
@@ -42,17 +44,16 @@ const RELAXED_BELOW: f64 = 0.75;
 /// The first linger once saturated; a halved linger below it is zero.
 const LINGER_FLOOR: Duration = Duration::from_millis(1);
 
-/// Samples the current runtime's busy time until dropped, and sets
-/// engineioxide's linger from it, never above `max_linger` (zero: never
-/// hold).
-pub async fn watch(max_linger: Duration, metrics: Arc<Metrics>) {
+/// Samples the current runtime's busy time until dropped, and sets the
+/// engine's `linger` from it, never above `max_linger` (zero: never hold).
+pub(crate) async fn watch(max_linger: Duration, metrics: Arc<Metrics>, linger: Linger) {
     if max_linger.is_zero() {
         return;
     }
     let runtime = tokio::runtime::Handle::current().metrics();
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut linger = Lingering::new(max_linger);
+    let mut lingering = Lingering::new(max_linger);
     let (mut then, mut busy_then) = (Instant::now(), busy(&runtime));
     loop {
         ticks.tick().await;
@@ -61,8 +62,8 @@ pub async fn watch(max_linger: Duration, metrics: Arc<Metrics>) {
         let busy = busy_now.saturating_sub(busy_then);
         let saturated = busy >= capacity.mul_f64(SATURATED_AT);
         let relaxed = busy < capacity.mul_f64(RELAXED_BELOW);
-        if let Some(changed) = linger.update(saturated, relaxed) {
-            engineioxide::coalesce::set_linger(changed);
+        if let Some(changed) = lingering.update(saturated, relaxed) {
+            linger.set(changed);
             metrics.write_linger.set(changed.as_secs_f64());
         }
         metrics.saturated.set(i64::from(saturated));

@@ -131,6 +131,13 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
 }
 
 impl<A: Adapter> Realtime<A> {
+    /// The handle on this server's write linger: socketioxide builds the
+    /// engine's config itself, and every copy of it shares the handle.
+    #[cfg(feature = "write-coalescing")]
+    pub(crate) fn write_linger(&self) -> engineioxide::coalesce::Linger {
+        self.io.config().engine_config.write_linger.clone()
+    }
+
     /// Gives subscriptions the sequencer that reports to this side.
     pub(crate) fn subscribe_through(&self, sequencer: &Arc<dyn Sequencer>) {
         let _ = self.local.sequencer.set(Arc::downgrade(sequencer));

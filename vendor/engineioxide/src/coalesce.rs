@@ -15,31 +15,39 @@
 //! the application sends with them), and writes at once, so the exchange
 //! does not wait behind the linger however loaded the process is.
 //!
-//! Load is a property of the process, not of one engine: hence one
-//! process-wide setting rather than a field of the engine's config.
+//! The linger is a [`Linger`] handle in the engine's config: the application
+//! keeps a clone and sets it as its load changes, and each engine reads its
+//! own, so two engines in one process (two servers, or tests) do not share
+//! one setting.
 
 use std::sync::{
-    OnceLock,
+    Arc, OnceLock,
     atomic::{AtomicU64, Ordering},
 };
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-static LINGER_MICROS: AtomicU64 = AtomicU64::new(0);
+/// How long the WebSockets of an engine may hold the packets they are given.
+/// Cheap to clone; clones share the setting. Zero, the default, holds
+/// nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Linger(Arc<AtomicU64>);
 
-/// How long a WebSocket may hold the packets it is given from now on; zero
-/// writes each at once.
-pub fn set_linger(linger: Duration) {
-    let micros = u64::try_from(linger.as_micros()).unwrap_or(u64::MAX);
-    LINGER_MICROS.store(micros, Ordering::Relaxed);
-}
+impl Linger {
+    /// Holds packets queued from now on for up to `linger`; zero writes each
+    /// at once.
+    pub fn set(&self, linger: Duration) {
+        let micros = u64::try_from(linger.as_micros()).unwrap_or(u64::MAX);
+        self.0.store(micros, Ordering::Relaxed);
+    }
 
-/// How long packets queued now may be held, if at all.
-pub(crate) fn linger() -> Option<Duration> {
-    match LINGER_MICROS.load(Ordering::Relaxed) {
-        0 => None,
-        micros => Some(Duration::from_micros(micros)),
+    /// How long packets queued now may be held, if at all.
+    pub fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
     }
 }
 

@@ -34,6 +34,8 @@ use std::{borrow::Cow, time::Duration};
 
 use engineioxide_core::TransportType;
 
+use crate::coalesce::Linger;
+
 /// Configuration for the engine.io engine & transports
 #[derive(Debug, Clone)]
 pub struct EngineIoConfig {
@@ -87,6 +89,14 @@ pub struct EngineIoConfig {
     /// Allowed transports on this server
     /// It is represented as a bitfield to allow to combine any number of transports easily
     pub transports: u8,
+
+    /// How long a WebSocket may hold the packets it is given, to write them
+    /// together (see [`crate::coalesce`]). A handle: set it at any time, from
+    /// a clone kept by the application, including one read back from this
+    /// config after the engine is built.
+    ///
+    /// Defaults to zero: every packet is written at once.
+    pub write_linger: Linger,
 }
 
 impl Default for EngineIoConfig {
@@ -102,6 +112,7 @@ impl Default for EngineIoConfig {
             ws_max_message_size: 64 << 20,
             ws_max_frame_size: 16 << 20,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
+            write_linger: Linger::default(),
         }
     }
 }
@@ -217,6 +228,14 @@ impl EngineIoConfigBuilder {
     /// but will consume more memory.
     pub fn ws_read_buffer_size(mut self, ws_read_buffer_size: usize) -> Self {
         self.config.ws_read_buffer_size = ws_read_buffer_size;
+        self
+    }
+
+    /// The handle through which the application sets how long WebSockets may
+    /// hold packets to write them together. Defaults to a handle of its own,
+    /// set to zero.
+    pub fn write_linger(mut self, write_linger: Linger) -> Self {
+        self.config.write_linger = write_linger;
         self
     }
 

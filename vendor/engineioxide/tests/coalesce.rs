@@ -1,13 +1,13 @@
 //! Write coalescing (herald patch 11): with a linger set, a WebSocket holds
-//! what it is given, except the answer to a frame its client just sent.
-//! Its own test binary: the linger is process-wide, and other tests expect
-//! packets at once.
+//! what it is given, except the answer to a frame its client just sent; and
+//! each engine holds by its own linger.
 
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use engineioxide::{
     Str,
+    coalesce::Linger,
     config::EngineIoConfig,
     handler::EngineIoHandler,
     service::EngineIoService,
@@ -52,16 +52,18 @@ async fn next(client: &mut WebSocketStream<StreamImpl>, within: Duration) -> Opt
 #[tokio::test(start_paused = true)]
 async fn packets_are_held_but_answers_are_not() {
     // No ping during the test: the client here does not answer pings.
+    let linger = Linger::default();
     let config = EngineIoConfig::builder()
         .ping_interval(Duration::from_secs(60))
         .ping_timeout(Duration::from_secs(60))
+        .write_linger(linger.clone())
         .build();
     let (socket_tx, mut socket_rx) = mpsc::channel(1);
     let mut svc = EngineIoService::with_config(Arc::new(EchoHandler { socket_tx }), config);
     let mut client = create_ws_connection(&mut svc).await;
     let socket = socket_rx.recv().await.unwrap();
     let _open = client.next().await.unwrap().unwrap();
-    engineioxide::coalesce::set_linger(LINGER);
+    linger.set(LINGER);
     socket.emit("held").unwrap();
     assert_eq!(
         next(&mut client, WATCH).await,
@@ -106,11 +108,47 @@ async fn packets_are_held_but_answers_are_not() {
         Some(Message::text("4later"))
     );
 
-    engineioxide::coalesce::set_linger(Duration::ZERO);
+    linger.set(Duration::ZERO);
     socket.emit("now").unwrap();
     assert_eq!(
         next(&mut client, PROMPT).await,
         Some(Message::text("4now")),
         "with no linger nothing is held"
+    );
+}
+
+/// An engine built with its own linger handle, its first client, and that
+/// client's socket.
+async fn engine_with(linger: &Linger) -> (WebSocketStream<StreamImpl>, Arc<Socket<()>>) {
+    let config = EngineIoConfig::builder()
+        .ping_interval(Duration::from_secs(60))
+        .ping_timeout(Duration::from_secs(60))
+        .write_linger(linger.clone())
+        .build();
+    let (socket_tx, mut socket_rx) = mpsc::channel(1);
+    let mut svc = EngineIoService::with_config(Arc::new(EchoHandler { socket_tx }), config);
+    let mut client = create_ws_connection(&mut svc).await;
+    let socket = socket_rx.recv().await.unwrap();
+    let _open = client.next().await.unwrap().unwrap();
+    (client, socket)
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_engine_holds_by_its_own_linger() {
+    let (held, quick) = (Linger::default(), Linger::default());
+    let (mut held_client, held_socket) = engine_with(&held).await;
+    let (mut quick_client, quick_socket) = engine_with(&quick).await;
+    held.set(LINGER);
+    held_socket.emit("held").unwrap();
+    quick_socket.emit("quick").unwrap();
+    assert_eq!(
+        next(&mut quick_client, PROMPT).await,
+        Some(Message::text("4quick")),
+        "the other engine's linger must not hold this one"
+    );
+    assert_eq!(next(&mut held_client, WATCH).await, None, "held by its own");
+    assert_eq!(
+        next(&mut held_client, LINGER).await,
+        Some(Message::text("4held"))
     );
 }

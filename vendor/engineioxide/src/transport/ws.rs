@@ -339,7 +339,7 @@ where
             }
             if unflushed && linger.is_none() {
                 // What waited out a hold is not held again, nor is an answer.
-                let hold = crate::coalesce::linger()
+                let hold = engine.config.write_linger.get()
                     .filter(|hold| !expired && !heard.is_some_and(|at| at.is_within(*hold)));
                 if let Some(hold) = hold {
                     let mut timer = Box::pin(tokio::time::sleep(hold));
