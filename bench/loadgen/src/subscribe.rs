@@ -95,9 +95,11 @@ struct Shared {
     not_recovered: AtomicUsize,
     /// herald's `replayed` counts, summed.
     replayed: AtomicU64,
-    /// Resumed sockets that have every event up to their session's target,
-    /// and those that lost one (they never will).
+    /// Resumed sockets settled: caught up (every event up to their
+    /// session's target), lost one on the way, or not recovered.
+    settled: AtomicUsize,
     caught_up: AtomicUsize,
+    /// Sockets with a gap: they can never have every event.
     lossy: AtomicUsize,
     /// Nanoseconds from `t0` to the last reconnect handshake done and to the
     /// last socket caught up.
@@ -198,8 +200,10 @@ struct SockState {
     offset: Vec<u8>,
     /// Reconnected after the cut: watch for it catching up.
     resumed: bool,
-    /// Counted as caught up, or as lossy.
+    /// Counted in `settled`.
     settled: bool,
+    /// Counted in `lossy`.
+    lossy: bool,
 }
 
 impl SockState {
@@ -216,6 +220,7 @@ impl SockState {
             offset: Vec::new(),
             resumed: false,
             settled: false,
+            lossy: false,
         }
     }
 
@@ -236,8 +241,10 @@ impl SockState {
 /// events are counted, and the offset kept for Socket.IO recovery.
 fn on_text(frame: &[u8], st: &mut SockState, cfg: &Config, shared: &Shared) {
     on_frame(frame, st, cfg, shared);
-    if cfg.cut
-        && cfg.resume == Resume::Socketio
+    if !cfg.cut {
+        return;
+    }
+    if cfg.resume == Resume::Socketio
         && st.pid.is_some()
         && let Some(offset) = scan::trailing_string(frame)
     {
@@ -247,28 +254,35 @@ fn on_text(frame: &[u8], st: &mut SockState, cfg: &Config, shared: &Shared) {
     check_caught_up(st, shared);
 }
 
-/// After a resume: counts the socket once it has every event up to its
-/// session's target, or once it lost one.
+/// Recovery runs: counts a socket in `lossy` once it has a gap, and after
+/// its resume settles it once it has every event up to its session's target
+/// (caught up) or has a gap.
 fn check_caught_up(st: &mut SockState, shared: &Shared) {
-    if !st.resumed || st.settled {
-        return;
-    }
-    if st.lost > 0 {
-        st.settled = true;
+    if st.lost > 0 && !st.lossy {
+        st.lossy = true;
         shared.lossy.fetch_add(1, Ordering::AcqRel);
         shared.complete_notify.notify_one();
+    }
+    if !st.resumed || st.settled {
         return;
     }
     let target = match shared.targets[st.session_index].load(Ordering::Relaxed) {
         UNKNOWN => 0,
         t => t,
     };
-    if st.have_seq(shared) >= target {
-        st.settled = true;
+    if st.lost == 0 && st.have_seq(shared) >= target {
         shared.mark(&shared.last_caught_up_ns);
         shared.caught_up.fetch_add(1, Ordering::AcqRel);
-        shared.complete_notify.notify_one();
+    } else if st.lost == 0 {
+        return;
     }
+    settle(st, shared);
+}
+
+fn settle(st: &mut SockState, shared: &Shared) {
+    st.settled = true;
+    shared.settled.fetch_add(1, Ordering::AcqRel);
+    shared.complete_notify.notify_one();
 }
 
 fn on_frame(frame: &[u8], st: &mut SockState, cfg: &Config, shared: &Shared) {
@@ -628,7 +642,13 @@ async fn socket_task(
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 st.resumed = true;
-                check_caught_up(&mut st, &shared);
+                if recovered == Some(true) {
+                    check_caught_up(&mut st, &shared);
+                } else {
+                    // The server says events were lost; a gap may only
+                    // show with the next event, which may never come.
+                    settle(&mut st, &shared);
+                }
             }
             Err(e) => {
                 count_error(
@@ -738,6 +758,7 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
         recovered: AtomicUsize::new(0),
         not_recovered: AtomicUsize::new(0),
         replayed: AtomicU64::new(0),
+        settled: AtomicUsize::new(0),
         caught_up: AtomicUsize::new(0),
         lossy: AtomicUsize::new(0),
         last_reconnect_ns: AtomicU64::new(0),
@@ -856,9 +877,17 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
         tokio::pin!(window);
         stop_reason = Some(loop {
             if cfg.expect.is_some() {
+                // In a recovery run a socket with a gap can never complete
+                // either (elsewhere the run waits for it, as it always has).
+                let lossy = if cfg.cut {
+                    shared.lossy.load(Ordering::Acquire)
+                } else {
+                    0
+                };
                 let live = connected
                     .saturating_sub(shared.disconnects.load(Ordering::Acquire))
-                    .saturating_sub(shared.reconnect_failed.load(Ordering::Acquire));
+                    .saturating_sub(shared.reconnect_failed.load(Ordering::Acquire))
+                    .saturating_sub(lossy);
                 let done = shared.complete.load(Ordering::Acquire);
                 if connected > 0 && done >= live {
                     break if done >= connected {
@@ -1054,9 +1083,7 @@ async fn recover(
     }));
     let cut = shared.cut.load(Ordering::Acquire);
     let settled = || {
-        shared.caught_up.load(Ordering::Acquire)
-            + shared.lossy.load(Ordering::Acquire)
-            + shared.reconnect_failed.load(Ordering::Acquire)
+        shared.settled.load(Ordering::Acquire) + shared.reconnect_failed.load(Ordering::Acquire)
             >= cut
     };
     until(shared, stop, None, settled).await?;
