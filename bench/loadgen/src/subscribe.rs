@@ -852,7 +852,7 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
     }));
 
     let recovery = match (args.drop_after, stop_reason) {
-        (Some(after), None) => {
+        (Some(after), None) if connected > 0 => {
             let r = recover(after, &args, &cfg, &shared, &phase_tx, connected, &mut stop).await;
             if let Err(reason) = r {
                 stop_reason = Some(reason);
