@@ -31,6 +31,10 @@ const OPTIONS = {
   'max-payload-bytes': { type: 'string', env: 'MAX_PAYLOAD_BYTES', default: '1048576' },
   'session-ttl-secs': { type: 'string', env: 'SESSION_TTL_SECS', default: '86400' },
   'log-level': { type: 'string', env: 'LOG_LEVEL', default: 'info' },
+  // socket.io's connectionStateRecovery, off by default: it keeps every
+  // broadcast packet for its replay window, which the other benchmark
+  // scenarios must not pay for.
+  'connection-state-recovery': { type: 'boolean', env: 'CONNECTION_STATE_RECOVERY' },
   help: { type: 'boolean' },
 };
 
@@ -48,7 +52,7 @@ function readConfig() {
   if (values.help) {
     const lines = Object.entries(OPTIONS)
       .filter(([, o]) => o.env)
-      .map(([k, o]) => `  --${k.padEnd(18)} ${o.env}${o.default !== undefined ? ` (default ${o.default})` : ''}`);
+      .map(([k, o]) => `  --${k.padEnd(26)} ${o.env}${o.default !== undefined ? ` (default ${o.default})` : ''}`);
     process.stdout.write(`usage: node server.mjs [options]\n${lines.join('\n')}\n`);
     process.exit(0);
   }
@@ -65,6 +69,14 @@ function readConfig() {
     }
     return n;
   };
+  const flag = (name) => {
+    if (values[name] !== undefined) return values[name];
+    const raw = (process.env[OPTIONS[name].env] ?? '').trim().toLowerCase();
+    if (['', '0', 'false', 'no', 'off'].includes(raw)) return false;
+    if (['1', 'true', 'yes', 'on'].includes(raw)) return true;
+    process.stderr.write(`${OPTIONS[name].env} must be true or false, got ${JSON.stringify(raw)}\n`);
+    process.exit(2);
+  };
   const origins = get('cors-origins');
   return {
     host: get('host'),
@@ -78,10 +90,17 @@ function readConfig() {
     maxPayload: int('max-payload-bytes'),
     sessionTtl: int('session-ttl-secs'),
     logLevel: get('log-level').toLowerCase(),
+    recovery: flag('connection-state-recovery'),
   };
 }
 
 const config = readConfig();
+if (config.recovery && config.redisUrl) {
+  // @socket.io/redis-adapter (the classic adapter) does not implement it:
+  // sockets would silently reconnect without their missed packets.
+  process.stderr.write('--connection-state-recovery needs the in-memory adapter; the Redis adapter does not support it\n');
+  process.exit(2);
+}
 
 // ---------------------------------------------------------------------------
 // Logging: one line per record on stderr.
@@ -292,6 +311,9 @@ const io = new Server(httpServer, {
   pingInterval: config.pingInterval,
   pingTimeout: config.pingTimeout,
   cors: { origin: config.corsOrigin },
+  // As socket.io's docs show it, with its defaults (a 2-minute window,
+  // middlewares skipped for a recovered socket).
+  ...(config.recovery ? { connectionStateRecovery: {} } : {}),
 });
 
 // ---------------------------------------------------------------------------
@@ -819,7 +841,9 @@ httpServer.on('error', (e) => {
 });
 
 httpServer.listen(config.port, config.host, () => {
-  const adapter = config.redisUrl ? `redis at ${redact(config.redisUrl)}` : 'in-memory (single instance)';
+  const adapter = config.redisUrl
+    ? `redis at ${redact(config.redisUrl)}`
+    : `in-memory (single instance)${config.recovery ? ', connection state recovery on' : ''}`;
   log.info(
     `node reference (socket.io 4.8) listening on http://${config.host}:${config.port} ` +
       `(Socket.IO at /socket.io/, API at /api/v1), adapter: ${adapter}, API key: ${config.apiKey ? 'required' : 'off'}`,

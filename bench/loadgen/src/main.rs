@@ -88,6 +88,22 @@ pub struct SubscribeArgs {
     /// Bearer key for the baseline `GET /api/v1/sessions/{id}`
     #[arg(long, env = "API_KEY")]
     api_key: Option<String>,
+    /// Recovery run: this many seconds after `ready`, cut every socket at
+    /// once (TCP reset), keep them cut off for --outage seconds, then
+    /// reconnect and resume each one (see --resume)
+    #[arg(long)]
+    drop_after: Option<f64>,
+    /// Seconds the sockets stay cut off in a recovery run
+    #[arg(long, default_value_t = 1.0)]
+    outage: f64,
+    /// How a socket resumes after the cut: `herald` subscribes with
+    /// `{sessionId, since, epoch}`; `socketio` uses Socket.IO's connection
+    /// state recovery (`pid` and `offset` in the CONNECT auth)
+    #[arg(long, value_enum, default_value_t = subscribe::Resume::Herald)]
+    resume: subscribe::Resume,
+    /// A server process whose CPU and RSS the recovery phase lines report
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Args)]

@@ -1,5 +1,7 @@
 //! `subscribe`: many raw Socket.IO sockets, each subscribed to one session,
-//! counting and timing every delivered event.
+//! counting and timing every delivered event. With `--drop-after`, a
+//! recovery run: every socket is cut at once, stays cut off for a while,
+//! then reconnects and resumes where it left off.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -11,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -26,6 +28,32 @@ type Ws = WebSocketStream<TcpStream>;
 
 const UNKNOWN: u64 = u64::MAX;
 
+/// How a socket resumes after a cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Resume {
+    /// `subscribe` with `{ sessionId, since: <last seq>, epoch }`
+    /// (PROTOCOL.md section 4); the reply says `recovered`.
+    Herald,
+    /// Socket.IO connection state recovery: the CONNECT packet carries
+    /// `{ pid, offset }` (the `pid` of the first CONNECT reply, the last
+    /// string argument of the last event received), as socket.io-client
+    /// sends them; recovered when the reply has the same `pid`. The server
+    /// then restores the rooms and replays what was missed, so there is no
+    /// new `subscribe` (a stock app subscribes again only when not
+    /// recovered, and so does this).
+    Socketio,
+}
+
+/// Where a recovery run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Live,
+    /// Every socket closes its connection abruptly.
+    Cut,
+    /// Every socket reconnects and resumes.
+    Reconnect,
+}
+
 struct Config {
     targets: Vec<Target>,
     sources: Vec<Ipv4Addr>,
@@ -33,6 +61,11 @@ struct Config {
     expect: Option<u64>,
     ws_config: WebSocketConfig,
     connect_timeout: Duration,
+    /// A recovery run (`--drop-after`).
+    cut: bool,
+    resume: Resume,
+    /// Handshakes in progress at once, for the reconnects too.
+    connect_sem: Arc<Semaphore>,
 }
 
 /// State shared by every socket task.
@@ -46,6 +79,39 @@ struct Shared {
     /// `GET /api/v1/sessions/{id}`), or UNKNOWN.
     baselines: Vec<AtomicU64>,
     stopping: AtomicBool,
+    /// Recovery run. The phase, moved forward by `run`.
+    phase: watch::Receiver<Phase>,
+    /// Per session index: its `seq` when the reconnects began; a socket
+    /// is caught up once it has every event up to it.
+    targets: Vec<AtomicU64>,
+    /// Sockets closed at the cut.
+    cut: AtomicUsize,
+    reconnected: AtomicUsize,
+    reconnect_failed: AtomicUsize,
+    reconnect_errors: Mutex<std::collections::BTreeMap<String, usize>>,
+    /// Resumes the server said were complete (herald `recovered: true`,
+    /// Socket.IO the same `pid`), and the others.
+    recovered: AtomicUsize,
+    not_recovered: AtomicUsize,
+    /// herald's `replayed` counts, summed.
+    replayed: AtomicU64,
+    /// Resumed sockets settled: caught up (every event up to their
+    /// session's target), lost one on the way, or not recovered.
+    settled: AtomicUsize,
+    caught_up: AtomicUsize,
+    /// Sockets with a gap: they can never have every event.
+    lossy: AtomicUsize,
+    /// Nanoseconds from `t0` to the last reconnect handshake done and to the
+    /// last socket caught up.
+    last_reconnect_ns: AtomicU64,
+    last_caught_up_ns: AtomicU64,
+    t0: Instant,
+}
+
+impl Shared {
+    fn mark(&self, at: &AtomicU64) {
+        at.fetch_max(self.t0.elapsed().as_nanos() as u64, Ordering::AcqRel);
+    }
 }
 
 /// Receive counters, one set per runtime thread (merged at the end).
@@ -124,6 +190,99 @@ struct SockState {
     session: Arc<str>,
     last_seq: u64,
     delivered: u64,
+    /// Events this socket missed (seq gaps).
+    lost: u64,
+    /// The session's epoch from herald's `subscribed`.
+    epoch: Option<String>,
+    /// Socket.IO connection state recovery: the private session id of the
+    /// CONNECT reply and the offset of the last event (empty: none yet).
+    pid: Option<String>,
+    offset: Vec<u8>,
+    /// Reconnected after the cut: watch for it catching up.
+    resumed: bool,
+    /// Counted in `settled`.
+    settled: bool,
+    /// Counted in `lossy`.
+    lossy: bool,
+}
+
+impl SockState {
+    fn new(i: usize, cfg: &Config) -> Self {
+        let session_index = i % cfg.sessions.len();
+        Self {
+            session_index,
+            session: cfg.sessions[session_index].clone(),
+            last_seq: UNKNOWN,
+            delivered: 0,
+            lost: 0,
+            epoch: None,
+            pid: None,
+            offset: Vec::new(),
+            resumed: false,
+            settled: false,
+            lossy: false,
+        }
+    }
+
+    /// The last seq this socket has every event up to: the last delivered,
+    /// or the baseline before the first delivery.
+    fn have_seq(&self, shared: &Shared) -> u64 {
+        if self.last_seq != UNKNOWN {
+            return self.last_seq;
+        }
+        match shared.baselines[self.session_index].load(Ordering::Relaxed) {
+            UNKNOWN => 0,
+            b => b,
+        }
+    }
+}
+
+/// One text frame from the server, outside the handshake's own replies:
+/// events are counted, and the offset kept for Socket.IO recovery.
+fn on_text(frame: &[u8], st: &mut SockState, cfg: &Config, shared: &Shared) {
+    on_frame(frame, st, cfg, shared);
+    if !cfg.cut {
+        return;
+    }
+    if cfg.resume == Resume::Socketio
+        && st.pid.is_some()
+        && let Some(offset) = scan::trailing_string(frame)
+    {
+        st.offset.clear();
+        st.offset.extend_from_slice(offset);
+    }
+    check_caught_up(st, shared);
+}
+
+/// Recovery runs: counts a socket in `lossy` once it has a gap, and after
+/// its resume settles it once it has every event up to its session's target
+/// (caught up) or has a gap.
+fn check_caught_up(st: &mut SockState, shared: &Shared) {
+    if st.lost > 0 && !st.lossy {
+        st.lossy = true;
+        shared.lossy.fetch_add(1, Ordering::AcqRel);
+        shared.complete_notify.notify_one();
+    }
+    if !st.resumed || st.settled {
+        return;
+    }
+    let target = match shared.targets[st.session_index].load(Ordering::Relaxed) {
+        UNKNOWN => 0,
+        t => t,
+    };
+    if st.lost == 0 && st.have_seq(shared) >= target {
+        shared.mark(&shared.last_caught_up_ns);
+        shared.caught_up.fetch_add(1, Ordering::AcqRel);
+    } else if st.lost == 0 {
+        return;
+    }
+    settle(st, shared);
+}
+
+fn settle(st: &mut SockState, shared: &Shared) {
+    st.settled = true;
+    shared.settled.fetch_add(1, Ordering::AcqRel);
+    shared.complete_notify.notify_one();
 }
 
 fn on_frame(frame: &[u8], st: &mut SockState, cfg: &Config, shared: &Shared) {
@@ -154,6 +313,7 @@ fn on_frame(frame: &[u8], st: &mut SockState, cfg: &Config, shared: &Shared) {
         };
         if ev.seq > prev {
             g.lost += ev.seq - prev - 1;
+            st.lost += ev.seq - prev - 1;
             st.last_seq = ev.seq;
         } else if ev.seq == prev {
             g.duplicated += 1;
@@ -195,8 +355,20 @@ fn brief(frame: &[u8]) -> String {
 }
 
 /// TCP connect (from a source address when given), WebSocket upgrade,
-/// Engine.IO open, Socket.IO connect, subscribe.
-async fn handshake(i: usize, cfg: &Config) -> Result<Ws, String> {
+/// Engine.IO open, Socket.IO connect, subscribe. With `resume`, after a cut:
+/// herald's subscribe carries `since` and `epoch`; Socket.IO's CONNECT
+/// carries `pid` and `offset`, and a recovered socket is not subscribed
+/// again. Events that arrive meanwhile (Socket.IO sends the missed ones
+/// before its CONNECT reply) are counted. Returns whether the server said
+/// the resume was complete (None for a first connect, or a server that
+/// does not say).
+async fn handshake(
+    i: usize,
+    cfg: &Config,
+    shared: &Shared,
+    st: &mut SockState,
+    resume: bool,
+) -> Result<(Ws, Option<bool>), String> {
     let nt = cfg.targets.len();
     let target = &cfg.targets[i % nt];
     let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
@@ -237,26 +409,88 @@ async fn handshake(i: usize, cfg: &Config) -> Result<Ws, String> {
     if open.first() != Some(&b'0') {
         return Err(format!("expected Engine.IO open, got {}", brief(&open)));
     }
-    ws.send(Message::text("40"))
+    let sio_resume = resume && cfg.resume == Resume::Socketio;
+    let connect = match (&st.pid, sio_resume) {
+        (Some(pid), true) => {
+            // As socket.io-client builds it: the offset is left out (JSON has
+            // no undefined) when no event carried one.
+            let mut auth = serde_json::Map::new();
+            auth.insert("pid".into(), pid.as_str().into());
+            if !st.offset.is_empty() {
+                auth.insert(
+                    "offset".into(),
+                    String::from_utf8_lossy(&st.offset).into_owned().into(),
+                );
+            }
+            format!("40{}", serde_json::Value::Object(auth))
+        }
+        _ => "40".to_string(),
+    };
+    ws.send(Message::text(connect))
         .await
         .map_err(|e| format!("send 40: {e}"))?;
+    let mut recovered = None;
     loop {
         let f = next_text(&mut ws).await?;
         if f.starts_with(b"40") {
+            let pid = scan::string_field(&f, b"\"pid\":\"")
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+            if sio_resume {
+                recovered = Some(pid.is_some() && pid == st.pid);
+            }
+            if pid.is_some() {
+                st.pid = pid;
+            }
             break;
         }
         if f.starts_with(b"44") {
             return Err(format!("connect_error: {}", brief(&f)));
         }
+        if f.first() == Some(&b'1') {
+            return Err("closed by server".into());
+        }
+        if f.starts_with(b"42") {
+            on_text(&f, st, cfg, shared);
+        }
     }
-    let session = &cfg.sessions[i % cfg.sessions.len()];
-    ws.send(Message::text(format!("42[\"subscribe\",\"{session}\"]")))
+    if recovered == Some(true) {
+        return Ok((ws, recovered));
+    }
+    let subscribe = if resume && cfg.resume == Resume::Herald {
+        let mut req = serde_json::Map::new();
+        req.insert("sessionId".into(), (*st.session).into());
+        req.insert("since".into(), st.have_seq(shared).into());
+        if let Some(epoch) = &st.epoch {
+            req.insert("epoch".into(), epoch.as_str().into());
+        }
+        format!("42[\"subscribe\",{}]", serde_json::Value::Object(req))
+    } else {
+        format!("42[\"subscribe\",\"{}\"]", st.session)
+    };
+    ws.send(Message::text(subscribe))
         .await
         .map_err(|e| format!("send subscribe: {e}"))?;
     loop {
         let f = next_text(&mut ws).await?;
         if f.starts_with(b"42[\"subscribed\"") {
-            return Ok(ws);
+            if let Some(epoch) = scan::string_field(&f, b"\"epoch\":\"") {
+                st.epoch = Some(String::from_utf8_lossy(epoch).into_owned());
+            }
+            if resume && cfg.resume == Resume::Herald {
+                recovered = if memchr::memmem::find(&f, b"\"recovered\":true").is_some() {
+                    Some(true)
+                } else if memchr::memmem::find(&f, b"\"recovered\":false").is_some() {
+                    Some(false)
+                } else {
+                    None
+                };
+                if let Some(n) = scan::number_field(&f, b"\"replayed\":") {
+                    shared.replayed.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            // The reply may carry an offset too (Socket.IO recovery on).
+            on_text(&f, st, cfg, shared);
+            return Ok((ws, recovered));
         }
         if f.starts_with(b"42[\"error\"") && scan::event_fields(&f).is_none() {
             return Err(format!("subscribe refused: {}", brief(&f)));
@@ -264,7 +498,85 @@ async fn handshake(i: usize, cfg: &Config) -> Result<Ws, String> {
         if f.first() == Some(&b'1') {
             return Err("closed by server".into());
         }
+        if f.starts_with(b"42") {
+            on_text(&f, st, cfg, shared);
+        }
     }
+}
+
+/// Closes a connection the way a dropped network link looks to the server
+/// right away: a TCP reset, no WebSocket or Engine.IO close.
+fn cut(ws: Ws) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a linger struct.
+    unsafe {
+        libc::setsockopt(
+            ws.get_ref().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(ws);
+}
+
+/// Why a socket's receive loop ended.
+enum Ended {
+    Closed,
+    Cut,
+}
+
+/// Receives until the connection closes, or (when `cut_armed`) the run
+/// moves to the cut.
+async fn receive(
+    ws: &mut Ws,
+    st: &mut SockState,
+    cfg: &Config,
+    shared: &Shared,
+    phase: &mut watch::Receiver<Phase>,
+    cut_armed: bool,
+) -> Ended {
+    loop {
+        let msg = tokio::select! {
+            msg = ws.next() => msg,
+            _ = phase.changed(), if cut_armed => {
+                if *phase.borrow_and_update() != Phase::Live {
+                    return Ended::Cut;
+                }
+                continue;
+            }
+        };
+        let ping = match msg {
+            Some(Ok(Message::Text(t))) => match t.as_bytes().first() {
+                Some(b'4') => {
+                    on_text(t.as_bytes(), st, cfg, shared);
+                    false
+                }
+                Some(b'2') => true,
+                Some(b'1') => return Ended::Closed,
+                _ => false,
+            },
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return Ended::Closed,
+            Some(Ok(_)) => false,
+        };
+        if ping && ws.send(Message::text("3")).await.is_err() {
+            return Ended::Closed;
+        }
+    }
+}
+
+fn count_error(map: &mut std::collections::BTreeMap<String, usize>, e: &str, what: &str) {
+    // Group errors by their text without digits (ports, addresses vary).
+    let key: String = e.chars().filter(|c| !c.is_ascii_digit()).collect();
+    let n = map.entry(key).or_default();
+    if *n == 0 {
+        eprintln!("herald-loadgen: {what}: {e}");
+    }
+    *n += 1;
 }
 
 async fn socket_task(
@@ -274,10 +586,16 @@ async fn socket_task(
     permit: tokio::sync::OwnedSemaphorePermit,
     ready: mpsc::UnboundedSender<Result<(), String>>,
 ) {
-    let hs = tokio::time::timeout(cfg.connect_timeout, handshake(i, &cfg)).await;
+    let mut st = SockState::new(i, &cfg);
+    let mut phase = shared.phase.clone();
+    let hs = tokio::time::timeout(
+        cfg.connect_timeout,
+        handshake(i, &cfg, &shared, &mut st, false),
+    )
+    .await;
     drop(permit);
     let mut ws = match hs {
-        Ok(Ok(ws)) => {
+        Ok(Ok((ws, _))) => {
             let _ = ready.send(Ok(()));
             ws
         }
@@ -291,31 +609,61 @@ async fn socket_task(
         }
     };
     drop(ready);
-    let session_index = i % cfg.sessions.len();
-    let mut st = SockState {
-        session_index,
-        session: cfg.sessions[session_index].clone(),
-        last_seq: UNKNOWN,
-        delivered: 0,
-    };
-    while let Some(msg) = ws.next().await {
-        let ping = match msg {
-            Ok(Message::Text(t)) => match t.as_bytes().first() {
-                Some(b'4') => {
-                    on_frame(t.as_bytes(), &mut st, &cfg, &shared);
-                    false
-                }
-                Some(b'2') => true,
-                Some(b'1') => break,
-                _ => false,
-            },
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(_) => false,
-        };
-        if ping && ws.send(Message::text("3")).await.is_err() {
-            break;
+    let mut ended = receive(&mut ws, &mut st, &cfg, &shared, &mut phase, cfg.cut).await;
+    if let Ended::Cut = ended {
+        cut(ws);
+        shared.cut.fetch_add(1, Ordering::AcqRel);
+        shared.complete_notify.notify_one();
+        if phase.wait_for(|p| *p == Phase::Reconnect).await.is_err() {
+            return;
         }
+        let Ok(permit) = cfg.connect_sem.clone().acquire_owned().await else {
+            return;
+        };
+        let hs = tokio::time::timeout(
+            cfg.connect_timeout,
+            handshake(i, &cfg, &shared, &mut st, true),
+        )
+        .await;
+        drop(permit);
+        let hs = match hs {
+            Ok(r) => r,
+            Err(_) => Err("handshake timed out".into()),
+        };
+        match hs {
+            Ok((w, recovered)) => {
+                ws = w;
+                shared.mark(&shared.last_reconnect_ns);
+                shared.reconnected.fetch_add(1, Ordering::AcqRel);
+                let counter = if recovered == Some(true) {
+                    &shared.recovered
+                } else {
+                    &shared.not_recovered
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                st.resumed = true;
+                if recovered == Some(true) {
+                    check_caught_up(&mut st, &shared);
+                } else {
+                    // The server says events were lost; a gap may only
+                    // show with the next event, which may never come.
+                    settle(&mut st, &shared);
+                }
+            }
+            Err(e) => {
+                count_error(
+                    &mut shared.reconnect_errors.lock().unwrap(),
+                    &e,
+                    "reconnect failed",
+                );
+                shared.reconnect_failed.fetch_add(1, Ordering::AcqRel);
+                shared.complete_notify.notify_one();
+                return;
+            }
+        }
+        ended = receive(&mut ws, &mut st, &cfg, &shared, &mut phase, false).await;
     }
+    let Ended::Closed = ended else { return };
     if !shared.stopping.load(Ordering::Relaxed) {
         shared.disconnects.fetch_add(1, Ordering::Relaxed);
         // A socket that can no longer complete must not hold the run open.
@@ -323,9 +671,10 @@ async fn socket_task(
     }
 }
 
-/// Reads each session's current `seq`, so that events lost before the first
-/// delivery count too. Returns how many sessions got a baseline.
-async fn fetch_baselines(cfg: &Config, shared: &Shared, api_key: Option<&str>) -> usize {
+/// Reads each session's current `seq` into `into` (the baselines, so that
+/// events lost before the first delivery count too; or a recovery run's
+/// targets). Returns how many sessions got one.
+async fn fetch_seqs(cfg: &Config, into: &[AtomicU64], api_key: Option<&str>) -> usize {
     let target = &cfg.targets[0];
     let mut conn: Option<Conn> = None;
     let mut got = 0;
@@ -351,7 +700,7 @@ async fn fetch_baselines(cfg: &Config, shared: &Shared, api_key: Option<&str>) -
             .ok()
             .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
         {
-            shared.baselines[idx].store(seq, Ordering::Relaxed);
+            into[idx].store(seq, Ordering::Relaxed);
             got += 1;
         }
     }
@@ -385,7 +734,11 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
             .write_buffer_size(0),
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
         sessions,
+        cut: args.drop_after.is_some(),
+        resume: args.resume,
+        connect_sem: Arc::new(Semaphore::new(args.connect_concurrency.max(1))),
     });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Live);
     let shared = Arc::new(Shared {
         complete: AtomicUsize::new(0),
         complete_notify: Notify::new(),
@@ -394,6 +747,23 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
             .map(|_| AtomicU64::new(UNKNOWN))
             .collect(),
         stopping: AtomicBool::new(false),
+        phase: phase_rx,
+        targets: (0..args.sessions)
+            .map(|_| AtomicU64::new(UNKNOWN))
+            .collect(),
+        cut: AtomicUsize::new(0),
+        reconnected: AtomicUsize::new(0),
+        reconnect_failed: AtomicUsize::new(0),
+        reconnect_errors: Mutex::new(Default::default()),
+        recovered: AtomicUsize::new(0),
+        not_recovered: AtomicUsize::new(0),
+        replayed: AtomicU64::new(0),
+        settled: AtomicUsize::new(0),
+        caught_up: AtomicUsize::new(0),
+        lossy: AtomicUsize::new(0),
+        last_reconnect_ns: AtomicU64::new(0),
+        last_caught_up_ns: AtomicU64::new(0),
+        t0: t_start,
     });
 
     let deadline = args
@@ -405,11 +775,11 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
 
     // Connect phase.
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-    let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let connect_start = Instant::now();
     let first = args.first_socket;
     {
-        let (cfg, shared, sem) = (cfg.clone(), shared.clone(), sem.clone());
+        let (cfg, shared) = (cfg.clone(), shared.clone());
+        let sem = cfg.connect_sem.clone();
         let n = args.sockets;
         tokio::spawn(async move {
             for i in first..first + n {
@@ -440,13 +810,7 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
                 }
                 Some(Err(e)) => {
                     failed += 1;
-                    // Group errors by their text without digits (ports, addresses vary).
-                    let key: String = e.chars().filter(|c| !c.is_ascii_digit()).collect();
-                    let n = errors.entry(key).or_default();
-                    if *n == 0 {
-                        eprintln!("herald-loadgen: socket failed: {e}");
-                    }
-                    *n += 1;
+                    count_error(&mut errors, &e, "socket failed");
                 }
                 None => break,
             },
@@ -458,7 +822,7 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
     let connect_secs = (last_subscribed - connect_start).as_secs_f64();
 
     let baselined = if stop_reason.is_none() && !args.no_baseline {
-        fetch_baselines(&cfg, &shared, args.api_key.as_deref()).await
+        fetch_seqs(&cfg, &shared.baselines, args.api_key.as_deref()).await
     } else {
         0
     };
@@ -487,6 +851,17 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
         "cpu_secs": common::round3(common::self_cpu_secs()),
     }));
 
+    let recovery = match (args.drop_after, stop_reason) {
+        (Some(after), None) if connected > 0 => {
+            let r = recover(after, &args, &cfg, &shared, &phase_tx, connected, &mut stop).await;
+            if let Err(reason) = r {
+                stop_reason = Some(reason);
+            }
+            true
+        }
+        _ => false,
+    };
+
     // Receive window.
     let window_deadline = args
         .duration
@@ -502,7 +877,17 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
         tokio::pin!(window);
         stop_reason = Some(loop {
             if cfg.expect.is_some() {
-                let live = connected.saturating_sub(shared.disconnects.load(Ordering::Acquire));
+                // In a recovery run a socket with a gap can never complete
+                // either (elsewhere the run waits for it, as it always has).
+                let lossy = if cfg.cut {
+                    shared.lossy.load(Ordering::Acquire)
+                } else {
+                    0
+                };
+                let live = connected
+                    .saturating_sub(shared.disconnects.load(Ordering::Acquire))
+                    .saturating_sub(shared.reconnect_failed.load(Ordering::Acquire))
+                    .saturating_sub(lossy);
                 let done = shared.complete.load(Ordering::Acquire);
                 if connected > 0 && done >= live {
                     break if done >= connected {
@@ -547,8 +932,11 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
         _ => 0.0,
     };
     let busy = sampler.busy_cores();
+    let recovery = recovery.then(|| recovery_counts(&shared));
     common::emit(&json!({
         "phase": "done",
+        "recovery": recovery,
+        "server": server_sample(args.server_pid),
         "pid": std::process::id(),
         "stop_reason": stop_reason,
         "sockets": args.sockets,
@@ -577,5 +965,144 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
         "saturated": busy.is_some_and(|b| b >= 0.9 * cores),
         "rss_bytes": common::self_rss_bytes(),
     }));
+    Ok(())
+}
+
+/// CPU seconds and RSS of `--server-pid`, for the phase lines.
+fn server_sample(pid: Option<u32>) -> serde_json::Value {
+    let Some(pid) = pid else {
+        return serde_json::Value::Null;
+    };
+    match common::read_proc(&pid.to_string()) {
+        Ok(s) => json!({
+            "cpu_secs": s.cpu_ticks as f64 / common::clk_tck() as f64,
+            "rss_bytes": s.rss_bytes,
+        }),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+fn recovery_counts(shared: &Shared) -> serde_json::Value {
+    json!({
+        "cut": shared.cut.load(Ordering::Acquire),
+        "reconnected": shared.reconnected.load(Ordering::Acquire),
+        "reconnect_failed": shared.reconnect_failed.load(Ordering::Acquire),
+        "reconnect_errors": *shared.reconnect_errors.lock().unwrap(),
+        "recovered": shared.recovered.load(Ordering::Acquire),
+        "not_recovered": shared.not_recovered.load(Ordering::Acquire),
+        "replayed": shared.replayed.load(Ordering::Acquire),
+        "caught_up": shared.caught_up.load(Ordering::Acquire),
+        "lossy": shared.lossy.load(Ordering::Acquire),
+    })
+}
+
+/// Waits on the shared notify until `done()` holds, or the stop comes.
+async fn until<F: Fn() -> bool>(
+    shared: &Shared,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = &'static str>>,
+    limit: Option<Instant>,
+    done: F,
+) -> Result<bool, &'static str> {
+    let limit = async {
+        match limit {
+            Some(l) => tokio::time::sleep_until(l).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(limit);
+    loop {
+        if done() {
+            return Ok(true);
+        }
+        tokio::select! {
+            _ = shared.complete_notify.notified() => {}
+            _ = &mut limit => return Ok(false),
+            reason = stop.as_mut() => return Err(reason),
+        }
+    }
+}
+
+/// The recovery run, after `ready`: cut every socket at once, wait out the
+/// outage, read each session's seq (the targets), let every socket
+/// reconnect and resume, and wait until each one has every event up to its
+/// target. Prints the `cut`, `reconnecting` and `recovered` lines. Errs with
+/// the stop reason when stopped on the way.
+async fn recover(
+    drop_after: f64,
+    args: &SubscribeArgs,
+    cfg: &Config,
+    shared: &Shared,
+    phase: &watch::Sender<Phase>,
+    connected: usize,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = &'static str>>,
+) -> Result<(), &'static str> {
+    let sleep = |secs: f64| tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0)));
+    tokio::select! {
+        _ = sleep(drop_after) => {}
+        reason = stop.as_mut() => return Err(reason),
+    }
+    let deliveries_before = total_deliveries();
+    let server_before = server_sample(args.server_pid);
+    let _ = phase.send(Phase::Cut);
+    let cut_at = Instant::now();
+    // Every socket still open closes (bounded: a socket stuck in a send).
+    let all_cut = until(shared, stop, Some(cut_at + Duration::from_secs(10)), || {
+        shared.cut.load(Ordering::Acquire) + shared.disconnects.load(Ordering::Acquire) >= connected
+    })
+    .await?;
+    common::emit(&json!({
+        "phase": "cut",
+        "sockets_cut": shared.cut.load(Ordering::Acquire),
+        "all_cut": all_cut,
+        "cut_secs": common::round3(cut_at.elapsed().as_secs_f64()),
+        "deliveries": deliveries_before,
+        "server_before": server_before,
+        "server": server_sample(args.server_pid),
+    }));
+    tokio::select! {
+        _ = tokio::time::sleep_until(cut_at + Duration::from_secs_f64(args.outage.max(0.0))) => {}
+        reason = stop.as_mut() => return Err(reason),
+    }
+    let targeted = fetch_seqs(cfg, &shared.targets, args.api_key.as_deref()).await;
+    let targets_total: u64 = shared
+        .targets
+        .iter()
+        .map(|t| t.load(Ordering::Relaxed))
+        .filter(|&t| t != UNKNOWN)
+        .sum();
+    let server = server_sample(args.server_pid);
+    let reconnect_at = Instant::now();
+    let reconnect_at_ns = (reconnect_at - shared.t0).as_nanos() as u64;
+    let _ = phase.send(Phase::Reconnect);
+    common::emit(&json!({
+        "phase": "reconnecting",
+        "targeted_sessions": targeted,
+        "targets_total": targets_total,
+        "outage_secs": common::round3((reconnect_at - cut_at).as_secs_f64()),
+        "server": server,
+    }));
+    let cut = shared.cut.load(Ordering::Acquire);
+    let settled = || {
+        shared.settled.load(Ordering::Acquire) + shared.reconnect_failed.load(Ordering::Acquire)
+            >= cut
+    };
+    until(shared, stop, None, settled).await?;
+    let since_reconnect = |at: &AtomicU64| {
+        let at = at.load(Ordering::Acquire);
+        common::round3(at.saturating_sub(reconnect_at_ns) as f64 / 1e9)
+    };
+    let mut line = json!({
+        "phase": "recovered",
+        "all_caught_up": shared.caught_up.load(Ordering::Acquire) == cut,
+        "recover_secs": since_reconnect(&shared.last_caught_up_ns),
+        "reconnect_secs": since_reconnect(&shared.last_reconnect_ns),
+        "server": server_sample(args.server_pid),
+    });
+    if let (Some(l), serde_json::Value::Object(counts)) =
+        (line.as_object_mut(), recovery_counts(shared))
+    {
+        l.extend(counts);
+    }
+    common::emit(&line);
     Ok(())
 }
