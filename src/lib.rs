@@ -30,7 +30,7 @@ mod ops;
 pub mod protocol;
 mod publish;
 mod realtime;
-#[cfg(feature = "write-coalescing")]
+#[cfg(feature = "patched-engine")]
 mod saturation;
 
 use std::{
@@ -120,7 +120,7 @@ struct Built {
     background: Background,
     /// The write linger of this herald's engine (set by `saturation`), for
     /// the test that two heralds keep theirs apart.
-    #[cfg(all(test, feature = "write-coalescing"))]
+    #[cfg(all(test, feature = "patched-engine"))]
     linger: engineioxide::coalesce::Linger,
 }
 
@@ -131,7 +131,7 @@ struct Wired {
     sequencer: Arc<dyn Sequencer>,
     tasks: Vec<BoxFuture<'static, ()>>,
     /// This server's engine's write linger, which `saturation` sets.
-    #[cfg(feature = "write-coalescing")]
+    #[cfg(feature = "patched-engine")]
     linger: engineioxide::coalesce::Linger,
 }
 
@@ -144,6 +144,13 @@ impl Herald {
     }
 
     fn build(config: &Config) -> Result<Built, SetupError> {
+        if config.history_max_events >= config.socket_buffer_packets {
+            warn!(
+                history = config.history_max_events,
+                queue = config.socket_buffer_packets,
+                "HISTORY_MAX_EVENTS is not below SOCKET_BUFFER_PACKETS: a long replay will not fit a socket's queue, and the socket will be disconnected instead of resumed"
+            );
+        }
         let redis = config.redis();
         let metrics = Arc::new(Metrics::new(redis.is_none()));
         let origins = Origins::from_config(&config.cors_origins);
@@ -182,12 +189,12 @@ impl Herald {
             socket_routes,
             sockets,
             sequencer,
-            #[cfg_attr(not(feature = "write-coalescing"), allow(unused_mut))]
+            #[cfg_attr(not(feature = "patched-engine"), allow(unused_mut))]
             mut tasks,
-            #[cfg(feature = "write-coalescing")]
+            #[cfg(feature = "patched-engine")]
             linger,
         } = wired;
-        #[cfg(feature = "write-coalescing")]
+        #[cfg(feature = "patched-engine")]
         tasks.push(Box::pin(saturation::watch(
             config.write_linger(),
             metrics.clone(),
@@ -221,7 +228,7 @@ impl Herald {
         Ok(Built {
             herald,
             background: Background { tasks, running },
-            #[cfg(all(test, feature = "write-coalescing"))]
+            #[cfg(all(test, feature = "patched-engine"))]
             linger,
         })
     }
@@ -305,7 +312,7 @@ where
     realtime.subscribe_through(&sequencer);
     Wired {
         socket_routes,
-        #[cfg(feature = "write-coalescing")]
+        #[cfg(feature = "patched-engine")]
         linger: realtime.write_linger(),
         sockets: realtime,
         sequencer,
@@ -313,7 +320,7 @@ where
     }
 }
 
-#[cfg(all(test, feature = "write-coalescing"))]
+#[cfg(all(test, feature = "patched-engine"))]
 mod tests {
     use std::time::Instant;
 

@@ -166,7 +166,7 @@ impl Metrics {
         );
         r.register(
             "dropped_deliveries",
-            "Deliveries dropped because a socket's buffer was full",
+            "Deliveries refused because a socket's buffer was full; such a socket is disconnected and resumes on reconnect",
             self.dropped_deliveries.clone(),
         );
         r.register(

@@ -342,3 +342,68 @@ async fn the_history_endpoint_is_behind_the_api_key() {
     let (status, _) = herald.get("/api/v1/sessions/s/events").await;
     assert_eq!(status, 401);
 }
+
+/// A client that stops reading is disconnected once its queue is full,
+/// rather than left to miss events unawares: it reads what reached it, sees
+/// the close, and resuming gets it the rest.
+#[tokio::test]
+async fn a_stalled_reader_is_disconnected_and_resumes_with_everything() {
+    let herald = Herald::start(&["--socket-buffer-packets", "16"]).await;
+    let (mut stalled, _, _) = RawSocket::connect(&herald.ws_url()).await;
+    let epoch = subscribe(&mut stalled, json!("slow")).await["epoch"].clone();
+    // It reads nothing while events of 64 KiB fill the TCP buffers on
+    // loopback, then its queue; publishing stops at the first full queue.
+    let big = "x".repeat(64 * 1024);
+    let mut published = 0u64;
+    let full = loop {
+        published += 1;
+        let mut data = sample("model_result");
+        data["result"] = json!(format!("item-{published}{big}"));
+        assert_eq!(herald.publish("slow", "model_result", data).await.0, 202);
+        let metrics = reqwest::get(herald.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if !metrics.contains("herald_dropped_deliveries_total 0\n") || published == 2_000 {
+            break !metrics.contains("herald_dropped_deliveries_total 0\n");
+        }
+    };
+    assert!(full, "its queue never filled in {published} events");
+
+    // What reached it, then the close.
+    let mut seen = Vec::new();
+    while let Some(frame) = stalled.recv_within(Duration::from_secs(15)).await {
+        if frame.starts_with(r#"42["model_result""#) {
+            let (_, payload) = common::event(&frame);
+            seen.push(payload["seq"].as_u64().unwrap());
+        }
+    }
+    let read = seen.len() as u64;
+    assert_eq!(seen, (1..=read).collect::<Vec<u64>>(), "in order, no gap");
+    assert!(read < published, "it missed nothing, so nothing to test");
+    let (_, stats) = herald.get("/api/v1/stats").await;
+    assert_eq!(stats["connections"], 0, "{stats}");
+
+    let (mut back, _, _) = RawSocket::connect(&herald.ws_url()).await;
+    let request = json!({ "sessionId": "slow", "since": read, "epoch": epoch });
+    let reply = subscribe(&mut back, request).await;
+    assert_eq!(
+        (&reply["recovered"], &reply["replayed"]),
+        (&json!(true), &json!(published - read))
+    );
+    for seq in read + 1..=published {
+        let (name, payload) = back.next_event().await;
+        assert_eq!(
+            (name.as_str(), payload["seq"].as_u64()),
+            ("model_result", Some(seq))
+        );
+        assert!(
+            payload["result"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("item-{seq}x"))
+        );
+    }
+}

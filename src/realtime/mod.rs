@@ -123,6 +123,10 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
         .with_state(local.clone())
         .with_adapter::<A>(adapter)
         .build_svc();
+    // A socket that cannot keep up is disconnected rather than left to
+    // miss events unawares: its client reconnects and resumes.
+    #[cfg(feature = "patched-engine")]
+    io.config().engine_config.slow_consumers.close();
     // A remote adapter finishes setting the namespace up in the background;
     // until then clients are told the namespace is unknown, and retry.
     io.ns("/", on_connect::<A>.with(prepare::<A>)).spawn();
@@ -133,7 +137,7 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
 impl<A: Adapter> Realtime<A> {
     /// The handle on this server's write linger: socketioxide builds the
     /// engine's config itself, and every copy of it shares the handle.
-    #[cfg(feature = "write-coalescing")]
+    #[cfg(feature = "patched-engine")]
     pub(crate) fn write_linger(&self) -> engineioxide::coalesce::Linger {
         self.io.config().engine_config.write_linger.clone()
     }
@@ -214,7 +218,7 @@ impl<A: Adapter> FanOut for Realtime<A> {
                         .count();
                     if full > 0 {
                         metrics.dropped_deliveries.inc_by(full as u64);
-                        warn!(%session, seq = event.seq, sockets = full, "socket buffers full: event dropped for slow consumers");
+                        warn!(%session, seq = event.seq, sockets = full, "socket buffers full: disconnecting slow consumers (they resume on reconnect)");
                     }
                     errors.len() as u32
                 }

@@ -30,7 +30,14 @@
 //! let svc = EngineIoService::with_config(Arc::new(MyHandler), config);
 //! ```
 
-use std::{borrow::Cow, time::Duration};
+use std::{
+    borrow::Cow,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use engineioxide_core::TransportType;
 
@@ -97,6 +104,32 @@ pub struct EngineIoConfig {
     ///
     /// Defaults to zero: every packet is written at once.
     pub write_linger: Linger,
+
+    /// What happens to a socket whose outbox is full (a client that stopped
+    /// reading). By default an emit to it fails and that packet is lost for
+    /// it while the socket stays open; once [`SlowConsumers::close`] is
+    /// called, sockets created after close their session instead, so their
+    /// client reconnects rather than missing packets unawares. A handle, so
+    /// that it can be set after the engine's config is built.
+    pub slow_consumers: SlowConsumers,
+}
+
+/// See [`EngineIoConfig::slow_consumers`]. Cheap to clone; clones share the
+/// setting.
+#[derive(Debug, Clone, Default)]
+pub struct SlowConsumers(Arc<AtomicBool>);
+
+impl SlowConsumers {
+    /// Closes the session of a socket whose outbox is full (from now on, for
+    /// sockets created after this call).
+    pub fn close(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a full outbox closes its socket's session.
+    pub fn closes(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl Default for EngineIoConfig {
@@ -113,6 +146,7 @@ impl Default for EngineIoConfig {
             ws_max_frame_size: 16 << 20,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
             write_linger: Linger::default(),
+            slow_consumers: SlowConsumers::default(),
         }
     }
 }

@@ -188,6 +188,9 @@ where
 
     /// Whether the socket is currently upgrading to a new transport.
     upgrading: AtomicBool,
+    /// Whether a full outbox closes this session (see
+    /// [`EngineIoConfig::slow_consumers`]).
+    closes_when_full: bool,
 
     /// Held by the transport that reads the [`outbox`](Self::outbox):
     /// * a polling request holds it while it waits and answers;
@@ -240,6 +243,7 @@ where
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
+            closes_when_full: config.slow_consumers.closes(),
 
             reader: Mutex::new(()),
             outbox: Outbox::new(config.max_buffer_size),
@@ -375,9 +379,22 @@ where
     ///
     /// If the internal chan is full, the function will return a [`TrySendError::Full`] error.
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
+    /// When the engine closes slow consumers (see
+    /// [`EngineIoConfig::slow_consumers`]), a full outbox also closes the
+    /// session, with [`DisconnectReason::TransportError`].
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
-        self.outbox.try_reserve()?;
+        if let Err(e) = self.outbox.try_reserve() {
+            if self.closes_when_full && matches!(e, TrySendError::Full(())) {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = ?self.id, "outbox full: closing the session");
+                // Not `close`: its close packet would not fit either. The
+                // engine only cancels here; the handler hears of it later,
+                // from a task of its own, so a caller holding locks is safe.
+                (self.close_fn)(self.id, DisconnectReason::TransportError);
+            }
+            return Err(e);
+        }
         Ok(Permit {
             outbox: &self.outbox,
         })
@@ -589,6 +606,7 @@ where
             protocol: ProtocolVersion::V4,
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
+            closes_when_full: false,
 
             reader: Mutex::new(()),
             outbox: Outbox::new(buffer_size),
