@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use herald::{Config, Herald, config::LogFormat};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -27,7 +27,7 @@ async fn main() -> std::process::ExitCode {
     }
 
     let (host, port) = config.listen_on();
-    let listener = match TcpListener::bind((host, port)).await {
+    let listener = match listen(host, port).await {
         Ok(listener) => listener,
         Err(e) => {
             error!(host, port, "cannot listen: {e}");
@@ -87,6 +87,41 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Connections the kernel may queue for herald to accept (capped by its
+/// `somaxconn`). tokio's `TcpListener::bind` asks for 128, and when every
+/// client of an instance reconnects at once (a restart, a network blip) the
+/// overflow waits a second for a SYN retransmit: measured in bench/'s
+/// recovery scenario.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Listens on the first address `host` resolves to that accepts it.
+async fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let mut failed = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As TcpListener::bind does: a restarted herald can take its port
+        // back while connections of the old one linger in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(ACCEPT_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => failed = Some(e),
+        }
+    }
+    Err(failed.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the host resolves to no address",
+        )
+    }))
 }
 
 /// A URL without its credentials, for the logs.

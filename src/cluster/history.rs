@@ -4,6 +4,8 @@
 //! (a ring in the session's record; a Redis Stream beside its hash) but
 //! answer through these, so a client gets the same answer from either.
 
+use std::sync::Arc;
+
 use serde_json::value::RawValue;
 
 pub(crate) use crate::protocol::{Epoch, Lost};
@@ -24,19 +26,23 @@ pub(crate) fn ends_session(outcome: &Outcome) -> bool {
     (outcome.completed || outcome.failed) && !outcome.is_progress
 }
 
-/// An event as history holds it: exactly as it was first delivered.
+/// An event as history holds it: exactly as it was first delivered. The
+/// payload is shared: a replay to many sockets copies none of it.
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
     pub seq: u64,
     pub name: &'static str,
-    pub payload: Box<RawValue>,
+    pub payload: Arc<RawValue>,
 }
+
+/// The reference counts an `Arc` keeps beside its value.
+const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
 
 impl Held {
     /// What holding it costs, for the process-wide history budget: the
     /// payload and the entry around it.
     pub(crate) fn cost(&self) -> usize {
-        self.payload.get().len() + std::mem::size_of::<Self>()
+        self.payload.get().len() + ARC_COUNTS + std::mem::size_of::<Self>()
     }
 }
 
@@ -154,7 +160,7 @@ mod tests {
         let held = |seq| Held {
             seq,
             name: "progress",
-            payload: RawValue::from_string("{}".into()).unwrap(),
+            payload: Arc::from(RawValue::from_string("{}".into()).unwrap()),
         };
         let mut attached = Attached {
             seq: 5,

@@ -25,6 +25,7 @@ use std::{
 
 use dashmap::{DashMap, Entry};
 use futures_util::future::{BoxFuture, FutureExt};
+use serde_json::value::RawValue;
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 use tracing::{info, warn};
 
@@ -176,7 +177,7 @@ impl Sequencer for MemorySequencer {
             // next publish to this session cannot overtake it.
             let mut record = self.sessions.lock(out.session_id).await;
             let seq = record.seq + 1;
-            let payload = out.encoded.with_seq(seq);
+            let payload: Arc<RawValue> = Arc::from(out.encoded.with_seq(seq));
             self.fanout
                 .deliver(Sequenced {
                     session_id: out.session_id,
@@ -414,8 +415,6 @@ impl SessionStore {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::value::RawValue;
-
     use super::*;
     use crate::{cluster::history::Lost, protocol::Outcome};
 
@@ -432,7 +431,7 @@ mod tests {
             seq,
             name,
             // The same size for every seq, so that costs add up simply.
-            payload: RawValue::from_string("{\"p\":0}".into()).unwrap(),
+            payload: Arc::from(RawValue::from_string("{\"p\":0}".into()).unwrap()),
         }
     }
 

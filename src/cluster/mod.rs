@@ -13,6 +13,8 @@ pub(crate) mod history;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 
@@ -65,7 +67,7 @@ pub(crate) struct SessionState {
     /// `None` for a session with no state yet.
     pub epoch: Option<Epoch>,
     /// The latest `progress` payload, as subscribers received it.
-    pub progress: Option<Box<RawValue>>,
+    pub progress: Option<Arc<RawValue>>,
     pub completed: bool,
     pub failed: bool,
 }

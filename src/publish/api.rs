@@ -162,7 +162,7 @@ struct SessionReport {
     session_id: SessionId,
     seq: u64,
     epoch: Option<Epoch>,
-    progress: Option<Box<RawValue>>,
+    progress: Option<Arc<RawValue>>,
     completed: bool,
     failed: bool,
     subscribers: usize,

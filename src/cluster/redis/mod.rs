@@ -628,7 +628,7 @@ fn stored_event(text: &str) -> Option<Held> {
     Some(Held {
         seq: seq.parse().ok()?,
         name: known_name(name)?,
-        payload: RawValue::from_string(payload.to_string()).ok()?,
+        payload: Arc::from(RawValue::from_string(payload.to_string()).ok()?),
     })
 }
 
@@ -640,7 +640,7 @@ fn history_entry(id: &str, fields: Vec<String>) -> Option<Held> {
     while let (Some(key), Some(value)) = (fields.next(), fields.next()) {
         match key.as_str() {
             "n" => name = known_name(&value),
-            "p" => payload = RawValue::from_string(value).ok(),
+            "p" => payload = RawValue::from_string(value).ok().map(Arc::from),
             _ => {}
         }
     }
@@ -764,11 +764,12 @@ async fn deliver_one(message: &[u8], joining: &mut Joining, fanout: &dyn FanOut)
     if let Some(waiting) = waiting {
         match known_name(message.name) {
             Some(name) => {
+                let shared: Arc<RawValue> = Arc::from(payload.clone());
                 for (_, kept) in waiting.iter_mut() {
                     kept.push(Held {
                         seq: message.seq,
                         name,
-                        payload: payload.clone(),
+                        payload: shared.clone(),
                     });
                 }
             }
