@@ -486,6 +486,28 @@ def new_cluster(tmp_path_factory):
     assert not problems, "\n".join(problems)
 
 
+@pytest.fixture
+def new_herald(tmp_path):
+    """Factory: new_herald(*args) -> a herald of the test's own, started with
+    extra CLI args; stopped at teardown, where it must exit 0."""
+    made: list = []
+
+    def _start(*args: str) -> Herald:
+        h = Herald(tmp_path / f"herald-{len(made)}.log", list(args))
+        _RUNNING.append(h)
+        made.append(h)
+        return h.start()
+
+    yield _start
+    problems = []
+    for h in made:
+        code = h.stop()
+        _RUNNING.remove(h)
+        if code != 0:
+            problems.append(f"herald on port {h.port} exited with {code}\n{h.log_tail()}")
+    assert not problems, "\n".join(problems)
+
+
 def pytest_runtest_setup(item):
     item.stash[_log_offsets_key] = [(h, h.log_size()) for h in _RUNNING]
 
