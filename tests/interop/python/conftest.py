@@ -9,6 +9,15 @@ API with `requests`.
 Every test uses session ids of its own (`new_session_id`), so tests sharing
 the one server cannot see each other's events.
 
+Tests of several instances use `cluster` (two heralds sharing a real
+redis-server, spawned without persistence on a free 127.0.0.1 port, like
+the Node suite's lib/redis.mjs) or, to restart Redis, `new_cluster`; tests
+needing herald flags of their own use `new_herald`.
+
+Conn.subscribe() asserts the subscribe contract of PROTOCOL.md section 4
+exactly (`subscribed` and ack with seq and epoch, and the snapshot or
+replay that follows); the shape helpers are defined here once.
+
 Sample payloads and bad inputs come from tests/fixtures/events.json, which
 the Rust, Node and browser suites read too.
 
