@@ -14,6 +14,8 @@ import {
   build,
   sessionId,
   isRecentIsoTimestamp,
+  sessionEvents,
+  assertRefusalAck,
   sleep,
 } from './lib/herald.mjs';
 
@@ -66,7 +68,7 @@ describe('bad input', () => {
             socket.emit(eventName, ...args);
             assertRequestError(await errEvent, `${eventName} ${label} (no ack)`);
 
-            // With an ack callback: the `error` event and ack {ok:false, error}.
+            // With an ack callback: the `error` event and ack {ok:false, error, code}.
             const errEvent2 = waitFor(socket, 'error', (d) => d && d.code === 'INVALID_SESSION_ID', 3000);
             let ack;
             try {
@@ -74,9 +76,7 @@ describe('bad input', () => {
             } catch (e) {
               assert.fail(`${eventName} ${label}: no ack (${e.message})`);
             }
-            assert.equal(ack.ok, false, `${eventName} ${label}: ack ${JSON.stringify(ack)}`);
-            assert.equal(typeof ack.error, 'string');
-            assert.ok(ack.error.length > 0);
+            assertRefusalAck(ack, 'INVALID_SESSION_ID');
             assertRequestError(await errEvent2, `${eventName} ${label} (ack)`);
             assert.equal(socket.connected, true, `socket disconnected after ${label}`);
           }
@@ -88,8 +88,7 @@ describe('bad input', () => {
 
           // The socket is still usable: subscribe properly and receive.
           const s = sessionId('after-bad');
-          const { ack } = await subscribe(socket, s);
-          assert.deepEqual(ack, { ok: true, sessionId: s });
+          await subscribe(socket, s, { herald });
           const arriving = waitFor(socket, 'completed', (d) => d.sessionId === s);
           await herald.publishOk(s, 'completed', sample('completed'));
           assert.equal((await arriving).seq, 1);
@@ -102,8 +101,8 @@ describe('bad input', () => {
       const socket = await connect(herald.url, { transports: ['websocket'] });
       assert.ok(VALID_SESSION_IDS.some(({ id }) => id.length === 128), 'the fixtures hold a 128-character id');
       for (const { label, id } of VALID_SESSION_IDS) {
-        const { ack } = await subscribe(socket, id);
-        assert.deepEqual(ack, { ok: true, sessionId: id }, label);
+        // A herald of this file's own: these ids have no events yet.
+        await subscribe(socket, id, { herald });
         const arriving = waitFor(socket, 'progress', (d) => d.sessionId === id);
         await herald.publishOk(id, 'progress', sample('progress'));
         assert.equal((await arriving).seq, 1, label);
@@ -274,11 +273,7 @@ describe('bad input', () => {
       }
 
       await sleep(300);
-      assert.deepEqual(
-        watcher2.received.filter((r) => r.args[0] && 'seq' in r.args[0]),
-        [],
-        'an item of a rejected batch was delivered',
-      );
+      assert.deepEqual(sessionEvents(watcher2), [], 'an item of a rejected batch was delivered');
       assert.equal((await herald.session('batch-other')).seq, 0, 'a rejected batch consumed a seq');
       watcher2.disconnect();
     });
@@ -294,9 +289,7 @@ describe('bad input', () => {
 
   test('after all the bad input: nothing was delivered and seq did not advance', async () => {
     await sleep(300);
-    const delivered = watcher.received
-      .filter((r) => r.args[0] && typeof r.args[0] === 'object' && 'seq' in r.args[0])
-      .map((r) => [r.event, r.args[0].sessionId, r.args[0].seq]);
+    const delivered = sessionEvents(watcher).map((e) => [e.event, e.data.sessionId, e.data.seq]);
     assert.deepEqual(delivered, [
       ['progress', target, 1],
       ['model_result', target, 2],

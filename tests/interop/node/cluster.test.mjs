@@ -12,29 +12,18 @@ import {
   connect,
   closeAll,
   subscribe,
-  emitAck,
   sample,
   sessionId,
   isRecentIsoTimestamp,
+  sessionEvents,
+  seqsOf,
+  range,
+  assertSubscribeAck,
+  EPOCH,
   until,
   sleep,
 } from './lib/herald.mjs';
 import { startRedis } from './lib/redis.mjs';
-
-/** The stored events of `session` on `socket` (those carrying a seq), as `{ event, data }`. */
-function sessionEvents(socket, session) {
-  return (socket.received || [])
-    .filter((r) => r.args[0] && typeof r.args[0] === 'object' && r.args[0].sessionId === session && 'seq' in r.args[0])
-    .map((r) => ({ event: r.event, data: r.args[0] }));
-}
-
-function seqsOf(socket, session) {
-  return sessionEvents(socket, session).map((e) => e.data.seq);
-}
-
-function range(from, to) {
-  return Array.from({ length: to - from + 1 }, (_, i) => from + i);
-}
 
 async function ready(herald) {
   return herald.request('GET', '/ready', { timeoutMs: 2000 });
@@ -65,7 +54,10 @@ function linesWith(text, needle) {
   return text.split('\n').filter((l) => l.includes(needle));
 }
 
-/** Sockets on both instances, both transports, subscribed to `session`. */
+/**
+ * Sockets on both instances, both transports, subscribed to `session`: all
+ * told seq 0 and the one epoch both instances report.
+ */
 async function subscribersOnBoth(a, b, session) {
   const sockets = {
     'A/websocket': await connect(a.url, { transports: ['websocket'] }),
@@ -73,7 +65,11 @@ async function subscribersOnBoth(a, b, session) {
     'B/websocket': await connect(b.url, { transports: ['websocket'] }),
     'B/polling': await connect(b.url, { transports: ['polling'] }),
   };
-  for (const s of Object.values(sockets)) await subscribe(s, session);
+  let epoch;
+  for (const [name, s] of Object.entries(sockets)) {
+    const { event } = await subscribe(s, session, { herald: name.startsWith('A') ? a : b, epoch });
+    epoch = event.epoch;
+  }
   assert.equal(sockets['A/polling'].io.engine.transport.name, 'polling');
   assert.equal(sockets['B/polling'].io.engine.transport.name, 'polling');
   return sockets;
@@ -115,8 +111,8 @@ describe('cluster: two heralds sharing one Redis', () => {
     const session = sessionId('cluster-types');
     const wsA = await connect(a.url, { transports: ['websocket'] });
     const pollA = await connect(a.url, { transports: ['polling'] });
-    await subscribe(wsA, session);
-    await subscribe(pollA, session);
+    const { event } = await subscribe(wsA, session, { herald: a });
+    await subscribe(pollA, session, { herald: b, epoch: event.epoch });
     assert.equal(pollA.io.engine.transport.name, 'polling');
 
     const published = [
@@ -369,6 +365,7 @@ describe('cluster: two heralds sharing one Redis', () => {
   test('Redis killed mid-stream and restarted: 503 while down, sockets stay, delivery resumes on both', async () => {
     const session = sessionId('cluster-outage');
     const sockets = await subscribersOnBoth(a, b, session);
+    const epochBefore = (await a.session(session)).epoch;
     const disconnects = [];
     const ids = {};
     for (const [name, s] of Object.entries(sockets)) {
@@ -468,8 +465,26 @@ describe('cluster: two heralds sharing one Redis', () => {
       assert.equal(s.connected, true, `${name} is no longer connected`);
       assert.equal(s.id, ids[name], `${name} reconnected under a new id`);
     }
-    const ack = await emitAck(sockets['B/websocket'], 'subscribe', sessionId('during-outage'));
-    assert.equal(ack?.ok, true, `subscribe during the outage: ${JSON.stringify(ack)}`);
+    // A subscribe while Redis is down waits for it (up to 30 s) rather than
+    // answering from nothing: no ack and no `subscribed` yet.
+    const late = sessionId('during-outage');
+    const waiting = sockets['B/websocket'];
+    let lateAck;
+    const lateAnswer = waiting
+      .timeout(30000)
+      .emitWithAck('subscribe', late)
+      .then((ack) => {
+        lateAck = ack;
+        return ack;
+      });
+    lateAnswer.catch(() => {}); // awaited below; a test failing before must not leave it unhandled
+    await sleep(700);
+    assert.equal(lateAck, undefined, `a subscribe during the outage was answered: ${JSON.stringify(lateAck)}`);
+    assert.deepEqual(
+      waiting.received.filter((r) => r.event === 'subscribed' && r.args[0]?.sessionId === late),
+      [],
+      'subscribed sent for a subscribe during the outage',
+    );
 
     // Redis back on the same port (empty: no persistence).
     const restartedAt = Date.now();
@@ -480,10 +495,25 @@ describe('cluster: two heralds sharing one Redis', () => {
     for (const { res } of up) assert.deepEqual(res.body, { status: 'ready', adapter: 'redis' });
     const recoveredMs = Date.now() - restartedAt;
 
+    // The subscribe made during the outage takes effect now: a session
+    // nothing was published to, in an epoch both instances agree on.
+    const ackLate = await lateAnswer;
+    const subscribedLate = waiting.received.filter((r) => r.event === 'subscribed' && r.args[0]?.sessionId === late);
+    assert.equal(subscribedLate.length, 1, 'one subscribed for the subscribe made during the outage');
+    assertSubscribeAck(ackLate, late, { seq: 0, epoch: subscribedLate[0].args[0].epoch });
+    assert.equal((await b.session(late)).epoch, ackLate.epoch);
+    assert.equal((await a.session(late)).epoch, ackLate.epoch);
+
     const r1 = await a.publishOk(session, 'clarification', sample('clarification', { clarificationId: 'after-A' }));
     const r2 = await b.publishOk(session, 'clarification', sample('clarification', { clarificationId: 'after-B' }));
     assert.ok(Number.isInteger(r1.seq) && r1.seq >= 1, `seq after the restart: ${r1.seq}`);
     assert.equal(r2.seq, r1.seq + 1, 'after the restart, A and B no longer share one seq');
+    // Redis lost the session's state, so its sequence is a new one: a new
+    // epoch, the same on both instances.
+    const [epochA, epochB] = [(await a.session(session)).epoch, (await b.session(session)).epoch];
+    assert.match(epochA, EPOCH);
+    assert.equal(epochB, epochA, 'A and B disagree about the epoch after the restart');
+    assert.notEqual(epochA, epochBefore, 'the epoch did not change although Redis lost the session');
     for (const [name, socket] of Object.entries(sockets)) {
       const clar = () => sessionEvents(socket, session).filter((e) => e.event === 'clarification');
       await until(() => clar().length >= 2, {

@@ -14,6 +14,8 @@ import {
   sessionId,
   isRecentIsoTimestamp,
   received,
+  sessionEvents,
+  EPOCH,
   sleep,
 } from './lib/herald.mjs';
 
@@ -51,7 +53,7 @@ describe('event types', () => {
 
   test('all five events, with and without optional fields, in order with seq 1..n', async () => {
     const session = sessionId('types');
-    await subscribe(socket, session);
+    const { event: subscribed } = await subscribe(socket, session, { herald });
 
     const payloads = [
       ['progress', sample('progress')],
@@ -95,9 +97,7 @@ describe('event types', () => {
     }
 
     // Nothing else for this session arrived, and the seqs seen are exactly 1..n in order.
-    const seqs = socket.received
-      .filter((r) => r.args[0] && r.args[0].sessionId === session && 'seq' in r.args[0])
-      .map((r) => [r.event, r.args[0].seq]);
+    const seqs = sessionEvents(socket, session).map((e) => [e.event, e.data.seq]);
     assert.deepEqual(
       seqs,
       payloads.map(([event], i) => [event, i + 1]),
@@ -106,6 +106,7 @@ describe('event types', () => {
     const state = await herald.session(session);
     assert.equal(state.sessionId, session);
     assert.equal(state.seq, payloads.length);
+    assert.equal(state.epoch, subscribed.epoch, 'publishing does not change the epoch');
     assert.equal(state.subscribers, 1);
     assert.equal(state.completed, true);
     assert.equal(state.failed, true, 'an error event was published, so failed is true');
@@ -150,6 +151,7 @@ describe('event types', () => {
     assert.deepEqual(state, {
       sessionId: session,
       seq: 0,
+      epoch: null,
       progress: null,
       completed: false,
       failed: false,
@@ -170,6 +172,9 @@ describe('event types', () => {
     assert.equal(sa.progress.status, 'COMPLETED');
     assert.equal(sb.completed, false);
     assert.equal(sb.failed, true);
+    // A session's epoch exists from its first publish, subscriber or not.
+    assert.match(sa.epoch, EPOCH);
+    assert.match(sb.epoch, EPOCH);
   });
 
   test('a published error is told apart from a request error: it has seq and no code', async () => {
@@ -204,10 +209,11 @@ describe('event types', () => {
     await done;
     await waitFor(socket, 'model_result', (d) => d.sessionId === s2, 2000, { past: true });
     await sleep(200);
-    const got = socket.received
-      .slice(before)
-      .filter((r) => r.args[0] && 'seq' in r.args[0])
-      .map((r) => ({ event: r.event, sessionId: r.args[0].sessionId, seq: r.args[0].seq }));
+    const got = sessionEvents(socket, undefined, { from: before }).map((e) => ({
+      event: e.event,
+      sessionId: e.data.sessionId,
+      seq: e.data.seq,
+    }));
     const s1Events = got.filter((g) => g.sessionId === s1);
     assert.deepEqual(s1Events, [
       { event: 'progress', sessionId: s1, seq: 1 },

@@ -19,6 +19,9 @@ import {
   FIXTURES,
   cases,
   sessionId,
+  subscribe,
+  sessionEvents,
+  until,
 } from './lib/herald.mjs';
 
 describe('harness', () => {
@@ -80,6 +83,45 @@ describe('harness', () => {
     const pending = waitFor(socket, 'progress', (d) => d.seq === 99, 1000);
     await herald.publishOk(s, 'progress', sample('progress'));
     await assert.rejects(pending, /non-matching "progress" events meanwhile: \{/);
+  });
+
+  test('subscribe() fails on a wrong seq, epoch or snapshot, and passes on the right ones', async () => {
+    const herald = heralds.find((h) => h.running) ?? (await startHerald());
+    if (!heralds.includes(herald)) heralds.push(herald);
+    const early = await connect(herald.url, { transports: ['websocket'] });
+    const late = await connect(herald.url, { transports: ['websocket'] });
+    const s = sessionId('shapes');
+    const { event } = await subscribe(early, s, { herald });
+    await herald.publishOk(s, 'progress', sample('progress'));
+    await herald.publishOk(s, 'model_result', sample('model_result'));
+    await until(() => sessionEvents(early, s).length === 2, { what: 'the early subscriber to get both events' });
+    const [progress] = sessionEvents(early, s);
+
+    // The defaults describe a session nothing was published to.
+    await assert.rejects(subscribe(late, s), /seq \(the session's last seq\)/);
+    // The right seq, but the snapshot the late subscriber gets is not stated.
+    await assert.rejects(subscribe(late, s, { seq: 2 }), /the events that followed subscribed/);
+    // A snapshot event that differs from what was first delivered.
+    const restamped = { event: 'progress', data: { ...progress.data, timestamp: new Date(0).toISOString() } };
+    await assert.rejects(subscribe(late, s, { seq: 2, snapshot: [restamped] }), /the events that followed subscribed/);
+    await assert.rejects(subscribe(late, s, { seq: 2, epoch: 'ffffffffffff', snapshot: [progress] }), /epoch/);
+    // Resuming needs its expectations stated, and they are checked.
+    await assert.rejects(subscribe(late, s, { payload: { sessionId: s, since: 1 }, seq: 2 }), /say what the resume reports/);
+    await assert.rejects(
+      subscribe(late, s, { payload: { sessionId: s, since: 1 }, seq: 2, resume: { recovered: false, reason: 'epoch_changed' } }),
+      /recovered/,
+    );
+    // And the right ones pass.
+    const snap = await subscribe(late, s, { seq: 2, epoch: event.epoch, snapshot: [progress], herald });
+    assert.deepEqual(snap.held, [progress]);
+    const resumed = await subscribe(late, s, {
+      payload: { sessionId: s, since: 1, epoch: event.epoch },
+      seq: 2,
+      epoch: event.epoch,
+      resume: { recovered: true, replayed: 1 },
+      replay: [sessionEvents(early, s)[1]],
+    });
+    assert.equal(resumed.event.replayed, 1);
   });
 
   test('connect rejects when nothing listens', async () => {

@@ -6,7 +6,7 @@
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
-import { startHerald, sample, sessionId, isRecentIsoTimestamp, until } from './lib/herald.mjs';
+import { startHerald, sample, sessionId, isRecentIsoTimestamp, until, assertSubscribed } from './lib/herald.mjs';
 
 const STOP_WITHIN_MS = 5000;
 const RECONNECT_WITHIN_MS = 30000;
@@ -31,6 +31,7 @@ describe('restart', () => {
       const connects = [];
       const disconnects = [];
       const subscribedAt = [];
+      const subscribedWith = [];
       const events = [];
       socket.on('connect', () => {
         connects.push({ id: socket.id, at: Date.now() });
@@ -38,12 +39,17 @@ describe('restart', () => {
       });
       socket.on('disconnect', (reason) => disconnects.push(reason));
       socket.on('subscribed', (d) => {
-        if (d.sessionId === session) subscribedAt.push(Date.now());
+        if (d.sessionId === session) {
+          subscribedAt.push(Date.now());
+          subscribedWith.push(d);
+        }
       });
       socket.on('clarification', (d) => events.push(d));
 
       await until(() => subscribedAt.length === 1, { timeoutMs: 10000, what: 'first connect + subscribed' });
       assert.equal(socket.io.engine.transport.name, transport);
+      const epochBefore = (await herald.session(session)).epoch;
+      assertSubscribed(subscribedWith[0], session, { seq: 0, epoch: epochBefore });
       const before = sample('clarification', { clarificationId: 'before-restart' });
       await herald.publishOk(session, 'clarification', before);
       await until(() => events.length === 1, { timeoutMs: 5000, what: 'the event before the restart' });
@@ -76,6 +82,10 @@ describe('restart', () => {
       assert.equal(socket.io.engine.transport.name, transport);
       const state = await herald.session(session);
       assert.equal(state.subscribers, 1);
+      // A memory-mode herald forgets its sessions when it stops: the
+      // session starts again at seq 0, in a new epoch.
+      assertSubscribed(subscribedWith[1], session, { seq: 0, epoch: state.epoch });
+      assert.notEqual(state.epoch, epochBefore, 'the epoch survived a restart that lost the session');
 
       const afterEvent = sample('clarification', { clarificationId: 'after-restart' });
       const res = await herald.publishOk(session, 'clarification', afterEvent);

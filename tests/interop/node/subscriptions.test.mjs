@@ -14,18 +14,18 @@ import {
   sample,
   sessionId,
   received,
+  sessionEvents,
+  assertSubscribed,
+  assertSubscribeAck,
   sleep,
   until,
 } from './lib/herald.mjs';
 
 const QUIET_WINDOW_MS = 700;
 
-/** Events on `socket` that carry a seq (published events), as [event, sessionId, seq]. */
+/** Published session events on `socket` (not replies), as [event, sessionId, seq]. */
 function published(socket, fromIndex = 0) {
-  return socket.received
-    .slice(fromIndex)
-    .filter((r) => r.args[0] && typeof r.args[0] === 'object' && 'seq' in r.args[0])
-    .map((r) => [r.event, r.args[0].sessionId, r.args[0].seq]);
+  return sessionEvents(socket, undefined, { from: fromIndex }).map((e) => [e.event, e.data.sessionId, e.data.seq]);
 }
 
 describe('subscriptions', () => {
@@ -43,8 +43,8 @@ describe('subscriptions', () => {
     const session = sessionId('unsub');
     const leaver = await connect(herald.url, { transports: ['websocket'] });
     const control = await connect(herald.url, { transports: ['websocket'] });
-    await subscribe(leaver, session);
-    await subscribe(control, session);
+    const first = await subscribe(leaver, session, { herald });
+    await subscribe(control, session, { herald, epoch: first.event.epoch });
 
     // Both receive while subscribed.
     const a1 = waitFor(leaver, 'progress', (d) => d.sessionId === session && d.seq === 1);
@@ -76,11 +76,31 @@ describe('subscriptions', () => {
     // Unsubscribing from a session one is not in is still acknowledged.
     const again = await unsubscribe(leaver, session);
     assert.deepEqual(again.ack, { ok: true, sessionId: session });
-    // And the socket can come back.
-    await subscribe(leaver, session);
-    const back = waitFor(leaver, 'clarification', (d) => d.sessionId === session && d.seq === 4);
+    // And the socket can come back: at seq 3, in the same epoch, with the
+    // snapshot (latest progress, then the completed event) exactly as the
+    // control subscriber first got them, then live events.
+    const [progress1, , completed3] = sessionEvents(control, session);
+    assert.deepEqual(
+      [progress1.event, progress1.data.seq, completed3.event, completed3.data.seq],
+      ['progress', 1, 'completed', 3],
+    );
+    const mark2 = leaver.received.length;
+    const back = await subscribe(leaver, session, {
+      herald,
+      seq: 3,
+      epoch: first.event.epoch,
+      snapshot: [progress1, completed3],
+    });
+    assert.deepEqual(back.held.map((e) => e.data.seq), [1, 3]);
+    const live = waitFor(leaver, 'clarification', (d) => d.sessionId === session && d.seq === 4);
     await herald.publishOk(session, 'clarification', sample('clarification'));
-    await back;
+    await live;
+    await sleep(QUIET_WINDOW_MS);
+    assert.deepEqual(published(leaver, mark2), [
+      ['progress', session, 1],
+      ['completed', session, 3],
+      ['clarification', session, 4],
+    ]);
   });
 
   test('sessions are isolated from each other', async () => {
@@ -171,8 +191,8 @@ describe('subscriptions', () => {
   test('subscribing twice to the same session delivers each event once', async () => {
     const socket = await connect(herald.url, { transports: ['websocket'] });
     const session = sessionId('twice');
-    await subscribe(socket, session);
-    await subscribe(socket, session);
+    const { event } = await subscribe(socket, session, { herald });
+    await subscribe(socket, session, { herald, epoch: event.epoch });
     assert.equal((await herald.session(session)).subscribers, 1);
     await herald.publishOk(session, 'progress', sample('progress'));
     await waitFor(socket, 'progress', (d) => d.sessionId === session, 3000, { past: true });
@@ -194,7 +214,8 @@ describe('subscriptions', () => {
       }
     }
     const ack = await lastAck;
-    assert.deepEqual(ack, { ok: true, sessionId: session });
+    const { epoch } = await herald.session(session);
+    assertSubscribeAck(ack, session, { seq: 0, epoch });
 
     // Every emit was answered, in order; the last reply is `subscribed`.
     await until(
@@ -211,6 +232,8 @@ describe('subscriptions', () => {
       replies.every((e, i) => e === (i % 2 === 0 ? 'subscribed' : 'unsubscribed')),
       'replies not in emit order',
     );
+    // Every `subscribed`: nothing published yet (seq 0), one epoch throughout.
+    for (const payload of received(socket, 'subscribed')) assertSubscribed(payload, session, { seq: 0, epoch });
 
     assert.equal((await herald.session(session)).subscribers, 1);
 

@@ -16,6 +16,7 @@ import {
   isRecentIsoTimestamp,
   until,
   received,
+  assertSubscribed,
 } from './lib/herald.mjs';
 
 const VARIANTS = [
@@ -59,10 +60,10 @@ describe('transports', () => {
       assert.equal(socket.io.engine.transport.name, variant.final);
 
       const session = sessionId('transport');
-      const { ack, event } = await subscribe(socket, session);
-      assert.deepEqual(ack, { ok: true, sessionId: session });
-      assert.equal(event.sessionId, session);
-      assert.ok(isRecentIsoTimestamp(event.timestamp), `bad subscribed timestamp ${event.timestamp}`);
+      // subscribe() asserts `subscribed` and the ack exactly: seq 0, one
+      // epoch, the one GET /api/v1/sessions/{id} reports.
+      const { ack, event } = await subscribe(socket, session, { herald });
+      assert.deepEqual(ack, { ok: true, sessionId: session, seq: 0, epoch: event.epoch });
 
       const data = sample('progress');
       const arriving = waitFor(socket, 'progress', (d) => d.sessionId === session);
@@ -92,8 +93,7 @@ describe('transports', () => {
     const confirmed = waitFor(socket, 'subscribed', (d) => d.sessionId === session);
     socket.emit('subscribe', { sessionId: session });
     const ev = await confirmed;
-    assert.equal(ev.sessionId, session);
-    assert.ok(isRecentIsoTimestamp(ev.timestamp));
+    assertSubscribed(ev, session, { seq: 0, epoch: (await herald.session(session)).epoch });
 
     const arriving = waitFor(socket, 'clarification', (d) => d.sessionId === session);
     await herald.publishOk(session, 'clarification', sample('clarification'));

@@ -9,6 +9,15 @@ API with `requests`.
 Every test uses session ids of its own (`new_session_id`), so tests sharing
 the one server cannot see each other's events.
 
+Tests of several instances use `cluster` (two heralds sharing a real
+redis-server, spawned without persistence on a free 127.0.0.1 port, like
+the Node suite's lib/redis.mjs) or, to restart Redis, `new_cluster`; tests
+needing herald flags of their own use `new_herald`.
+
+Conn.subscribe() asserts the subscribe contract of PROTOCOL.md section 4
+exactly (`subscribed` and ack with seq and epoch, and the snapshot or
+replay that follows); the shape helpers are defined here once.
+
 Sample payloads and bad inputs come from tests/fixtures/events.json, which
 the Rust, Node and browser suites read too.
 
@@ -20,11 +29,14 @@ puts it on sys.path and imports this file as the module `conftest`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import sys
@@ -32,7 +44,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import pytest
 import requests
@@ -75,6 +87,9 @@ ISO_8601 = re.compile(
 )
 
 EVENT_NAMES = tuple(FIXTURES["events"])
+
+# A session's epoch (PROTOCOL.md section 4): 12 lowercase hex digits.
+EPOCH = re.compile(r"^[0-9a-f]{12}\Z")
 
 # Wait bounds (seconds). Generous next to what a local server needs, short
 # enough that a missing event fails a test quickly.
@@ -297,6 +312,211 @@ def herald(tmp_path_factory) -> Herald:
     )
 
 
+# --------------------------------------------------------------------------
+# redis-server, for the tests of several heralds sharing one Redis
+# --------------------------------------------------------------------------
+
+def redis_server_bin() -> str:
+    """$REDIS_SERVER_BIN, else redis-server on the PATH."""
+    found = os.environ.get("REDIS_SERVER_BIN") or shutil.which("redis-server")
+    if not found:
+        raise RuntimeError(
+            "redis-server is not installed: install redis-server 7 "
+            "(scripts/install-test-deps) or set REDIS_SERVER_BIN")
+    return found
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (racy: only for what cannot
+    report the port it bound, like redis-server; herald starts on port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_ping(port: int, timeout: float = 1.0) -> bool:
+    """True when the Redis at `port` answers PING with +PONG."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = s.recv(64)
+                if not chunk:
+                    return False
+                reply += chunk
+            return reply == b"+PONG\r\n"
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One redis-server on 127.0.0.1, with persistence off (so that a restart
+    after kill() comes back empty, as a Redis without persistence does), and
+    its successors after restart(), always on the same port."""
+
+    def __init__(self, port: int, log_path: Path):
+        self.port = port
+        self.log_path = log_path
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> "RedisServer":
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [redis_server_bin(), "--port", str(self.port),
+                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=tempfile.gettempdir(),
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if redis_ping(self.port, timeout=0.5):
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"redis-server on port {self.port} did not answer PING "
+                           f"within {timeout}s\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL (an outage, not a shutdown), and wait for the exit."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> "RedisServer":
+        self.kill()
+        return self.start()
+
+    def log_tail(self, limit: int = 4000) -> str:
+        try:
+            return self.log_path.read_text("utf-8", "replace")[-limit:]
+        except OSError:
+            return ""
+
+
+def start_redis(log_dir: Path) -> RedisServer:
+    """A redis-server on a free port (retried if the port was taken meanwhile)."""
+    error = None
+    for attempt in range(3):
+        server = RedisServer(free_port(), log_dir / f"redis-{attempt}.log")
+        try:
+            return server.start()
+        except RuntimeError as e:
+            error = e
+            if "in use" not in server.log_tail():
+                break
+    raise error
+
+
+def wait_ready(server: "Herald", timeout: float = 10.0) -> dict:
+    """Waits for GET /ready to answer 200; returns its body."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            r = server.http.get(server.url + "/ready", timeout=1)
+            last = f"{r.status_code} {r.text[:200]}"
+            if r.status_code == 200:
+                return r.json()
+        except requests.RequestException as e:
+            last = str(e)
+        time.sleep(0.05)
+    raise AssertionError(f"{server.url}/ready not 200 within {timeout}s: {last}")
+
+
+@dataclasses.dataclass
+class Cluster:
+    """A redis-server and two heralds sharing it."""
+    redis: RedisServer
+    a: "Herald"
+    b: "Herald"
+
+
+class ClusterFactory:
+    """Starts clusters (redis-server + two heralds with --redis-url) and
+    stops them all at teardown; every herald must exit 0 on SIGTERM."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.made: list = []
+
+    def __call__(self) -> Cluster:
+        n = len(self.made)
+        redis = start_redis(self.log_dir)
+        heralds = []
+        self.made.append((redis, heralds))
+        for name in "ab":
+            h = Herald(self.log_dir / f"herald-{n}{name}.log",
+                       ["--redis-url", redis.url])
+            _RUNNING.append(h)
+            heralds.append(h)
+            h.start()
+        for h in heralds:
+            assert wait_ready(h) == {"status": "ready", "adapter": "redis"}
+        return Cluster(redis, *heralds)
+
+    def close(self) -> list:
+        problems = []
+        for redis, heralds in self.made:
+            for h in heralds:
+                code = h.stop()
+                _RUNNING.remove(h)
+                if code != 0:
+                    problems.append(f"herald on port {h.port} exited with {code}"
+                                    f"\n{h.log_tail()}")
+            redis.kill()
+        return problems
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Cluster:
+    """Two heralds sharing one real redis-server, for a test module."""
+    factory = ClusterFactory(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield factory()
+    finally:
+        problems = factory.close()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def new_cluster(tmp_path_factory):
+    """Factory of clusters of a test's own (for tests that restart Redis)."""
+    factory = ClusterFactory(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield factory
+    finally:
+        problems = factory.close()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def new_herald(tmp_path):
+    """Factory: new_herald(*args) -> a herald of the test's own, started with
+    extra CLI args; stopped at teardown, where it must exit 0."""
+    made: list = []
+
+    def _start(*args: str) -> Herald:
+        h = Herald(tmp_path / f"herald-{len(made)}.log", list(args))
+        _RUNNING.append(h)
+        made.append(h)
+        return h.start()
+
+    yield _start
+    problems = []
+    for h in made:
+        code = h.stop()
+        _RUNNING.remove(h)
+        if code != 0:
+            problems.append(f"herald on port {h.port} exited with {code}\n{h.log_tail()}")
+    assert not problems, "\n".join(problems)
+
+
 def pytest_runtest_setup(item):
     item.stash[_log_offsets_key] = [(h, h.log_size()) for h in _RUNNING]
 
@@ -441,6 +661,97 @@ def _assert_same_types(got, want, path):
 
 
 # --------------------------------------------------------------------------
+# replies to subscribe / unsubscribe (PROTOCOL.md sections 1 and 4)
+# --------------------------------------------------------------------------
+
+def is_session_event(event: str, data: Any, session_id: Optional[str] = None) -> bool:
+    """Whether (event, data) is a published session event: one of the five,
+    carrying an integer seq. Not a reply such as `subscribed` (which carries a
+    seq too) nor a request error (no seq)."""
+    return (event in EVENT_NAMES and isinstance(data, dict)
+            and isinstance(data.get("seq"), int)
+            and not isinstance(data.get("seq"), bool)
+            and (session_id is None or data.get("sessionId") == session_id))
+
+
+def assert_subscribed(payload: Any, session_id: str, seq: Optional[int] = 0,
+                      epoch: Optional[str] = None,
+                      resume: Optional[dict] = None) -> dict:
+    """A `subscribed` payload, exactly: {sessionId, timestamp, seq, epoch};
+    for a resume (`resume` given) also recovered and replayed, and reason
+    when not recovered. `seq` is the session's last seq when the
+    subscription took effect (None: not known in advance); `epoch`, when
+    given, must match; `resume` is {recovered, replayed?, reason?}."""
+    what = f"subscribed {payload!r}"
+    assert isinstance(payload, dict), what
+    keys = {"sessionId", "timestamp", "seq", "epoch"}
+    if resume is not None:
+        keys |= {"recovered", "replayed"}
+        if not resume["recovered"]:
+            keys.add("reason")
+    assert set(payload) == keys, f"{what}: fields should be {sorted(keys)}"
+    assert payload["sessionId"] == session_id, what
+    assert_iso8601(payload["timestamp"], "subscribed.timestamp")
+    assert isinstance(payload["epoch"], str) and EPOCH.match(payload["epoch"]), (
+        f"{what}: epoch is not 12 lowercase hex digits")
+    if epoch is not None:
+        assert payload["epoch"] == epoch, f"{what}: expected epoch {epoch!r}"
+    assert type(payload["seq"]) is int and payload["seq"] >= 0, what
+    if seq is not None:
+        assert payload["seq"] == seq, (
+            f"{what}: expected seq {seq} (the session's last seq)")
+    if resume is not None:
+        assert payload["recovered"] is resume["recovered"], (
+            f"{what}: expected recovered {resume['recovered']}")
+        assert type(payload["replayed"]) is int and payload["replayed"] >= 0, what
+        if "replayed" in resume:
+            assert payload["replayed"] == resume["replayed"], (
+                f"{what}: expected replayed {resume['replayed']}")
+        if not resume["recovered"]:
+            assert payload["reason"] == resume["reason"], (
+                f"{what}: expected reason {resume['reason']!r}")
+    return payload
+
+
+def assert_subscribe_ack(ack: Any, session_id: str, seq: int, epoch: str) -> None:
+    """A subscribe ack, exactly: {ok: true, sessionId, seq, epoch}."""
+    expected = {"ok": True, "sessionId": session_id, "seq": seq, "epoch": epoch}
+    assert ack == expected and type(ack["seq"]) is int, (
+        f"subscribe ack: expected {expected!r}, got {ack!r}")
+
+
+def assert_refusal_ack(ack: Any, code: str = "INVALID_SESSION_ID") -> None:
+    """The ack of a refused request, exactly: {ok: false, error, code}."""
+    assert isinstance(ack, dict), f"refusal ack should be an object, got {ack!r}"
+    assert set(ack) == {"ok", "error", "code"}, f"refusal ack: {ack!r}"
+    assert ack["ok"] is False and ack["code"] == code, f"refusal ack: {ack!r}"
+    assert isinstance(ack["error"], str) and ack["error"].strip(), f"refusal ack: {ack!r}"
+
+
+@dataclasses.dataclass
+class Subscription:
+    """What a subscribe got: the `subscribed` payload, the ack (None when
+    none was asked for), and the held events that followed `subscribed` (the
+    snapshot or the replay) as (event, data), in wire order."""
+    event: dict
+    ack: Optional[dict]
+    held: list
+
+    @property
+    def epoch(self) -> str:
+        return self.event["epoch"]
+
+    @property
+    def seq(self) -> int:
+        return self.event["seq"]
+
+
+# How long subscribe() watches for held events beyond those expected: they
+# leave herald in one burst right behind `subscribed` and the ack.
+SETTLE = 0.1
+
+
+# --------------------------------------------------------------------------
 # receiving
 # --------------------------------------------------------------------------
 
@@ -573,47 +884,147 @@ class WireTap:
         with self._lock:
             return list(self._items)
 
+    def session_events(self, session_id: Optional[str] = None,
+                       start: int = 0) -> list:
+        """(event, payload) of the published session events (see
+        is_session_event), of one session when given, in wire order, from
+        index `start` of pairs() on."""
+        return [(e, d) for e, d in self.pairs()[start:]
+                if is_session_event(e, d, session_id)]
+
+    def seqs(self, session_id: str) -> list:
+        """The seqs of the session's events, in wire order."""
+        return [d["seq"] for _, d in self.session_events(session_id)]
+
 
 class Conn:
-    """A connected stock socketio.Client with its collector and wire tap."""
+    """A connected stock socketio.Client with its collector and wire tap;
+    `herald` (when known) is the server it is connected to."""
 
-    def __init__(self, sio: socketio.Client, events: Collector, wire: WireTap):
+    def __init__(self, sio: socketio.Client, events: Collector, wire: WireTap,
+                 herald: Optional["Herald"] = None):
         self.sio = sio
         self.events = events
         self.wire = wire
+        self.herald = herald
 
     @property
     def sid(self) -> Optional[str]:
         return self.sio.get_sid("/")
 
-    def subscribe(self, session_id, payload: Any = None,
-                  ack: bool = True) -> Optional[dict]:
-        """Subscribes (payload defaults to the id string) and waits for the
-        `subscribed` reply; with ack=True also returns the ack."""
-        return self._room("subscribe", "subscribed", session_id, payload, ack)
+    def subscribe(self, session_id, payload: Any = None, ack: bool = True, *,
+                  seq: Optional[int] = 0, epoch: Optional[str] = None,
+                  snapshot: Sequence = (), resume: Optional[dict] = None,
+                  replay: Optional[Sequence] = None) -> Subscription:
+        """Subscribes (payload defaults to the id string), waits for the
+        `subscribed` reply (and the ack, with ack=True) and for the held
+        events that follow it; asserts all of them exactly.
+
+        - seq: the session's last seq, which `subscribed` and the ack must
+          carry (default 0: nothing was published to it; None: not known in
+          advance).
+        - epoch: the epoch they must carry, when known; when the connection
+          knows its herald, it must also be what GET /api/v1/sessions/{id}
+          reports.
+        - snapshot: for a subscribe without `since`, the (event, data)
+          expected right after `subscribed`, exactly as first delivered.
+        - resume: required when the payload has `since`: {recovered,
+          replayed?, reason?} (see assert_subscribed). The replay must then
+          be `replayed` events in seq order, exactly since+1..seq when
+          recovered, and equal to `replay` when given.
+        """
+        data = session_id if payload is None else payload
+        since = data.get("since") if isinstance(data, dict) else None
+        resuming = since is not None
+        assert not resuming or resume is not None, (
+            f"subscribe {data!r}: say what the resume reports (resume=...)")
+        mine = lambda d: d["sessionId"] == session_id  # noqa: E731
+        before = self.events.count("subscribed", mine)
+        wire_before = len([1 for e, d in self.wire.pairs()
+                           if e == "subscribed" and _safe(mine, d)])
+        result = None
+        if ack:
+            result = self.sio.call("subscribe", data, timeout=WAIT)
+        else:
+            self.sio.emit("subscribe", data)
+        reply = self.events.wait_for_count(
+            "subscribed", before + 1, mine,
+            what=f"sessionId == {session_id!r}")[before]
+        assert_subscribed(reply, session_id, seq, epoch,
+                          resume if resuming else None)
+        if ack:
+            assert_subscribe_ack(result, session_id, reply["seq"], reply["epoch"])
+        if self.herald is not None:
+            state = self.herald.session(session_id)
+            assert state["epoch"] == reply["epoch"], (
+                f"GET session {session_id}: epoch {state['epoch']!r}, "
+                f"subscribed said {reply['epoch']!r}")
+
+        # What follows this `subscribed` on the wire: the session's events
+        # up to its seq.
+        def held_now():
+            pairs = self.wire.pairs()
+            mine_at = [i for i, (e, d) in enumerate(pairs)
+                       if e == "subscribed" and _safe(mine, d)]
+            if len(mine_at) <= wire_before:
+                return []
+            start = mine_at[wire_before] + 1
+            return [(e, d) for e, d in self.wire.session_events(session_id, start)
+                    if d["seq"] <= reply["seq"]]
+
+        expected = replay if resuming else snapshot
+        count = len(expected) if expected is not None else reply["replayed"]
+        deadline = time.monotonic() + WAIT
+        while len(held_now()) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if reply["seq"] > 0:
+            time.sleep(SETTLE)  # one too many would show by now
+        held = held_now()
+        if expected is not None:
+            want = [(e, d) for e, d in expected]
+            assert held == want, (
+                f"the events that followed subscribed {reply!r}:\n"
+                f" expected: {want!r}\n got:      {held!r}")
+        if resuming:
+            seqs = [d["seq"] for _, d in held]
+            assert len(held) == reply["replayed"], (
+                f"replayed {reply['replayed']}, got seqs {seqs}")
+            assert seqs == sorted(set(seqs)), f"replay not in seq order: {seqs}"
+            if resume["recovered"]:
+                assert seqs == list(range(since + 1, reply["seq"] + 1)), (
+                    f"a recovered resume after {since} replays exactly "
+                    f"{since + 1}..{reply['seq']}, got {seqs}")
+        return Subscription(reply, result, held)
 
     def unsubscribe(self, session_id, payload: Any = None,
                     ack: bool = True) -> Optional[dict]:
-        return self._room("unsubscribe", "unsubscribed", session_id, payload, ack)
-
-    def _room(self, event, reply, session_id, payload, ack):
-        before = self.events.count(reply, lambda d: d["sessionId"] == session_id)
+        """Unsubscribes and waits for `unsubscribed`; asserts it and the ack
+        exactly ({sessionId, timestamp} and {ok: true, sessionId})."""
+        mine = lambda d: d["sessionId"] == session_id  # noqa: E731
+        before = self.events.count("unsubscribed", mine)
         data = session_id if payload is None else payload
         result = None
         if ack:
-            result = self.sio.call(event, data, timeout=WAIT)
+            result = self.sio.call("unsubscribe", data, timeout=WAIT)
             assert result == {"ok": True, "sessionId": session_id}, (
-                f"{event} ack: expected {{ok: true, sessionId: {session_id!r}}}, "
-                f"got {result!r}")
+                f"unsubscribe ack: expected {{ok: true, sessionId: "
+                f"{session_id!r}}}, got {result!r}")
         else:
-            self.sio.emit(event, data)
-        replies = self.events.wait_for_count(
-            reply, before + 1, lambda d: d["sessionId"] == session_id,
-            what=f"sessionId == {session_id!r}")
-        r = replies[before]
-        assert set(r) == {"sessionId", "timestamp"}, f"{reply} payload: {r!r}"
-        assert_iso8601(r["timestamp"], f"{reply}.timestamp")
+            self.sio.emit("unsubscribe", data)
+        r = self.events.wait_for_count(
+            "unsubscribed", before + 1, mine,
+            what=f"sessionId == {session_id!r}")[before]
+        assert set(r) == {"sessionId", "timestamp"}, f"unsubscribed payload: {r!r}"
+        assert_iso8601(r["timestamp"], "unsubscribed.timestamp")
         return result
+
+    def cut(self) -> None:
+        """Cuts the connection under the client, as a network would: the
+        WebSocket's TCP connection is shut down, with no close frame and no
+        Socket.IO disconnect. The client sees a transport error (and
+        reconnects, if it was made to)."""
+        assert self.sio.transport() == "websocket", "cut() needs a websocket"
+        self.sio.eio.ws.abort()
 
     def disconnect(self) -> None:
         try:
@@ -623,15 +1034,18 @@ class Conn:
 
 
 def make_client(url: str, transports=None, name: str = "client",
-                **client_kwargs) -> Conn:
-    sio = socketio.Client(reconnection=False, **client_kwargs)
+                herald: Optional[Herald] = None, **client_kwargs) -> Conn:
+    """A connected stock socketio.Client (reconnection off unless asked for);
+    with `herald`, subscribe() also checks the epoch its API reports."""
+    client_kwargs.setdefault("reconnection", False)
+    sio = socketio.Client(**client_kwargs)
     events = Collector(name)
     sio.on("*", events)
     sio.on("disconnect", lambda *a: events.add("__disconnect__", list(a)))
     wire = WireTap(sio)
     sio.connect(url, socketio_path=SOCKETIO_PATH, transports=transports,
                 wait_timeout=WAIT)
-    return Conn(sio, events, wire)
+    return Conn(sio, events, wire, herald)
 
 
 @pytest.fixture
@@ -642,7 +1056,7 @@ def connect(herald):
 
     def _connect(transports=None, name: Optional[str] = None, **kw) -> Conn:
         conn = make_client(herald.url, transports,
-                           name or f"client{len(made) + 1}", **kw)
+                           name or f"client{len(made) + 1}", herald, **kw)
         made.append(conn)
         return conn
 

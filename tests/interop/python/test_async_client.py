@@ -12,7 +12,8 @@ import socketio
 
 from conftest import (
     EVENT_NAMES, SOCKETIO_PATH, TRANSPORTS, WAIT, assert_delivered,
-    assert_iso8601, model_result_payload, new_session_id, sample,
+    assert_iso8601, assert_refusal_ack, assert_subscribe_ack, assert_subscribed,
+    is_session_event, model_result_payload, new_session_id, sample,
 )
 
 
@@ -98,11 +99,16 @@ def test_async_client_end_to_end(herald, transport):
 
                 sid = new_session_id(f"async-{transport}")
                 ack = await sio.call("subscribe", sid, timeout=WAIT)
-                assert ack == {"ok": True, "sessionId": sid}
-                await col.wait_for("subscribed", lambda d: d["sessionId"] == sid)
+                subscribed = await col.wait_for(
+                    "subscribed", lambda d: d["sessionId"] == sid)
+                assert_subscribed(subscribed, sid, seq=0)
+                assert_subscribe_ack(ack, sid, 0, subscribed["epoch"])
+                async with http.get(f"{herald.url}/api/v1/sessions/{sid}") as r:
+                    assert (await r.json())["epoch"] == subscribed["epoch"]
                 other = new_session_id("async-other")
                 await sio.emit("subscribe", {"sessionId": other})
-                await col.wait_for("subscribed", lambda d: d["sessionId"] == other)
+                assert_subscribed(await col.wait_for(
+                    "subscribed", lambda d: d["sessionId"] == other), other, seq=0)
 
                 sent = []
                 for event in EVENT_NAMES:
@@ -110,15 +116,14 @@ def test_async_client_end_to_end(herald, transport):
                     body = await _publish(http, herald.url, sid, event, data)
                     sent.append((event, data, body["seq"]))
                 await col.wait_for("error", lambda d: d.get("seq") == 5)
-                got = [(e, d) for e, d in col.items
-                       if isinstance(d, dict) and d.get("sessionId") == sid and "seq" in d]
+                got = [(e, d) for e, d in col.items if is_session_event(e, d, sid)]
                 assert [e for e, _ in got] == list(EVENT_NAMES)
                 for (event, data, seq), (_, d) in zip(sent, got):
                     assert_delivered(d, data, sid, seq=seq)
 
                 # A bad payload: error event + ack, socket still usable.
                 ack = await sio.call("subscribe", 7, timeout=WAIT)
-                assert ack["ok"] is False and isinstance(ack["error"], str), ack
+                assert_refusal_ack(ack, "INVALID_SESSION_ID")
                 err = await col.wait_for("error", lambda d: "code" in d)
                 assert err["code"] == "INVALID_SESSION_ID" and "seq" not in err
 
@@ -147,8 +152,12 @@ def test_async_fanout_20_clients_40_events(herald):
                 _connect(herald.url, ["websocket"] if i % 2 else None, f"async#{i}")
                 for i in range(20)])
             clients.extend(results)
-            await asyncio.gather(*[sio.call("subscribe", sid, timeout=WAIT)
-                                   for sio, _ in clients])
+            acks = await asyncio.gather(*[sio.call("subscribe", sid, timeout=WAIT)
+                                          for sio, _ in clients])
+            # All told seq 0 and the one epoch of the session.
+            epoch = acks[0]["epoch"]
+            for ack in acks:
+                assert_subscribe_ack(ack, sid, 0, epoch)
             timeout = aiohttp.ClientTimeout(total=WAIT)
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 for i in range(40):

@@ -47,17 +47,29 @@ def test_unsubscribe_stops_delivery(herald, connect, ack, form):
 
 def test_unsubscribe_then_resubscribe(herald, connect):
     c = connect(["websocket"])
+    watcher = connect(["websocket"], name="watcher")
     sid = new_session_id("resub")
-    c.subscribe(sid)
+    first = c.subscribe(sid)
+    watcher.subscribe(sid, epoch=first.epoch)
     c.unsubscribe(sid)
-    herald.publish(sid, "progress", progress_payload(10))        # seq 1: missed
+    missed = progress_payload(10)
+    herald.publish(sid, "progress", missed)                        # seq 1
+    seen = watcher.events.wait_for("progress", lambda d: d["sessionId"] == sid)
+    assert_delivered(seen, missed, sid, seq=1)
+    # Not delivered live to a socket that left...
     c.events.assert_none("progress", lambda d: d["sessionId"] == sid)
-    c.subscribe(sid)
+    # ...but subscribing again brings it as the snapshot: seq 1, exactly as
+    # the watcher first got it (same timestamp), in the same epoch.
+    again = c.subscribe(sid, seq=1, epoch=first.epoch,
+                        snapshot=[("progress", seen)])
+    assert again.held == [("progress", seen)]
     data = progress_payload(20)
-    herald.publish(sid, "progress", data)                          # seq 2
-    got = c.events.wait_for("progress", lambda d: d["sessionId"] == sid)
+    herald.publish(sid, "progress", data)                          # seq 2: live
+    got = c.events.wait_for("progress", lambda d: d["sessionId"] == sid
+                            and d["seq"] == 2)
     assert_delivered(got, data, sid, seq=2)
-    assert [d["seq"] for d in c.events.all("progress")] == [2]
+    assert c.wire.seqs(sid) == [1, 2]
+    assert sorted(d["seq"] for d in c.events.all("progress")) == [1, 2]
 
 
 def test_unsubscribe_from_a_session_never_joined(herald, connect):
@@ -141,9 +153,9 @@ def test_several_sessions_on_one_socket(herald, connect, transport):
 def test_repeated_subscribe_delivers_once(herald, connect):
     c = connect(["websocket"])
     sid = new_session_id("twice")
-    c.subscribe(sid)
-    c.subscribe(sid, ack=False)
-    c.subscribe(sid, payload={"sessionId": sid})
+    epoch = c.subscribe(sid).epoch
+    c.subscribe(sid, ack=False, epoch=epoch)
+    c.subscribe(sid, payload={"sessionId": sid}, epoch=epoch)
     assert herald.session(sid)["subscribers"] == 1
     for i in range(3):
         herald.publish(sid, "progress", progress_payload(i))
@@ -156,13 +168,37 @@ def test_repeated_subscribe_delivers_once(herald, connect):
 
 
 def test_subscribe_with_since_is_accepted(herald, connect):
-    """`{sessionId, since}` is a valid subscribe payload (spec section 1)."""
+    """`{sessionId, since}` is a valid subscribe payload (spec section 1):
+    on a session with nothing yet, a complete resume with nothing to replay."""
     c = connect(["websocket"])
     sid = new_session_id("since")
-    c.subscribe(sid, payload={"sessionId": sid, "since": 0})
+    c.subscribe(sid, payload={"sessionId": sid, "since": 0},
+                resume={"recovered": True, "replayed": 0})
     data = progress_payload(1)
     herald.publish(sid, "progress", data)
     assert_delivered(c.events.wait_for("progress"), data, sid, seq=1)
+
+
+def test_subscribe_with_since_replays_what_came_after(herald, connect):
+    """A resume replays every held event after `since`, exactly as first
+    delivered, then live events (PROTOCOL.md section 4)."""
+    watcher = connect(["websocket"], name="watcher")
+    late = connect(["websocket"], name="late")
+    sid = new_session_id("since-replay")
+    epoch = watcher.subscribe(sid).epoch
+    for i in range(4):
+        herald.publish(sid, "model_result", model_result_payload(i))
+    watcher.events.wait_for_count("model_result", 4, lambda d: d["sessionId"] == sid)
+    first = watcher.wire.session_events(sid)
+    assert [d["seq"] for _, d in first] == [1, 2, 3, 4]
+    r = late.subscribe(sid, payload={"sessionId": sid, "since": 1, "epoch": epoch},
+                       seq=4, epoch=epoch,
+                       resume={"recovered": True, "replayed": 3},
+                       replay=first[1:])
+    assert [d["seq"] for _, d in r.held] == [2, 3, 4]
+    herald.publish(sid, "completed", sample("completed"))
+    late.events.wait_for("completed", lambda d: d["seq"] == 5)
+    assert late.wire.seqs(sid) == [2, 3, 4, 5]
 
 
 def test_disconnect_removes_subscriptions(herald, connect):

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from conftest import (
-    TRANSPORTS, WAIT, assert_delivered, assert_iso8601, new_session_id,
-    progress_payload, sample,
+    TRANSPORTS, WAIT, assert_delivered, assert_iso8601, assert_subscribe_ack,
+    assert_subscribed, new_session_id, progress_payload, sample,
 )
 
 
@@ -35,9 +35,11 @@ def test_connect_subscribe_receive(herald, connect, transport):
     assert c.events.count("connected") == 1
 
     # Subscribe without a callback: only the `subscribed` event answers.
+    # (subscribe() asserts `subscribed`, the ack and the epoch GET reports.)
     s1 = new_session_id(transport)
     c.subscribe(s1, ack=False)
-    # Subscribe with a callback: ack {ok: true, sessionId} plus `subscribed`.
+    # Subscribe with a callback: ack {ok: true, sessionId, seq, epoch} plus
+    # `subscribed`.
     s2 = new_session_id(transport)
     c.subscribe(s2, ack=True)
     # The object form, with and without a callback.
@@ -68,17 +70,22 @@ def test_connect_subscribe_receive(herald, connect, transport):
 
 
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
-def test_ack_has_exactly_ok_and_session_id(connect, transport):
+def test_acks_have_exactly_their_fields(herald, connect, transport):
+    """subscribe: {ok, sessionId, seq, epoch}, the seq and epoch of the
+    `subscribed` it follows; unsubscribe: {ok, sessionId}."""
     c = connect(TRANSPORTS[transport], name=transport)
     sid = new_session_id()
     ack = c.sio.call("subscribe", sid, timeout=WAIT)
-    assert ack == {"ok": True, "sessionId": sid}
+    subscribed = c.events.wait_for("subscribed", lambda d: d["sessionId"] == sid)
+    assert_subscribed(subscribed, sid, seq=0, epoch=herald.session(sid)["epoch"])
+    assert_subscribe_ack(ack, sid, 0, subscribed["epoch"])
+    assert set(ack) == {"ok", "sessionId", "seq", "epoch"}
     ack = c.sio.call("unsubscribe", {"sessionId": sid}, timeout=WAIT)
     assert ack == {"ok": True, "sessionId": sid}
     c.events.wait_for("unsubscribed", lambda d: d["sessionId"] == sid)
 
 
-def test_callback_style_emit(connect):
+def test_callback_style_emit(herald, connect):
     """emit(..., callback=fn): the callback runs with the ack object."""
     import threading
 
@@ -93,8 +100,10 @@ def test_callback_style_emit(connect):
 
     c.sio.emit("subscribe", sid, callback=on_ack)
     assert done.wait(WAIT), "subscribe callback was never called"
-    assert acks == [({"ok": True, "sessionId": sid},)]
-    c.events.wait_for("subscribed", lambda d: d["sessionId"] == sid)
+    subscribed = c.events.wait_for("subscribed", lambda d: d["sessionId"] == sid)
+    epoch = herald.session(sid)["epoch"]
+    assert_subscribed(subscribed, sid, seq=0, epoch=epoch)
+    assert acks == [({"ok": True, "sessionId": sid, "seq": 0, "epoch": epoch},)]
 
 
 def test_default_transport_upgrade_keeps_subscriptions(herald, connect):

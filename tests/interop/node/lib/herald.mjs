@@ -5,6 +5,7 @@
 // Every herald started here is registered so that, whatever happens in a test,
 // `process.on('exit')` still SIGKILLs it; tests also stop it in `after`.
 
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
@@ -491,28 +492,175 @@ export async function emitAck(socket, event, payload, timeoutMs = 5000) {
   }
 }
 
+// ---------------------------------------------------------------------------
+// Shapes (PROTOCOL.md sections 1 and 4)
+// ---------------------------------------------------------------------------
+
+/** How long subscribe() watches for held events beyond those expected. */
+const SETTLE_MS = 100;
+
+/** A session's epoch: 12 lowercase hex digits. */
+export const EPOCH = /^[0-9a-f]{12}$/;
+
 /**
- * Subscribe `socket` to `session` and wait for both the ack and the
- * `subscribed` event; asserts both. Resolves with `{ ack, event }`.
+ * Whether a recorded `{ event, args }` is a published session event (one of
+ * the five, carrying an integer seq), as opposed to a reply such as
+ * `subscribed` (which carries a seq too) or a request error (no seq).
  */
-export async function subscribe(socket, session, { timeoutMs = 5000, payload = session } = {}) {
+export function isSessionEvent(record, session) {
+  const d = record.args[0];
+  return (
+    EVENT_TYPES.includes(record.event) &&
+    d !== null &&
+    typeof d === 'object' &&
+    Number.isInteger(d.seq) &&
+    (session === undefined || d.sessionId === session)
+  );
+}
+
+/**
+ * The published session events recorded on `socket`, in arrival (wire)
+ * order, as `{ event, data }`: all of them, or only `session`'s when given,
+ * from index `from` of `socket.received` on.
+ */
+export function sessionEvents(socket, session, { from = 0 } = {}) {
+  return (socket.received || [])
+    .slice(from)
+    .filter((r) => isSessionEvent(r, session))
+    .map((r) => ({ event: r.event, data: r.args[0] }));
+}
+
+/** The seqs of sessionEvents(socket, session, opts). */
+export function seqsOf(socket, session, opts) {
+  return sessionEvents(socket, session, opts).map((e) => e.data.seq);
+}
+
+/** [from, from + 1, ..., to] (empty when to < from). */
+export function range(from, to) {
+  return Array.from({ length: Math.max(0, to - from + 1) }, (_, i) => from + i);
+}
+
+/**
+ * Asserts a `subscribed` payload exactly: `{ sessionId, timestamp, seq,
+ * epoch }`, and for a resume (`resume` given) also `recovered`, `replayed`
+ * and, when not recovered, `reason`. `seq` is the session's last seq at
+ * subscription (null: not known in advance, any integer >= 0); `epoch`, when
+ * given, must match; `resume` is `{ recovered, replayed?, reason? }`.
+ */
+export function assertSubscribed(payload, session, { seq = 0, epoch, resume } = {}) {
+  const what = `subscribed ${short(payload)}`;
+  assert.ok(payload !== null && typeof payload === 'object', what);
+  const keys = ['sessionId', 'timestamp', 'seq', 'epoch'];
+  if (resume) keys.push('recovered', 'replayed', ...(resume.recovered ? [] : ['reason']));
+  assert.deepEqual(Object.keys(payload).sort(), keys.sort(), `${what}: fields`);
+  assert.equal(payload.sessionId, session, what);
+  assert.ok(isRecentIsoTimestamp(payload.timestamp), `${what}: timestamp`);
+  assert.ok(typeof payload.epoch === 'string' && EPOCH.test(payload.epoch), `${what}: epoch is not 12 lowercase hex digits`);
+  if (epoch !== undefined) assert.equal(payload.epoch, epoch, `${what}: epoch`);
+  assert.ok(Number.isInteger(payload.seq) && payload.seq >= 0, `${what}: seq`);
+  if (seq !== null) assert.equal(payload.seq, seq, `${what}: seq (the session's last seq)`);
+  if (resume) {
+    assert.equal(payload.recovered, resume.recovered, `${what}: recovered`);
+    assert.ok(Number.isInteger(payload.replayed) && payload.replayed >= 0, `${what}: replayed`);
+    if (resume.replayed !== undefined) assert.equal(payload.replayed, resume.replayed, `${what}: replayed`);
+    if (!resume.recovered) assert.equal(payload.reason, resume.reason, `${what}: reason`);
+  }
+}
+
+/** Asserts a subscribe ack exactly: `{ ok: true, sessionId, seq, epoch }`. */
+export function assertSubscribeAck(ack, session, { seq, epoch }) {
+  assert.deepEqual(ack, { ok: true, sessionId: session, seq, epoch }, `subscribe ack ${short(ack)}`);
+}
+
+/** Asserts a refused request's ack exactly: `{ ok: false, error, code }`. */
+export function assertRefusalAck(ack, code = 'INVALID_SESSION_ID') {
+  const what = `refusal ack ${short(ack)}`;
+  assert.ok(ack !== null && typeof ack === 'object', what);
+  assert.deepEqual(Object.keys(ack).sort(), ['code', 'error', 'ok'], what);
+  assert.equal(ack.ok, false, what);
+  assert.equal(ack.code, code, what);
+  assert.ok(typeof ack.error === 'string' && ack.error.length > 0, what);
+}
+
+/**
+ * Subscribe `socket` to `session` and wait for the ack, the `subscribed`
+ * event and the held events that follow it (the snapshot, or the replay of
+ * a resume); asserts all of them exactly. Resolves with `{ ack, event, held }`
+ * (`held`: `{ event, data }` in arrival order).
+ *
+ * - `seq`: the session's last seq, which `subscribed` and the ack must carry
+ *   (default 0, a session nothing was published to; null: not known in
+ *   advance).
+ * - `epoch`: the epoch they must carry, when known; with `herald`, it must
+ *   also be the one GET /api/v1/sessions/{id} reports.
+ * - `snapshot`: for a subscribe without `since`, the events expected right
+ *   after `subscribed`, exactly as first delivered (`{ event, data }`).
+ * - `resume`: required when `payload` has `since`: `{ recovered, replayed?,
+ *   reason? }` (see assertSubscribed). The replayed events must then be
+ *   `replayed` events in seq order, exactly since+1..seq when recovered, and
+ *   equal to `replay` when given.
+ */
+export async function subscribe(
+  socket,
+  session,
+  { timeoutMs = 5000, payload = session, seq = 0, epoch, snapshot = [], resume, replay, herald } = {},
+) {
+  const since = payload !== null && typeof payload === 'object' ? payload.since : undefined;
+  const resuming = since !== undefined && since !== null;
+  if (resuming && !resume) throw new Error(`subscribe ${short(payload)}: say what the resume reports ({ resume })`);
   const subscribed = waitFor(socket, 'subscribed', (d) => d && d.sessionId === session, timeoutMs);
   const ack = await emitAck(socket, 'subscribe', payload, timeoutMs);
   const event = await subscribed;
-  if (!ack || ack.ok !== true || ack.sessionId !== session) {
-    throw new Error(`subscribe ${session}: unexpected ack ${short(ack)}`);
+  assertSubscribed(event, session, { seq, epoch, resume: resuming ? resume : undefined });
+  assertSubscribeAck(ack, session, { seq: event.seq, epoch: event.epoch });
+  if (herald) {
+    const state = await herald.session(session);
+    assert.equal(state.epoch, event.epoch, `GET session ${session}: epoch differs from subscribed's`);
   }
-  return { ack, event };
+
+  // What `subscribed` is followed by: the session's events up to its seq.
+  const at = socket.received.findIndex((r) => r.event === 'subscribed' && r.args[0] === event);
+  const heldNow = () => sessionEvents(socket, session, { from: at + 1 }).filter((e) => e.data.seq <= event.seq);
+  const expected = resuming ? replay : snapshot;
+  const count = expected ? expected.length : event.replayed;
+  await until(() => heldNow().length >= count, {
+    timeoutMs,
+    what: `${count} held events after subscribed ${short(event)}`,
+  }).catch((e) => {
+    throw new Error(`${e.message}; got ${short(heldNow())}`);
+  });
+  // They leave herald in one burst right behind `subscribed` and the ack; a
+  // moment more shows one too many. (With seq 0 there is nothing to hold.)
+  if (event.seq > 0) await sleep(SETTLE_MS);
+  const held = heldNow();
+  if (expected) {
+    assert.deepEqual(held, expected, `the events that followed subscribed ${short(event)}`);
+  }
+  if (resuming) {
+    const seqs = held.map((e) => e.data.seq);
+    assert.equal(held.length, event.replayed, `replayed ${event.replayed}, got ${short(seqs)}`);
+    assert.ok(
+      seqs.every((s, i) => i === 0 || s > seqs[i - 1]),
+      `replay not in seq order: ${short(seqs)}`,
+    );
+    if (resume.recovered) {
+      assert.deepEqual(seqs, range(since + 1, event.seq), `a recovered resume after ${since} replays exactly ${since + 1}..${event.seq}`);
+    }
+  }
+  return { ack, event, held };
 }
 
-/** Unsubscribe with ack + `unsubscribed` event. */
+/**
+ * Unsubscribe with ack + `unsubscribed` event; asserts both exactly (`{ ok:
+ * true, sessionId }` and `{ sessionId, timestamp }`).
+ */
 export async function unsubscribe(socket, session, { timeoutMs = 5000, payload = session } = {}) {
   const unsubscribed = waitFor(socket, 'unsubscribed', (d) => d && d.sessionId === session, timeoutMs);
   const ack = await emitAck(socket, 'unsubscribe', payload, timeoutMs);
   const event = await unsubscribed;
-  if (!ack || ack.ok !== true || ack.sessionId !== session) {
-    throw new Error(`unsubscribe ${session}: unexpected ack ${short(ack)}`);
-  }
+  assert.deepEqual(ack, { ok: true, sessionId: session }, `unsubscribe ack ${short(ack)}`);
+  assert.deepEqual(Object.keys(event).sort(), ['sessionId', 'timestamp'], `unsubscribed ${short(event)}`);
+  assert.ok(isRecentIsoTimestamp(event.timestamp), `unsubscribed ${short(event)}: timestamp`);
   return { ack, event };
 }
 
