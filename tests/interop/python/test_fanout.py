@@ -154,12 +154,9 @@ def test_polling_burst_within_client_limit(herald, connect):
     assert c.sio.connected
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="python-engineio's polling client rejects a response with more "
-           "than 16 packets (Payload.max_decode_packets) and drops the "
-           "connection; the Node reference server batches the same way. "
-           "Passes only if herald caps the packets per polling response.")
+# python-engineio's polling client refuses a response of more than 16
+# packets (Payload.max_decode_packets) and drops the connection: herald
+# caps what one long-poll response carries (vendor/README.md, patch 13).
 def test_polling_burst_over_16_events(herald, connect):
     c = connect(["polling"])
     sid = new_session_id("poll-burst-big")

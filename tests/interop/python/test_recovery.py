@@ -400,16 +400,8 @@ def test_history_truncated(new_herald):
         late.disconnect()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    raises=socketio.exceptions.TimeoutError,  # the ack never arrives
-    reason="python-engineio's polling client refuses a long-polling response "
-           "of more than 16 packets (Payload.max_decode_packets, see "
-           "test_fanout.py) and drops the connection: subscribed, the ack and "
-           "a replay of more than 14 events leave herald in one response, so "
-           "the ack is lost too, and a client that resumes on every reconnect "
-           "would loop. Passes only if herald caps the packets per polling "
-           "response.")
+# A replay longer than python-engineio's 16-packet limit per polling
+# response reaches a polling client over several polls (patch 13).
 def test_polling_client_resumes_more_than_16_events(herald, connect):
     watcher = connect(["websocket"], name="watcher")
     sid = new_session_id("poll-resume")

@@ -17,6 +17,14 @@ use crate::{
 };
 
 /// Create a response for http request
+/// The most packet buffers one long-polling response carries. python-engineio's
+/// client refuses a payload of more than 16 packets
+/// (`Payload.max_decode_packets`) and drops the connection, so a burst (a
+/// replay, several events at once) to a python-socketio client on polling
+/// would disconnect it; the Node client takes any number, at the cost of
+/// more round trips only when that many are waiting.
+const MAX_PACKETS_PER_POLL: usize = 16;
+
 fn http_response<B, D>(code: StatusCode, data: D, is_binary: bool) -> Response<ResponseBody<B>>
 where
     D: Into<Bytes>,
@@ -120,7 +128,9 @@ where
 
     let max_payload = engine.config.max_payload;
     let payload = {
-        let rx_stream = stream::poll_fn(|cx| socket.outbox.poll_next(cx));
+        // At most MAX_PACKETS_PER_POLL; the rest wait for the next poll.
+        let rx_stream =
+            stream::poll_fn(|cx| socket.outbox.poll_next(cx)).take(MAX_PACKETS_PER_POLL);
 
         // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
         // towards the encoder completion, so any buffered close packet is still flushed to the client.
