@@ -44,7 +44,12 @@ function SessionView({ sessionId, url }) {
 
       <div id="delivery" className="muted">
         events received <span id="received">{stats.received}</span> · missed <span id="missed">{stats.missed}</span>
-        {subscription && <span id="resume"> · {describeSubscription(subscription)}</span>}
+        {subscription && (
+          <>
+            {' · '}
+            <span id="resume">{describeSubscription(subscription)}</span>
+          </>
+        )}
       </div>
       {lost && (
         // herald no longer has some events: say so. (A real app would reload
