@@ -1,53 +1,153 @@
-// Watch one herald session in the browser with the stock socket.io-client:
-// the event handlers of the WebSocket real-time updates document, rendered on
-// the page instead of logged to the console.
+// Watch one herald session in the browser with the stock socket.io-client and
+// watchSession (../resume/herald-resume.js): the event handlers of the
+// WebSocket real-time updates document, rendered on the page, with nothing
+// lost or shown twice when the connection drops or the page is reloaded.
 //
 //   index.html?session=doc-42                          herald from config.js (serve.mjs: $HERALD_URL)
 //   index.html?session=doc-42&herald=http://host:3000  any herald
 //   ...&transports=polling                             transports to try, in order (default websocket,polling)
 //
+// A reload resumes where the page was: the events shown are kept in this
+// tab's sessionStorage, and watchSession keeps the session's seq and epoch
+// there too (so herald replays only what came meanwhile). The "Delivery"
+// section counts what arrived and what was missed.
+//
 // Everything a backend sent is shown with textContent, never as HTML.
-(function () {
-  'use strict';
+import { watchSession } from '../resume/herald-resume.js';
 
-  const params = new URLSearchParams(window.location.search);
-  const heraldUrl =
-    params.get('herald') || (window.HERALD_CONFIG && window.HERALD_CONFIG.heraldUrl) || 'http://localhost:3000';
-  const sessionId = params.get('session');
-  const transports = (params.get('transports') || 'websocket,polling')
-    .split(',')
-    .map((t) => t.trim())
-    .filter(Boolean);
+const params = new URLSearchParams(window.location.search);
+const heraldUrl =
+  params.get('herald') || (window.HERALD_CONFIG && window.HERALD_CONFIG.heraldUrl) || 'http://localhost:3000';
+const sessionId = params.get('session');
+const transports = (params.get('transports') || 'websocket,polling')
+  .split(',')
+  .map((t) => t.trim())
+  .filter(Boolean);
 
-  const $ = (id) => document.getElementById(id);
+const $ = (id) => document.getElementById(id);
 
-  /** Create an element with optional class and text. */
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
+/** Create an element with optional class and text. */
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
 
-  function setConnection(state, text) {
-    const node = $('connection');
-    node.dataset.state = state;
-    node.textContent = text;
-  }
+function setConnection(state, text) {
+  const node = $('connection');
+  node.dataset.state = state;
+  node.textContent = text;
+}
 
-  function formatPercent(value) {
-    return `${Math.round(Number(value) * 10) / 10}%`;
-  }
+function formatPercent(value) {
+  return `${Math.round(Number(value) * 10) / 10}%`;
+}
 
-  function log(text) {
-    const list = $('log');
-    const item = el('li', '', `${new Date().toLocaleTimeString()}  ${text}`);
-    item.dataset.testid = 'log-entry';
-    list.appendChild(item);
-    while (list.children.length > 100) list.removeChild(list.firstChild);
-    list.scrollTop = list.scrollHeight;
-  }
+function log(text) {
+  const list = $('log');
+  const item = el('li', '', `${new Date().toLocaleTimeString()}  ${text}`);
+  item.dataset.testid = 'log-entry';
+  list.appendChild(item);
+  while (list.children.length > 100) list.removeChild(list.firstChild);
+  list.scrollTop = list.scrollHeight;
+}
 
+// ---------------------------------------------------------------------------
+// Showing the session's events (the same code for live ones and for the ones
+// restored after a reload)
+// ---------------------------------------------------------------------------
+
+const show = {
+  progress(data) {
+    $('progress').value = Number(data.progress);
+    $('progress-percent').textContent = formatPercent(data.progress);
+    const p = data.prompts || {};
+    $('progress-status').textContent =
+      `Status: ${data.status} · prompts ${p.completed}/${p.total} completed, ` +
+      `${p.processing} processing, ${p.pending} pending, ${p.failed} failed` +
+      (data.hasClarifications ? ` · ${data.clarificationCount} clarification(s)` : '');
+    return `progress ${formatPercent(data.progress)} ${data.status}`;
+  },
+
+  // Model results (multi-model execution)
+  model_result(data) {
+    const item = el('li');
+    item.dataset.testid = 'model-result';
+    item.dataset.status = data.status;
+    const head = el('div');
+    head.appendChild(el('strong', 'model-name', data.modelName));
+    head.appendChild(el('span', `badge ${data.status}`, data.status));
+    const meta = [data.provider, `${data.duration} ms`].filter(Boolean).join(' · ');
+    head.appendChild(el('span', 'muted', `  ${meta}`));
+    item.appendChild(head);
+    if (data.status === 'completed') {
+      item.appendChild(el('div', 'model-output', data.result));
+    } else if (data.error) {
+      item.appendChild(el('div', 'model-error', `Error: ${data.error}`));
+    }
+    $('model-results').appendChild(item);
+    $('model-results-empty').hidden = true;
+    return `model_result ${data.modelName} ${data.status}`;
+  },
+
+  clarification(data) {
+    const item = el('li');
+    item.dataset.testid = 'clarification';
+    const question = el('div', 'question', data.question);
+    question.appendChild(el('span', `badge ${data.status}`, data.status));
+    item.appendChild(question);
+    item.appendChild(el('div', 'muted', `id ${data.clarificationId}`));
+    // A real app would let the user answer here (the backend's own API).
+    $('clarifications').appendChild(item);
+    $('clarifications-empty').hidden = true;
+    return `clarification ${data.clarificationId}`;
+  },
+
+  completed(data) {
+    $('completed').hidden = false;
+    $('completed-result').textContent = JSON.stringify(data.result, null, 2);
+    return 'completed';
+  },
+
+  // A published session error (a refused request is shown by showRefusal).
+  error(data) {
+    $('failed').hidden = false;
+    $('failed').textContent = `Failed: ${data.error}`;
+    showError(`Session error: ${data.error}`);
+    return 'error';
+  },
+};
+
+function showError(text) {
+  const item = el('li', '', text);
+  item.dataset.testid = 'error';
+  $('errors').appendChild(item);
+  $('errors-section').hidden = false;
+}
+
+function showEvent(name, data) {
+  log(`seq ${data.seq}  ${show[name](data)}`);
+}
+
+function showDelivery(stats) {
+  $('received').textContent = stats.received;
+  $('missed').textContent = stats.missed;
+  $('duplicates').textContent = stats.duplicates;
+}
+
+/** How a (re)subscription went, in words. */
+function describeSubscription(info) {
+  if (info.since === undefined) return `snapshot at seq ${info.seq}`;
+  const how = info.recovered ? 'nothing lost' : `lost: ${info.reason}`;
+  return `resumed after seq ${info.since}: ${info.replayed} replayed, ${how}`;
+}
+
+// ---------------------------------------------------------------------------
+// The page
+// ---------------------------------------------------------------------------
+
+function main() {
   $('herald-url').textContent = heraldUrl;
 
   if (!sessionId) {
@@ -66,6 +166,26 @@
   document.title = `herald: ${sessionId}`;
   $('watch').hidden = false;
 
+  // What this tab has shown of the session: watchSession's position and
+  // counts under `herald:...`, the events themselves under `herald-page:...`.
+  const positionKey = `herald:${heraldUrl}:${sessionId}`;
+  const pageKey = `herald-page:${heraldUrl}:${sessionId}`;
+  const blankView = $('view').cloneNode(true);
+  const shown = JSON.parse(sessionStorage.getItem(pageKey) || '[]');
+  for (const { event, data } of shown) showEvent(event, data);
+  if (shown.length) log(`${shown.length} event(s) restored from this tab's storage`);
+  const saved = JSON.parse(sessionStorage.getItem(positionKey) || 'null');
+  if (saved) showDelivery(saved.stats);
+  $('forget').addEventListener('click', () => {
+    sessionStorage.removeItem(positionKey);
+    sessionStorage.removeItem(pageKey);
+    window.location.reload();
+  });
+
+  if (shown.some(({ event }) => event === 'completed')) {
+    setConnection('idle', 'Not connected: the session is over');
+    return;
+  }
   if (typeof window.io !== 'function') {
     setConnection('error', 'socket.io client not loaded: run `npm ci` in client-examples/browser');
     return;
@@ -80,116 +200,60 @@
   // For poking at from the devtools console (and the test suite).
   window.heraldSocket = socket;
 
-  let lastSeq = 0;
-  /** Track seq per session: a gap means this page missed an event. */
-  function noteSeq(data, event) {
-    if (typeof data.seq !== 'number') return;
-    if (lastSeq && data.seq !== lastSeq + 1) {
-      log(`seq gap: expected ${lastSeq + 1}, got ${data.seq}`);
-    }
-    lastSeq = data.seq;
-    log(`seq ${data.seq}  ${event}`);
-  }
-
   function showTransport() {
-    const engine = socket.io.engine;
-    setConnection('connected', `Connected as ${socket.id} over ${engine.transport.name}`);
+    setConnection('connected', `Connected as ${socket.id} over ${socket.io.engine.transport.name}`);
   }
-
-  // Handle connection; subscribe here so that a reconnect subscribes again
   socket.on('connect', () => {
     showTransport();
     socket.io.engine.once('upgrade', showTransport);
-    socket.emit('subscribe', sessionId);
   });
-
   socket.on('connect_error', (error) => {
     setConnection('error', `Connection error: ${error.message} (retrying)`);
   });
 
-  // Listen for subscription confirmation
-  socket.on('subscribed', (data) => {
-    log(`subscribed to ${data.sessionId}`);
-  });
+  // Subscribe on every connect, resuming after the last seq; each session
+  // event once, in seq order.
+  const stop = watchSession(
+    socket,
+    sessionId,
+    {
+      event(name, data) {
+        shown.push({ event: name, data });
+        sessionStorage.setItem(pageKey, JSON.stringify(shown));
+        showEvent(name, data);
+        showDelivery(stop.stats);
+        if (name === 'completed') {
+          // Unsubscribe when done, then disconnect when finished
+          stop();
+          socket.disconnect();
+        }
+      },
+      subscribed(info) {
+        $('resume').textContent = describeSubscription(info);
+        log(`subscribed to ${info.sessionId}: ${describeSubscription(info)}`);
+      },
+      lost(info) {
+        // Some events are gone for good. A real app would reload its state
+        // here (say from its backend); this page says so.
+        $('lost').hidden = false;
+        $('lost').textContent =
+          `Some events are no longer available (${info.reason}): what is shown may be incomplete.`;
+        if (info.reason === 'epoch_changed') {
+          // herald lost the session and replays it from its new start: show
+          // only that.
+          log('herald lost the session: showing it anew from seq 1');
+          $('view').replaceWith(blankView.cloneNode(true));
+          shown.length = 0;
+          sessionStorage.setItem(pageKey, '[]');
+        }
+      },
+      refused(reply) {
+        showError(`Bad request: ${reply.error}`);
+      },
+    },
+    { storage: sessionStorage, storageKey: positionKey },
+  );
 
-  socket.on('unsubscribed', (data) => {
-    log(`unsubscribed from ${data.sessionId}`);
-  });
-
-  // Listen for progress updates
-  socket.on('progress', (data) => {
-    noteSeq(data, `progress ${formatPercent(data.progress)} ${data.status}`);
-    $('progress').value = Number(data.progress);
-    $('progress-percent').textContent = formatPercent(data.progress);
-    const p = data.prompts || {};
-    $('progress-status').textContent =
-      `Status: ${data.status} · prompts ${p.completed}/${p.total} completed, ` +
-      `${p.processing} processing, ${p.pending} pending, ${p.failed} failed` +
-      (data.hasClarifications ? ` · ${data.clarificationCount} clarification(s)` : '');
-  });
-
-  // Listen for model results (multi-model execution)
-  socket.on('model_result', (data) => {
-    noteSeq(data, `model_result ${data.modelName} ${data.status}`);
-    const item = el('li');
-    item.dataset.testid = 'model-result';
-    item.dataset.status = data.status;
-    const head = el('div');
-    head.appendChild(el('strong', 'model-name', data.modelName));
-    head.appendChild(el('span', `badge ${data.status}`, data.status));
-    const meta = [data.provider, `${data.duration} ms`].filter(Boolean).join(' · ');
-    head.appendChild(el('span', 'muted', `  ${meta}`));
-    item.appendChild(head);
-    if (data.status === 'completed') {
-      item.appendChild(el('div', 'model-output', data.result));
-    } else if (data.error) {
-      item.appendChild(el('div', 'model-error', `Error: ${data.error}`));
-    }
-    $('model-results').appendChild(item);
-    $('model-results-empty').hidden = true;
-  });
-
-  // Listen for clarification requests
-  socket.on('clarification', (data) => {
-    noteSeq(data, `clarification ${data.clarificationId}`);
-    const item = el('li');
-    item.dataset.testid = 'clarification';
-    const question = el('div', 'question', data.question);
-    question.appendChild(el('span', `badge ${data.status}`, data.status));
-    item.appendChild(question);
-    item.appendChild(el('div', 'muted', `id ${data.clarificationId}`));
-    // A real app would let the user answer here (the backend's own API).
-    $('clarifications').appendChild(item);
-    $('clarifications-empty').hidden = true;
-  });
-
-  // Listen for session completion
-  socket.on('completed', (data) => {
-    noteSeq(data, 'completed');
-    $('completed').hidden = false;
-    $('completed-result').textContent = JSON.stringify(data.result, null, 2);
-    // Unsubscribe when done, then disconnect when finished
-    socket.timeout(5000).emit('unsubscribe', sessionId, () => {
-      socket.disconnect();
-    });
-  });
-
-  // Listen for errors: a published session error carries seq; a refused
-  // request (say, an invalid session id) carries a code instead.
-  socket.on('error', (data) => {
-    const text = data.code ? `Bad request: ${data.error}` : `Session error: ${data.error}`;
-    if (!data.code) {
-      noteSeq(data, 'error');
-      $('failed').hidden = false;
-      $('failed').textContent = `Failed: ${data.error}`;
-    }
-    const item = el('li', '', text);
-    item.dataset.testid = 'error';
-    $('errors').appendChild(item);
-    $('errors-section').hidden = false;
-  });
-
-  // Disconnect when finished
   socket.on('disconnect', (reason) => {
     if (socket.active) {
       setConnection('disconnected', `Disconnected (${reason}), reconnecting…`);
@@ -197,4 +261,6 @@
       setConnection('idle', `Disconnected (${reason})`);
     }
   });
-})();
+}
+
+main();

@@ -1,6 +1,8 @@
-// A tiny static server for the browser example: index.html, app.js, the stock
-// socket.io client bundle from node_modules, and config.js carrying the default
-// herald URL. herald itself does not serve the client bundle.
+// A tiny static server for the browser example: index.html, app.js, the
+// module it imports (../resume/herald-resume.js, served as
+// /resume/herald-resume.js, where app.js's relative import points), the stock
+// socket.io client bundle from node_modules, and config.js carrying the
+// default herald URL. herald itself does not serve the client bundle.
 //
 //   HERALD_URL=http://localhost:3000 node serve.mjs
 //   HOST=127.0.0.1 PORT=8080 node serve.mjs      (PORT=0 picks a free port)
@@ -25,6 +27,7 @@ const files = {
   '/': ['index.html', 'text/html; charset=utf-8'],
   '/index.html': ['index.html', 'text/html; charset=utf-8'],
   '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
+  '/resume/herald-resume.js': ['../resume/herald-resume.js', 'text/javascript; charset=utf-8'],
   [`/${bundle}`]: [bundle, 'text/javascript; charset=utf-8'],
   [`/${bundle}.map`]: [`${bundle}.map`, 'application/json'],
 };

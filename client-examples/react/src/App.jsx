@@ -1,5 +1,8 @@
-// A small page on top of useSessionWebSocket: progress bar, model results,
-// clarifications and a "Completed" banner for one herald session.
+// A small page on top of useSessionEvents: progress bar, model results,
+// clarifications and a "Completed" banner for one herald session, each event
+// once whatever the connection does (the hook resumes after every reconnect),
+// with a line saying how many events arrived, how many were missed, and how
+// the last (re)subscription went.
 //
 //   ?session=doc-42                          the session to watch
 //   ?session=doc-42&herald=http://host:3000  herald's URL (default http://localhost:3000)
@@ -8,7 +11,7 @@
 // `unsubscribe` and disconnects; watching another session re-runs the hook's
 // effect (cleanup for the old session first).
 import { useState } from 'react';
-import { useSessionWebSocket } from './useSessionWebSocket';
+import { useSessionEvents } from './useSessionEvents';
 
 const params = new URLSearchParams(window.location.search);
 const heraldUrl = params.get('herald') || 'http://localhost:3000';
@@ -17,9 +20,19 @@ function percent(value) {
   return Math.round(Number(value) * 10) / 10;
 }
 
+/** How the latest (re)subscription went, in words. */
+function describeSubscription(s) {
+  if (s.since === undefined) return `snapshot at seq ${s.seq}`;
+  const how = s.recovered ? 'nothing lost' : `lost: ${s.reason}`;
+  return `resumed after seq ${s.since}: ${s.replayed} replayed, ${how}`;
+}
+
 function SessionView({ sessionId, url }) {
-  const { socket, isConnected, progress, modelResults, clarifications, isCompleted, error } =
-    useSessionWebSocket(sessionId, url);
+  // since: 0 replays all the history herald holds, so a page opened late
+  // still lists every model result (without it: herald's snapshot, the
+  // latest progress and the end).
+  const { socket, isConnected, progress, modelResults, clarifications, isCompleted, error, subscription, lost, stats } =
+    useSessionEvents(sessionId, { url, since: 0 });
   const pct = progress ? percent(progress.progress) : 0;
   const p = progress?.prompts;
 
@@ -28,6 +41,23 @@ function SessionView({ sessionId, url }) {
       <div id="connection" className="connection" data-state={isConnected ? 'connected' : 'connecting'}>
         {isConnected ? `Connected as ${socket?.id}` : 'Connecting…'}
       </div>
+
+      <div id="delivery" className="muted">
+        events received <span id="received">{stats.received}</span> · missed <span id="missed">{stats.missed}</span>
+        {subscription && (
+          <>
+            {' · '}
+            <span id="resume">{describeSubscription(subscription)}</span>
+          </>
+        )}
+      </div>
+      {lost && (
+        // herald no longer has some events: say so. (A real app would reload
+        // what it shows from its own backend here.)
+        <div id="lost" className="banner lost" role="alert">
+          Some events of this session are no longer available ({lost.reason}): what is shown may be incomplete.
+        </div>
+      )}
 
       {isCompleted && (
         <div id="completed" className="banner completed" role="status">
@@ -123,7 +153,7 @@ export default function App() {
         herald session <code id="session-id">{watching ? sessionId : '–'}</code>
       </h1>
       <div className="muted">
-        server <code id="herald-url">{heraldUrl}</code> · React {'+'} useSessionWebSocket
+        server <code id="herald-url">{heraldUrl}</code> · React {'+'} useSessionEvents
       </div>
       <form className="controls" onSubmit={watch}>
         <input

@@ -7,6 +7,10 @@
 //   tests/interop/browser/install            # chromium, npm packages, the React build
 //   cd tests/interop/browser && node --test browser.test.mjs
 //
+// Then that nothing is lost or shown twice when the page is reloaded midway
+// or its connection drops (through a TCP proxy the test cuts), nor when
+// herald restarts and the session starts anew (a new epoch).
+//
 // HERALD_BIN picks the herald binary (default target/debug/herald),
 // CHROMIUM_BIN the browser (default /usr/bin/chromium), HERALD_TEST_LOGS=1
 // echoes herald's logs. Each page ends with a screenshot in a temp directory
@@ -146,10 +150,16 @@ async function api(method, pathname, json) {
   return { status: res.status, body: text ? JSON.parse(text) : null, text };
 }
 
-async function publish(sessionId, event, data) {
-  const res = await api('POST', `/api/v1/sessions/${encodeURIComponent(sessionId)}/events`, { event, data });
-  assert.equal(res.status, 202, `publishing ${event} to ${sessionId}: herald answered ${res.status} ${res.text}`);
-  return res.body.seq;
+async function publish(sessionId, event, data, base = heraldUrl) {
+  const res = await fetch(`${base}/api/v1/sessions/${encodeURIComponent(sessionId)}/events`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ event, data }),
+    signal: AbortSignal.timeout(5000),
+  });
+  const text = await res.text();
+  assert.equal(res.status, 202, `publishing ${event} to ${sessionId}: herald answered ${res.status} ${text}`);
+  return JSON.parse(text).seq;
 }
 
 async function subscribers(sessionId) {
@@ -194,8 +204,10 @@ const newSessionId = (label) => `browser-${label}-${process.pid}-${++sessionCoun
  * The page's state as a person sees it, read from the DOM. Both examples use
  * the same ids: #connection, #progress (<progress>), #progress-percent,
  * #progress-status, [data-testid=model-result], [data-testid=clarification],
- * #completed (the banner), #failed; the plain page also lists refused
- * requests as [data-testid=error].
+ * #completed (the banner), #failed, and what watchSession reports:
+ * #received, #missed, #resume (how the last (re)subscription went), #lost;
+ * the plain page also lists refused requests as [data-testid=error] and
+ * counts #duplicates.
  */
 function readPage() {
   const q = (s) => document.querySelector(s);
@@ -212,6 +224,12 @@ function readPage() {
     completed: shown(q('#completed')) ? q('#completed').innerText.trim() : null,
     failed: shown(q('#failed')) ? q('#failed').innerText.trim() : null,
     errors: texts('[data-testid=error]'),
+    modelNames: texts('[data-testid=model-result] .model-name'),
+    received: q('#received') ? Number(q('#received').innerText) : null,
+    missed: q('#missed') ? Number(q('#missed').innerText) : null,
+    duplicates: q('#duplicates') ? Number(q('#duplicates').innerText) : null,
+    resume: q('#resume')?.innerText.trim() ?? null,
+    lost: shown(q('#lost')) ? q('#lost').innerText.trim() : null,
     body: document.body.innerText,
   };
 }
@@ -315,6 +333,8 @@ async function playSession(page, sessionId) {
   assert.equal(view.clarifications.length, stepCount('clarification'), 'every clarification, once, in the end');
   assert.equal(view.failed, null, 'no failure banner');
   assert.deepEqual(view.errors, [], 'no errors listed');
+  assert.equal(view.received, STEPS.length, 'the page counts every event it received');
+  assert.equal(view.missed, 0, 'and none missed');
   return view;
 }
 
@@ -342,12 +362,15 @@ async function openPage(url) {
     // may be answered 400: expected, like the cut-short requests below.
     if (msg.type() !== 'error') return;
     if (page.closing && msg.text().startsWith('Failed to load resource')) return;
+    // While the test cuts the connection, the client's failed attempts to
+    // reconnect are expected.
+    if (page.outage && /^(WebSocket connection to|Failed to load resource)/.test(msg.text())) return;
     page.problems.push(`console error: ${msg.text()} (${msg.location().url})`);
   });
   page.on('pageerror', (e) => page.problems.push(`page error: ${e.message}`));
   page.on('requestfailed', (req) => {
     // A socket.io request cut short by an intended disconnect or page change is not a problem.
-    if (page.closing) return;
+    if (page.closing || (page.outage && req.url().includes('/socket.io/'))) return;
     page.problems.push(`request failed: ${req.method()} ${req.url()}: ${req.failure()?.errorText}`);
   });
   page.on('websocket', (ws) => ws.on('framesent', (f) => page.sentFrames.push(String(f.payload))));
@@ -569,7 +592,7 @@ describe('client-examples/browser (plain page, socket.io.min.js)', () => {
 // client-examples/react
 // ---------------------------------------------------------------------------
 
-describe('client-examples/react (useSessionWebSocket, vite build + vite preview)', () => {
+describe('client-examples/react (useSessionEvents, vite build + vite preview)', () => {
   const sessionA = newSessionId('react-a');
   const sessionB = newSessionId('react-b');
   let page;
@@ -637,5 +660,248 @@ describe('client-examples/react (useSessionWebSocket, vite build + vite preview)
     page.closing = true; // requests cut short by leaving the page are expected
     await page.goto('about:blank');
     await waitForSubscribers(sessionB, 0, 'leaving the page');
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Nothing lost: a reload, a dropped connection, a new epoch
+// ---------------------------------------------------------------------------
+
+/** A TCP proxy to `port` whose connections the test cuts (and refuses) at will. */
+async function startProxy(port) {
+  const pairs = new Set();
+  let down = false;
+  const server = net.createServer((client) => {
+    if (down) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(port, HOST);
+    const pair = [client, upstream];
+    pairs.add(pair);
+    const close = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const end of pair) end.on('error', close).on('close', close);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  server.listen(0, HOST);
+  await once(server, 'listening');
+  return {
+    url: `http://${HOST}:${server.address().port}`,
+    /** Close every connection through the proxy; refuse new ones until up(). */
+    down() {
+      down = true;
+      for (const pair of pairs) for (const end of pair) end.destroy();
+      pairs.clear();
+    },
+    /** Accept connections again, to herald on `to` (another herald) or the same one. */
+    up(to = port) {
+      port = to;
+      down = false;
+    },
+    close() {
+      this.down();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** Event `i` of a long session: model results named model-<i> and progress, then completed. */
+function streamEvent(i, total) {
+  if (i === total) return ['completed', sample('completed')];
+  if (i % 2) return ['model_result', sample('model_result', { modelName: `model-${i}`, status: 'completed' })];
+  return ['progress', sample('progress', { progress: Math.round((100 * i) / total) })];
+}
+const modelNames = (from, to) => {
+  const names = [];
+  for (let i = from; i <= to; i++) if (i % 2) names.push(`model-${i}`);
+  return names;
+};
+
+async function publishStream(sessionId, from, to, total, base) {
+  for (let i = from; i <= to; i++) {
+    const seq = await publish(sessionId, ...streamEvent(i, total), base);
+    assert.equal(seq, i, 'seq of the published event');
+  }
+}
+
+const received = (n) => (v) => v.received === n;
+
+/** The end of a session: every event shown once, in order, none missed. */
+function assertWhole(view, total, what) {
+  assert.equal(view.received, total, `${what}: events received`);
+  assert.equal(view.missed, 0, `${what}: missed`);
+  assert.deepEqual(view.modelNames, modelNames(1, total - 1), `${what}: every model result once, in order`);
+  assert.match(view.completed ?? '', /^Completed/, `${what}: the banner`);
+  assert.equal(view.lost, null, `${what}: nothing reported lost`);
+}
+
+/** Cut the page's connection, publish `from..to` meanwhile, and let it reconnect. */
+async function cutWhilePublishing(page, proxy, sessionId, from, to, total) {
+  page.outage = true;
+  proxy.down();
+  // (The plain page says Disconnected / Connection error, the React one Connecting.)
+  await expectPage(page, 'that the connection dropped', (v) => /^(Disconnected|Connection error|Connecting)/.test(v.connection));
+  await publishStream(sessionId, from, to, total);
+  await sleep(300);
+  proxy.up();
+  // socket.io-client retries with a backoff of up to 5 s.
+  await expectPage(page, 'the replay after reconnecting', received(to), 15000);
+  page.outage = false;
+}
+
+describe('client-examples/browser: a reload or a dropped connection loses nothing', () => {
+  let proxy;
+  before(async () => {
+    proxy = await startProxy(Number(new URL(heraldUrl).port));
+  });
+  after(async () => {
+    await proxy?.close();
+  });
+
+  test('reloading the page midway: it redraws what it had and resumes after the last seq', async () => {
+    const sessionId = newSessionId('reload');
+    const total = 101;
+    const page = await openPage(`${browserExampleUrl}?session=${sessionId}`);
+    try {
+      await expectPage(page, '"Connected"', (v) => /^Connected as /.test(v.connection));
+      await publishStream(sessionId, 1, 40, total);
+      await expectPage(page, '40 events received', received(40));
+
+      // Reload, and hold the new page's app.js until 20 more events are out,
+      // so herald has something to replay.
+      let release;
+      const held = new Promise((resolve) => (release = resolve));
+      await page.route('**/app.js', async (route) => {
+        await held;
+        await route.continue();
+      });
+      const reloaded = page.reload({ waitUntil: 'load' });
+      await waitForSubscribers(sessionId, 0, 'the old page is gone');
+      await publishStream(sessionId, 41, 60, total);
+      release();
+      await reloaded;
+      await page.unroute('**/app.js');
+
+      const back = await expectPage(page, 'all 60 events after the reload', received(60));
+      assert.deepEqual(back.modelNames, modelNames(1, 60), 'redrawn from storage, then the replay');
+      assert.equal(back.resume, 'resumed after seq 40: 20 replayed, nothing lost');
+      assert.match(back.body, /40 event\(s\) restored from this tab's storage/);
+
+      await publishStream(sessionId, 61, total, total);
+      const done = await expectPage(page, 'the whole session', (v) => received(total)(v) && v.completed !== null);
+      assertWhole(done, total, 'after a reload');
+      assert.equal(done.duplicates, 0);
+      await screenshot(page, 'browser-resume-after-reload');
+
+      // Reloaded once more after the end: shown from storage, no connection.
+      await page.reload({ waitUntil: 'load' });
+      const after = await expectPage(page, 'the finished session from storage', (v) => v.completed !== null);
+      assertWhole(after, total, 'reloaded after the end');
+      assert.equal(after.connection, 'Not connected: the session is over');
+      assertNoProblems(page, 'plain page, reload');
+    } finally {
+      await closePage(page);
+    }
+  });
+
+  for (const transports of ['websocket', 'polling']) {
+    test(`a dropped connection (${transports}): the page reconnects and gets what it missed, once`, async () => {
+      const sessionId = newSessionId(`drop-${transports}`);
+      const total = 121;
+      const page = await openPage(
+        `${browserExampleUrl}?session=${sessionId}&herald=${encodeURIComponent(proxy.url)}&transports=${transports}`,
+      );
+      try {
+        await expectPage(page, `"Connected ... over ${transports}"`, (v) => v.connection?.endsWith(`over ${transports}`));
+        await publishStream(sessionId, 1, 30, total);
+        await expectPage(page, '30 events received', received(30));
+        await cutWhilePublishing(page, proxy, sessionId, 31, 90, total);
+        const back = await expectPage(page, 'the resume line', (v) => v.resume?.startsWith('resumed'));
+        assert.equal(back.resume, 'resumed after seq 30: 60 replayed, nothing lost');
+        await publishStream(sessionId, 91, total, total);
+        const done = await expectPage(page, 'the whole session', (v) => received(total)(v) && v.completed !== null);
+        assertWhole(done, total, `after a dropped connection (${transports})`);
+        assert.equal(done.duplicates, 0);
+        if (transports === 'websocket') await screenshot(page, 'browser-resume-after-drop');
+        assertNoProblems(page, `plain page, dropped connection (${transports})`);
+      } finally {
+        await closePage(page);
+      }
+    });
+  }
+
+  test('herald restarted without its state (a new epoch): the page says so and shows the session anew', async () => {
+    const sessionId = newSessionId('epoch');
+    const page = await openPage(`${browserExampleUrl}?session=${sessionId}&herald=${encodeURIComponent(proxy.url)}`);
+    let second;
+    try {
+      await expectPage(page, '"Connected"', (v) => /^Connected as /.test(v.connection));
+      await publishStream(sessionId, 1, 6, 20);
+      await expectPage(page, '6 events', received(6));
+
+      // Another herald (in memory, so nothing of the session) where the first was.
+      page.outage = true;
+      proxy.down();
+      const env = { ...process.env, NO_COLOR: '1' };
+      for (const name of HERALD_ENV_VARS) delete env[name];
+      second = startProcess('herald (second)', HERALD_BIN, ['--host', HOST, '--port', '0'], { env, cwd: os.tmpdir() });
+      const secondUrl = `http://${HOST}:${await waitForPort(second, startLinePort)}`;
+      await waitForHttp(second, `${secondUrl}/health`);
+      proxy.up(Number(new URL(secondUrl).port));
+
+      const told = await expectPage(page, 'that herald lost the session', (v) => v.lost !== null, 15000);
+      page.outage = false;
+      assert.match(told.lost, /epoch_changed/);
+      assert.equal(told.resume, 'resumed after seq 6: 0 replayed, lost: epoch_changed');
+      assert.deepEqual(told.modelNames, [], 'what the old epoch showed is gone');
+      assert.equal(told.progressValue, 0);
+
+      // The session anew: seq 1, 2, 3 again, shown (not dropped as duplicates).
+      await publishStream(sessionId, 1, 3, 20, secondUrl);
+      const anew = await expectPage(page, 'the new events', (v) => v.modelNames.length === 2);
+      assert.deepEqual(anew.modelNames, ['model-1', 'model-3']);
+      assert.equal(anew.duplicates, 0);
+      assertNoProblems(page, 'plain page, new epoch');
+    } finally {
+      await closePage(page);
+      await second?.stop();
+      proxy.up(Number(new URL(heraldUrl).port));
+    }
+  });
+});
+
+describe('client-examples/react: a dropped connection loses nothing (useSessionEvents)', () => {
+  let proxy;
+  before(async () => {
+    proxy = await startProxy(Number(new URL(heraldUrl).port));
+  });
+  after(async () => {
+    await proxy?.close();
+  });
+
+  test('the hook reconnects and gets what it missed, once', async () => {
+    const sessionId = newSessionId('react-drop');
+    const total = 81;
+    const page = await openPage(`${reactExampleUrl}?session=${sessionId}&herald=${encodeURIComponent(proxy.url)}`);
+    try {
+      await expectPage(page, '"Connected as ..."', (v) => /^Connected as \S+$/.test(v.connection));
+      await publishStream(sessionId, 1, 20, total);
+      await expectPage(page, '20 events received', received(20));
+      await cutWhilePublishing(page, proxy, sessionId, 21, 60, total);
+      const back = await expectPage(page, 'the resume line', (v) => v.resume?.includes('resumed'));
+      assert.equal(back.resume, 'resumed after seq 20: 40 replayed, nothing lost');
+      await publishStream(sessionId, 61, total, total);
+      const done = await expectPage(page, 'the whole session', (v) => received(total)(v) && v.completed !== null);
+      assertWhole(done, total, 'React, after a dropped connection');
+      await screenshot(page, 'react-resume-after-drop');
+      assertNoProblems(page, 'React page, dropped connection');
+    } finally {
+      await closePage(page);
+    }
   });
 });
