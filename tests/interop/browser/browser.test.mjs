@@ -28,6 +28,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
 import { REPO_ROOT, HERALD_ENV_VARS, startLinePort, cases, sample } from '../../fixtures/fixtures.mjs';
+import { startProxy } from '../tcp-proxy.mjs';
 const HERALD_BIN = process.env.HERALD_BIN || path.join(REPO_ROOT, 'target/debug/herald');
 const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const BROWSER_EXAMPLE = path.join(REPO_ROOT, 'client-examples/browser');
@@ -667,48 +668,6 @@ describe('client-examples/react (useSessionEvents, vite build + vite preview)', 
 // Nothing lost: a reload, a dropped connection, a new epoch
 // ---------------------------------------------------------------------------
 
-/** A TCP proxy to `port` whose connections the test cuts (and refuses) at will. */
-async function startProxy(port) {
-  const pairs = new Set();
-  let down = false;
-  const server = net.createServer((client) => {
-    if (down) {
-      client.destroy();
-      return;
-    }
-    const upstream = net.connect(port, HOST);
-    const pair = [client, upstream];
-    pairs.add(pair);
-    const close = () => {
-      pairs.delete(pair);
-      client.destroy();
-      upstream.destroy();
-    };
-    for (const end of pair) end.on('error', close).on('close', close);
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  server.listen(0, HOST);
-  await once(server, 'listening');
-  return {
-    url: `http://${HOST}:${server.address().port}`,
-    /** Close every connection through the proxy; refuse new ones until up(). */
-    down() {
-      down = true;
-      for (const pair of pairs) for (const end of pair) end.destroy();
-      pairs.clear();
-    },
-    /** Accept connections again, to herald on `to` (another herald) or the same one. */
-    up(to = port) {
-      port = to;
-      down = false;
-    },
-    close() {
-      this.down();
-      return new Promise((resolve) => server.close(resolve));
-    },
-  };
-}
 
 /** Event `i` of a long session: model results named model-<i> and progress, then completed. */
 function streamEvent(i, total) {

@@ -10,9 +10,9 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { startProxy } from '../tcp-proxy.mjs';
 import { REPO_ROOT, HOST, startHerald, createSocket, closeAll, sessionId, sample, until, sleep } from './lib/herald.mjs';
 
 const { watchSession } = await import(pathToFileURL(path.join(REPO_ROOT, 'client-examples/resume/herald-resume.js')).href);
@@ -20,48 +20,6 @@ const { watchSession } = await import(pathToFileURL(path.join(REPO_ROOT, 'client
 // Reconnect fast: the outages below last a few hundred milliseconds.
 const FAST_RECONNECT = { reconnectionDelay: 50, reconnectionDelayMax: 200, randomizationFactor: 0 };
 
-/** A TCP proxy to `port` whose connections can be cut (and new ones refused) at will. */
-async function startProxy(port) {
-  const pairs = new Set();
-  let down = false;
-  const server = net.createServer((client) => {
-    if (down) {
-      client.destroy();
-      return;
-    }
-    const upstream = net.connect(port, HOST);
-    const pair = [client, upstream];
-    pairs.add(pair);
-    const close = () => {
-      pairs.delete(pair);
-      client.destroy();
-      upstream.destroy();
-    };
-    for (const end of pair) end.on('error', close).on('close', close);
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  await new Promise((resolve) => server.listen(0, HOST, resolve));
-  return {
-    url: `http://${HOST}:${server.address().port}`,
-    /** Close every connection through the proxy and refuse new ones until up(). */
-    down() {
-      down = true;
-      for (const [client, upstream] of pairs) {
-        client.destroy();
-        upstream.destroy();
-      }
-      pairs.clear();
-    },
-    up() {
-      down = false;
-    },
-    close() {
-      this.down();
-      return new Promise((resolve) => server.close(resolve));
-    },
-  };
-}
 
 /**
  * watchSession on `socket`, recording what the app is handed: `events` as
