@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Herald, RawSocket, Redis, sample};
+use common::{Herald, RawSocket, Redis, RedisCluster, sample};
 use serde_json::{Value, json};
 
 async fn redis_instances(redis: &Redis, n: usize, extra: &[&str]) -> Vec<Herald> {
@@ -160,14 +160,50 @@ async fn a_cut_client_resumes_with_everything_on_the_same_and_another_instance()
     cut_and_resume(&all[0], &all[1], "cut-other").await;
 }
 
+/// On a Redis Cluster a session's history and state live on the node that
+/// owns its slot, while events reach an instance by pub/sub on another
+/// connection: the same promise holds.
+#[tokio::test]
+async fn a_cut_client_resumes_with_everything_on_a_redis_cluster() {
+    let redis = RedisCluster::start().await;
+    let urls = redis.urls();
+    let mut all = Vec::new();
+    for _ in 0..2 {
+        let herald = Herald::start(&["--redis-url", &urls, "--redis-cluster"]).await;
+        herald.wait_ready(200, Duration::from_secs(10)).await;
+        all.push(herald);
+    }
+    for session in ["cc-1", "cc-2", "cc-3"] {
+        cut_and_resume(&all[0], &all[1], session).await;
+    }
+}
+
 /// Resumes racing a stream of publishes from two instances: each must see
 /// the seqs after its `since` edge to edge, with no gap and no duplicate.
 #[tokio::test]
 async fn replay_racing_live_publishes_has_no_gap_and_no_duplicate() {
+    let redis = Redis::start().await;
+    race_resumes(&redis_instances(&redis, 2, &[]).await).await;
+}
+
+/// The same on a Redis Cluster, where pub/sub and the history read come
+/// over different connections and promise no order to each other.
+#[tokio::test]
+async fn replay_racing_live_publishes_on_a_redis_cluster() {
+    let redis = RedisCluster::start().await;
+    let urls = redis.urls();
+    let mut all = Vec::new();
+    for _ in 0..2 {
+        let herald = Herald::start(&["--redis-url", &urls, "--redis-cluster"]).await;
+        herald.wait_ready(200, Duration::from_secs(10)).await;
+        all.push(herald);
+    }
+    race_resumes(&all).await;
+}
+
+async fn race_resumes(all: &[Herald]) {
     const EVENTS: usize = 1_500;
     const RESUMES: usize = 25;
-    let redis = Redis::start().await;
-    let all = redis_instances(&redis, 2, &[]).await;
     let urls: Vec<String> = all.iter().map(|h| h.url("")).collect();
     let publisher = tokio::spawn(async move {
         let client = reqwest::Client::new();
