@@ -63,9 +63,9 @@ export interface WatchStats {
   resyncs: number;
 }
 
-/** Unsubscribes and removes the listeners. */
+/** Removes the listeners and unsubscribes; resolves once herald acknowledged (at most 5 s). */
 export interface StopWatching {
-  (): void;
+  (): Promise<void>;
   readonly stats: WatchStats;
   readonly position: { seq: number | null; epoch: string | null };
 }
@@ -76,6 +76,7 @@ export interface SocketLike {
   on(event: string, listener: (...args: any[]) => void): unknown;
   off(event: string, listener: (...args: any[]) => void): unknown;
   emit(event: string, ...args: any[]): unknown;
+  timeout(ms: number): { emit(event: string, ...args: any[]): unknown };
 }
 
 export declare function watchSession(

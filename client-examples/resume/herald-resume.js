@@ -12,7 +12,7 @@
 //     refused(reply) {},                   // herald refused the subscription: { error, code }
 //   }, { storage: sessionStorage });       // optional: survive a page reload
 //   ...
-//   stop();                                // unsubscribe and remove the listeners
+//   await stop();                          // unsubscribe (herald acked) and remove the listeners
 //
 // What it does (herald's protocol, section 4):
 // - remembers the last `seq` and the `epoch` of the session;
@@ -30,6 +30,7 @@
 export const SESSION_EVENTS = Object.freeze(['progress', 'model_result', 'clarification', 'completed', 'error']);
 
 const RETRY_UNAVAILABLE_MS = 2000;
+const STOP_TIMEOUT_MS = 5000;
 
 /**
  * Watch one session on `socket` (a socket.io-client Socket, connected or not).
@@ -49,9 +50,12 @@ const RETRY_UNAVAILABLE_MS = 2000;
  *               or a seq (0: all the history herald holds).
  *   token       a JWT sent with every subscribe (herald with JWT auth).
  *
- * Returns `stop()`, which unsubscribes and removes the listeners; `stop.stats`
- * is { received, duplicates, missed, resyncs } (saved with the position),
- * `stop.position` is { seq, epoch }.
+ * Returns `stop()`, which removes the listeners and unsubscribes; its promise
+ * resolves once herald acknowledged that (or at once when not connected, or
+ * after 5 s without an answer), so `stop().then(() => socket.disconnect())`
+ * leaves herald nothing to clean up. `stop.stats` is { received, duplicates,
+ * missed, resyncs } (saved with the position), `stop.position` is
+ * { seq, epoch }.
  */
 export function watchSession(socket, sessionId, handlers = {}, options = {}) {
   const { storage = null, storageKey = `herald:${sessionId}`, token } = options;
@@ -156,10 +160,11 @@ export function watchSession(socket, sessionId, handlers = {}, options = {}) {
   if (socket.connected) subscribe();
 
   function stop() {
-    if (!active) return;
+    const subscribed = active && socket.connected;
     active = false;
     for (const [name, fn] of listeners) socket.off(name, fn);
-    if (socket.connected) socket.emit('unsubscribe', sessionId);
+    if (!subscribed) return Promise.resolve();
+    return new Promise((resolve) => socket.timeout(STOP_TIMEOUT_MS).emit('unsubscribe', sessionId, () => resolve()));
   }
   stop.stats = stats;
   Object.defineProperty(stop, 'position', { get: () => ({ seq: position(), epoch }) });

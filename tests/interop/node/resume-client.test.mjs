@@ -157,7 +157,7 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
       assert.equal(seen.stop.stats.received, total);
       assert.equal(seen.stop.stats.missed, 0);
       assert.deepEqual(seen.stop.position, { seq: total, epoch: seen.subscribed[0].epoch });
-      seen.stop();
+      await seen.stop();
       socket.disconnect();
     });
   }
@@ -176,7 +176,7 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
     await herald.publishOk(session, ...streamEvent(6, 20));
     await waitForSeq(first, 6, 'live after the snapshot');
     // The app goes away (a page reload) while events keep coming.
-    first.stop();
+    await first.stop();
     socket.disconnect();
     for (let i = 7; i <= 9; i++) await herald.publishOk(session, ...streamEvent(i, 20));
 
@@ -190,7 +190,7 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
     assert.equal(second.subscribed[0].since, 6);
     assert.equal(second.subscribed[0].recovered, true);
     assert.equal(second.stop.stats.received, 2 + 4, 'stats kept in storage (snapshot, 6; then 7..10)');
-    second.stop();
+    await second.stop();
     again.disconnect();
   });
 
@@ -212,7 +212,7 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
     await waitForSeq(seen, 11, 'live after the duplicates');
     assert.deepEqual(seen.seqs(), range(1, 11));
     assert.equal(seen.subscribed.length, 1, 'a reply to a subscribe it did not send is not taken for its own');
-    seen.stop();
+    await seen.stop();
     socket.disconnect();
   });
 
@@ -242,7 +242,7 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
     const resync = seen.subscribed[1];
     assert.equal(resync.since, 4, `resubscribed from the last seq before the hole: ${JSON.stringify(resync)}`);
     assert.equal(resync.recovered, true);
-    seen.stop();
+    await seen.stop();
     socket.disconnect();
   });
 
@@ -254,7 +254,7 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
     await sleep(200);
     assert.equal(seen.refused.length, 1);
     assert.deepEqual(seen.subscribed, []);
-    seen.stop();
+    await seen.stop();
     socket.disconnect();
   });
 });
@@ -294,7 +294,7 @@ describe('client-examples/resume when herald cannot give everything back', () =>
     );
     assert.equal(seen.stop.stats.missed, 12, 'seqs 4..15 are gone');
     assert.equal(seen.stop.stats.resyncs, 0, 'an announced loss is not a hole to fetch');
-    seen.stop();
+    await seen.stop();
     socket.disconnect();
   });
 
@@ -319,7 +319,7 @@ describe('client-examples/resume when herald cannot give everything back', () =>
     await sleep(100);
     assert.deepEqual(seen.seqs(), [1, 2, 3, 4, 1, 2, 3]);
     assert.deepEqual(seen.stop.position, { seq: 3, epoch: seen.lost[0].epoch });
-    seen.stop();
+    await seen.stop();
     socket.disconnect();
   });
 });
