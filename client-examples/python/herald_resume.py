@@ -9,7 +9,7 @@ client-examples/resume/herald-resume.js; one file, python-socketio only.
     watch = watch_session(sio, 'doc-42', on_event, on_lost=on_lost)
     await sio.connect('http://localhost:3000', socketio_path='/socket.io/')
     ...
-    await watch.stop()          # unsubscribe; the client stays connected
+    await watch.stop()          # unsubscribe (herald acked); the client stays connected
 
     def on_event(name, data):   # or async def: each event once, in seq order
         print(name, data['seq'])
@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 SESSION_EVENTS = ('progress', 'model_result', 'clarification', 'completed', 'error')
 
 RETRY_UNAVAILABLE_SECS = 2.0
+STOP_TIMEOUT_SECS = 5.0
 
 # herald queues at most 4096 packets for a socket (SOCKET_BUFFER_PACKETS).
 MAX_DECODE_PACKETS = 4096
@@ -166,13 +167,18 @@ class SessionWatch:
         return {'seq': seq, 'epoch': self._epoch}
 
     async def stop(self) -> None:
-        """Unsubscribe, and stop once the callbacks already due have run."""
+        """Unsubscribe (waiting up to 5 s for herald's ack, so that a
+        disconnect right after leaves herald nothing to clean up), and return
+        once the callbacks already due have run."""
         if not self._active:
             return
         self._active = False
         _watches.get(self.sio, {}).pop(self.session_id, None)
         if self.sio.connected:
-            await self.sio.emit('unsubscribe', self.session_id)
+            try:
+                await self.sio.call('unsubscribe', self.session_id, timeout=STOP_TIMEOUT_SECS)
+            except Exception:  # timed out, or the connection went meanwhile
+                pass
         self._queue.put_nowait(None)
         await self._worker
 
