@@ -139,7 +139,8 @@ export function watchSession(socket, sessionId, handlers = {}, options = {}) {
     if (seq > from + 1) {
       if (seq > Math.max(from, lossTo) + 1) {
         // A hole herald did not announce: get it from herald's history rather
-        // than go on without it. What arrives until the reply comes again.
+        // than go on without it. Until herald answers, what arrives is
+        // dropped: the replay brings it again, in order.
         stats.resyncs += 1;
         socket.emit('unsubscribe', sessionId);
         subscribe();
