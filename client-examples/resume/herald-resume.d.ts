@@ -54,6 +54,8 @@ export interface WatchOptions {
   /** Where to start when nothing is stored: undefined (a snapshot) or a seq (0: all held history). */
   since?: number;
   token?: string;
+  /** How long to wait for herald's answer to a subscribe before asking again (default 10000). */
+  answerTimeoutMs?: number;
 }
 
 export interface WatchStats {
