@@ -246,6 +246,31 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
     socket.disconnect();
   });
 
+  test('a subscribe herald never answers is sent again', async () => {
+    const session = sessionId('resume-unanswered');
+    const socket = createSocket(herald.url, { transports: ['websocket'] });
+    // Lose the first subscribe on the way out, as herald may lose one sent
+    // the instant the connection opens.
+    const emit = socket.emit.bind(socket);
+    const subscribes = [];
+    socket.emit = (event, ...args) => {
+      if (event === 'subscribe') {
+        subscribes.push(args[0]);
+        if (subscribes.length === 1) return socket;
+      }
+      return emit(event, ...args);
+    };
+    const seen = watch(socket, session, { answerTimeoutMs: 300 });
+    await until(() => seen.subscribed.length === 1, { what: 'the subscription, asked again' });
+    assert.equal(subscribes.length, 2, `subscribes sent: ${JSON.stringify(subscribes)}`);
+    await herald.publishOk(session, ...streamEvent(1, 20));
+    await waitForSeq(seen, 1, 'live');
+    await sleep(700); // answered: not asked a third time
+    assert.equal(subscribes.length, 2);
+    await seen.stop();
+    socket.disconnect();
+  });
+
   test('a subscription herald refuses is reported, not retried in a loop', async () => {
     const socket = createSocket(herald.url, { transports: ['websocket'] });
     const seen = watch(socket, 'not a valid id!');
