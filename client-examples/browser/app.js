@@ -224,8 +224,7 @@ function main() {
         showDelivery(stop.stats);
         if (name === 'completed') {
           // Unsubscribe when done, then disconnect when finished
-          stop();
-          socket.disconnect();
+          stop().then(() => socket.disconnect());
         }
       },
       subscribed(info) {

@@ -9,7 +9,7 @@ client-examples/resume/herald-resume.js; one file, python-socketio only.
     watch = watch_session(sio, 'doc-42', on_event, on_lost=on_lost)
     await sio.connect('http://localhost:3000', socketio_path='/socket.io/')
     ...
-    await watch.stop()          # unsubscribe; the client stays connected
+    await watch.stop()          # unsubscribe (herald acked); the client stays connected
 
     def on_event(name, data):   # or async def: each event once, in seq order
         print(name, data['seq'])
@@ -24,7 +24,8 @@ What it does (herald's protocol, section 4):
   (defence in depth), and a hole in a live stream (a seq skipped) makes it
   resubscribe from the last seq instead of going on without it;
 - reports recovered: false (herald's `reason`: "history_truncated" or
-  "epoch_changed") through on_lost, before the events herald still has.
+  "epoch_changed") through on_lost, before the events herald still has;
+- asks again when herald does not answer a subscribe within 10 s.
 
 The callbacks (plain or async functions) are called one at a time, in order,
 from a task of the watch's own. The helper registers the client's handlers
@@ -60,6 +61,8 @@ logger = logging.getLogger(__name__)
 SESSION_EVENTS = ('progress', 'model_result', 'clarification', 'completed', 'error')
 
 RETRY_UNAVAILABLE_SECS = 2.0
+ANSWER_TIMEOUT_SECS = 10.0
+STOP_TIMEOUT_SECS = 5.0
 
 # herald queues at most 4096 packets for a socket (SOCKET_BUFFER_PACKETS).
 MAX_DECODE_PACKETS = 4096
@@ -74,7 +77,8 @@ def watch_session(sio, session_id: str, on_event: Optional[Callable] = None, *,
                   on_refused: Optional[Callable] = None,
                   position: Optional[dict] = None,
                   since: Optional[int] = None,
-                  token: Optional[str] = None) -> 'SessionWatch':
+                  token: Optional[str] = None,
+                  answer_timeout: float = ANSWER_TIMEOUT_SECS) -> 'SessionWatch':
     """Watch `session_id` on `sio` (a socketio.AsyncClient, connected or not);
     call from a coroutine.
 
@@ -86,6 +90,8 @@ def watch_session(sio, session_id: str, on_event: Optional[Callable] = None, *,
     position: {seq, epoch} saved from an earlier run (`watch.position`), to
       resume from there; since: where to start otherwise (None: a snapshot,
       0: all the history herald holds).
+    answer_timeout: seconds to wait for herald's answer to a subscribe
+      before asking again.
     """
     Payload.max_decode_packets = max(Payload.max_decode_packets, MAX_DECODE_PACKETS)
     watches = _watches.get(sio)
@@ -95,7 +101,7 @@ def watch_session(sio, session_id: str, on_event: Optional[Callable] = None, *,
     if session_id in watches:
         raise ValueError(f'{session_id} is already watched on this client')
     watch = SessionWatch(sio, session_id, on_event, on_subscribed, on_lost,
-                         on_refused, position, since, token)
+                         on_refused, position, since, token, answer_timeout)
     watches[session_id] = watch
     if sio.connected:
         watch._subscribe()
@@ -139,12 +145,14 @@ class SessionWatch:
     """One watched session: see watch_session()."""
 
     def __init__(self, sio, session_id, on_event, on_subscribed, on_lost,
-                 on_refused, position, since, token):
+                 on_refused, position, since, token, answer_timeout):
         self.sio = sio
         self.session_id = session_id
         self._callbacks = {'event': on_event, 'subscribed': on_subscribed,
                            'lost': on_lost, 'refused': on_refused}
         self._token = token
+        self._answer_timeout = answer_timeout
+        self._unanswered = None  # asks again if herald does not answer
         saved = position if position and isinstance(position.get('seq'), int) else None
         self._epoch = saved.get('epoch') if saved else None
         # The highest seq handed over (or resumed from); None: a snapshot is
@@ -166,13 +174,20 @@ class SessionWatch:
         return {'seq': seq, 'epoch': self._epoch}
 
     async def stop(self) -> None:
-        """Unsubscribe, and stop once the callbacks already due have run."""
+        """Unsubscribe (waiting up to 5 s for herald's ack, so that a
+        disconnect right after leaves herald nothing to clean up), and return
+        once the callbacks already due have run."""
         if not self._active:
             return
         self._active = False
+        if self._unanswered is not None:
+            self._unanswered.cancel()
         _watches.get(self.sio, {}).pop(self.session_id, None)
         if self.sio.connected:
-            await self.sio.emit('unsubscribe', self.session_id)
+            try:
+                await self.sio.call('unsubscribe', self.session_id, timeout=STOP_TIMEOUT_SECS)
+            except Exception:  # timed out, or the connection went meanwhile
+                pass
         self._queue.put_nowait(None)
         await self._worker
 
@@ -188,6 +203,12 @@ class SessionWatch:
         if self._token:
             payload['token'] = self._token
         self._asked = payload
+        # herald answers every subscribe, but a request can still be lost
+        # (herald may drop one sent the instant the connection opened).
+        if self._unanswered is not None:
+            self._unanswered.cancel()
+        self._unanswered = asyncio.get_running_loop().call_later(
+            self._answer_timeout, self._retry, payload)
 
         def on_ack(ack=None, *_):
             if not self._active or not isinstance(ack, dict) or ack.get('ok') is not False:
@@ -216,6 +237,7 @@ class SessionWatch:
             return  # not the answer to ours
         since = self._asked.get('since')
         self._asked = None
+        self._unanswered.cancel()
         self._epoch = reply.get('epoch')
         recovered = reply.get('recovered')
         if since is None:

@@ -54,6 +54,8 @@ export interface WatchOptions {
   /** Where to start when nothing is stored: undefined (a snapshot) or a seq (0: all held history). */
   since?: number;
   token?: string;
+  /** How long to wait for herald's answer to a subscribe before asking again (default 10000). */
+  answerTimeoutMs?: number;
 }
 
 export interface WatchStats {
@@ -63,9 +65,9 @@ export interface WatchStats {
   resyncs: number;
 }
 
-/** Unsubscribes and removes the listeners. */
+/** Removes the listeners and unsubscribes; resolves once herald acknowledged (at most 5 s). */
 export interface StopWatching {
-  (): void;
+  (): Promise<void>;
   readonly stats: WatchStats;
   readonly position: { seq: number | null; epoch: string | null };
 }
@@ -76,6 +78,7 @@ export interface SocketLike {
   on(event: string, listener: (...args: any[]) => void): unknown;
   off(event: string, listener: (...args: any[]) => void): unknown;
   emit(event: string, ...args: any[]): unknown;
+  timeout(ms: number): { emit(event: string, ...args: any[]): unknown };
 }
 
 export declare function watchSession(

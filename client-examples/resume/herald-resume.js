@@ -12,7 +12,7 @@
 //     refused(reply) {},                   // herald refused the subscription: { error, code }
 //   }, { storage: sessionStorage });       // optional: survive a page reload
 //   ...
-//   stop();                                // unsubscribe and remove the listeners
+//   await stop();                          // unsubscribe (herald acked) and remove the listeners
 //
 // What it does (herald's protocol, section 4):
 // - remembers the last `seq` and the `epoch` of the session;
@@ -24,12 +24,15 @@
 //   dropped (defence in depth), and a hole in a live stream (a seq skipped)
 //   makes it resubscribe from the last seq instead of going on without it;
 // - reports `recovered: false` (herald says `reason`: "history_truncated" or
-//   "epoch_changed") through `lost`, before the events herald still has.
+//   "epoch_changed") through `lost`, before the events herald still has;
+// - asks again when herald does not answer a subscribe within 10 s.
 
 /** The session events herald delivers; each carries `sessionId` and `seq`. */
 export const SESSION_EVENTS = Object.freeze(['progress', 'model_result', 'clarification', 'completed', 'error']);
 
 const RETRY_UNAVAILABLE_MS = 2000;
+const ANSWER_TIMEOUT_MS = 10000;
+const STOP_TIMEOUT_MS = 5000;
 
 /**
  * Watch one session on `socket` (a socket.io-client Socket, connected or not).
@@ -48,13 +51,18 @@ const RETRY_UNAVAILABLE_MS = 2000;
  *   since       where to start when nothing is stored: undefined (a snapshot)
  *               or a seq (0: all the history herald holds).
  *   token       a JWT sent with every subscribe (herald with JWT auth).
+ *   answerTimeoutMs  how long to wait for herald's answer to a subscribe
+ *               before asking again (default 10000).
  *
- * Returns `stop()`, which unsubscribes and removes the listeners; `stop.stats`
- * is { received, duplicates, missed, resyncs } (saved with the position),
- * `stop.position` is { seq, epoch }.
+ * Returns `stop()`, which removes the listeners and unsubscribes; its promise
+ * resolves once herald acknowledged that (or at once when not connected, or
+ * after 5 s without an answer), so `stop().then(() => socket.disconnect())`
+ * leaves herald nothing to clean up. `stop.stats` is { received, duplicates,
+ * missed, resyncs } (saved with the position), `stop.position` is
+ * { seq, epoch }.
  */
 export function watchSession(socket, sessionId, handlers = {}, options = {}) {
-  const { storage = null, storageKey = `herald:${sessionId}`, token } = options;
+  const { storage = null, storageKey = `herald:${sessionId}`, token, answerTimeoutMs = ANSWER_TIMEOUT_MS } = options;
   const saved = load();
   let epoch = saved?.epoch ?? null;
   // The highest seq handed to the app (or resumed from); null: a snapshot is
@@ -64,6 +72,7 @@ export function watchSession(socket, sessionId, handlers = {}, options = {}) {
   let lossTo = 0; // herald said events up to here may be gone (counted in `missed`)
   let asked = null; // the subscribe sent and not answered yet; events meanwhile are dropped
   let active = true;
+  let unanswered = null; // the timer that asks again if herald does not answer
   const stats = { received: 0, duplicates: 0, missed: 0, resyncs: 0, ...saved?.stats };
 
   // Where to resume from: everything up to here was handed over or skipped.
@@ -87,6 +96,10 @@ export function watchSession(socket, sessionId, handlers = {}, options = {}) {
     if (since !== null && epoch) payload.epoch = epoch;
     if (token) payload.token = token;
     asked = payload;
+    // herald answers every subscribe, but a request can still be lost (herald
+    // may drop one sent the instant the connection opened): ask again.
+    clearTimeout(unanswered);
+    unanswered = setTimeout(() => active && socket.connected && asked === payload && subscribe(), answerTimeoutMs);
     socket.emit('subscribe', payload, (ack) => {
       if (!active || !ack || ack.ok !== false) return;
       if (ack.code === 'UNAVAILABLE') {
@@ -94,6 +107,7 @@ export function watchSession(socket, sessionId, handlers = {}, options = {}) {
         setTimeout(() => active && socket.connected && asked === payload && subscribe(), RETRY_UNAVAILABLE_MS);
       } else {
         asked = null;
+        clearTimeout(unanswered);
         handlers.refused?.(ack);
       }
     });
@@ -103,6 +117,7 @@ export function watchSession(socket, sessionId, handlers = {}, options = {}) {
     if (!reply || reply.sessionId !== sessionId || !asked) return; // not the answer to ours
     const { since } = asked;
     asked = null;
+    clearTimeout(unanswered);
     epoch = reply.epoch;
     if (since === undefined) {
       // A snapshot: events up to reply.seq come (the latest state) or not.
@@ -135,7 +150,8 @@ export function watchSession(socket, sessionId, handlers = {}, options = {}) {
     if (seq > from + 1) {
       if (seq > Math.max(from, lossTo) + 1) {
         // A hole herald did not announce: get it from herald's history rather
-        // than go on without it. What arrives until the reply comes again.
+        // than go on without it. Until herald answers, what arrives is
+        // dropped: the replay brings it again, in order.
         stats.resyncs += 1;
         socket.emit('unsubscribe', sessionId);
         subscribe();
@@ -156,10 +172,12 @@ export function watchSession(socket, sessionId, handlers = {}, options = {}) {
   if (socket.connected) subscribe();
 
   function stop() {
-    if (!active) return;
+    const subscribed = active && socket.connected;
     active = false;
+    clearTimeout(unanswered);
     for (const [name, fn] of listeners) socket.off(name, fn);
-    if (socket.connected) socket.emit('unsubscribe', sessionId);
+    if (!subscribed) return Promise.resolve();
+    return new Promise((resolve) => socket.timeout(STOP_TIMEOUT_MS).emit('unsubscribe', sessionId, () => resolve()));
   }
   stop.stats = stats;
   Object.defineProperty(stop, 'position', { get: () => ({ seq: position(), epoch }) });

@@ -177,7 +177,7 @@ async function waitForSubscribers(sessionId, n, why, timeoutMs = STEP_TIMEOUT_MS
     last = await subscribers(sessionId);
     if (last === n) return;
     if (Date.now() > deadline) {
-      assert.fail(`${why}: herald counts ${last} subscriber(s) of ${sessionId} after ${timeoutMs} ms, expected ${n}`);
+      assert.fail(`${why}: herald counts ${last} subscriber(s) of ${sessionId} after ${timeoutMs} ms, expected ${n}${framesNote()}`);
     }
     await sleep(50);
   }
@@ -193,6 +193,15 @@ async function waitForConnections(n, why, timeoutMs = STEP_TIMEOUT_MS) {
     await sleep(50);
   }
 }
+
+// The last WebSocket frames any page sent (>) or received (<), for failure
+// messages: whether the page asked, and what herald answered.
+const recentFrames = [];
+function noteFrame(way, payload) {
+  recentFrames.push(`${new Date().toISOString().slice(11, 23)} ${way} ${String(payload).slice(0, 140)}`);
+  if (recentFrames.length > 30) recentFrames.shift();
+}
+const framesNote = () => `\n--- the pages' last WebSocket frames ---\n${recentFrames.join('\n')}`;
 
 let sessionCounter = 0;
 const newSessionId = (label) => `browser-${label}-${process.pid}-${++sessionCounter}`;
@@ -246,7 +255,7 @@ async function expectPage(page, what, check, timeoutMs = STEP_TIMEOUT_MS) {
       const { body, ...rest } = view;
       assert.fail(
         `the page did not show ${what} within ${timeoutMs} ms\n` +
-          `page state: ${JSON.stringify(rest, null, 2)}\n--- page text ---\n${body}`,
+          `page state: ${JSON.stringify(rest, null, 2)}\n--- page text ---\n${body}${framesNote()}`,
       );
     }
     await sleep(40);
@@ -325,6 +334,9 @@ const INVALID_ID = cases('sessionIds.invalid').find((c) => c.label === 'punctuat
 async function playSession(page, sessionId) {
   let view;
   for (const step of STEPS) {
+    // After `completed` the plain page unsubscribes and disconnects; over
+    // polling a request still under way may then be answered 400.
+    if (step.event === 'completed') page.closing = true;
     await publish(sessionId, step.event, step.data);
     view = await expectPage(page, `${step.shows} (after publishing ${step.event} to ${sessionId})`, step.check);
   }
@@ -374,7 +386,13 @@ async function openPage(url) {
     if (page.closing || (page.outage && req.url().includes('/socket.io/'))) return;
     page.problems.push(`request failed: ${req.method()} ${req.url()}: ${req.failure()?.errorText}`);
   });
-  page.on('websocket', (ws) => ws.on('framesent', (f) => page.sentFrames.push(String(f.payload))));
+  page.on('websocket', (ws) => {
+    ws.on('framesent', (f) => {
+      page.sentFrames.push(String(f.payload));
+      noteFrame('>', f.payload);
+    });
+    ws.on('framereceived', (f) => noteFrame('<', f.payload));
+  });
   const res = await page.goto(url, { waitUntil: 'load', timeout: 10000 });
   assert.equal(res.status(), 200, `GET ${url}`);
   return page;
@@ -681,6 +699,18 @@ const modelNames = (from, to) => {
   return names;
 };
 
+/**
+ * Publish `from..total`: the last is `completed`, after which the plain page
+ * disconnects (over polling, a request still under way may be answered 400).
+ */
+async function finishStream(page, sessionId, from, total) {
+  await publishStream(sessionId, from, total - 1, total);
+  await expectPage(page, `${total - 1} events`, received(total - 1));
+  page.closing = true;
+  await publishStream(sessionId, total, total, total);
+  return expectPage(page, 'the whole session', (v) => received(total)(v) && v.completed !== null);
+}
+
 async function publishStream(sessionId, from, to, total, base) {
   for (let i = from; i <= to; i++) {
     const seq = await publish(sessionId, ...streamEvent(i, total), base);
@@ -689,6 +719,9 @@ async function publishStream(sessionId, from, to, total, base) {
 }
 
 const received = (n) => (v) => v.received === n;
+// Subscribed (not just connected): an event published before herald answers
+// the first subscribe is only in the snapshot if it is the latest progress.
+const subscribedFresh = (v) => /^Connected as /.test(v.connection) && v.resume === 'snapshot at seq 0';
 
 /** The end of a session: every event shown once, in order, none missed. */
 function assertWhole(view, total, what) {
@@ -727,7 +760,7 @@ describe('client-examples/browser: a reload or a dropped connection loses nothin
     const total = 101;
     const page = await openPage(`${browserExampleUrl}?session=${sessionId}`);
     try {
-      await expectPage(page, '"Connected"', (v) => /^Connected as /.test(v.connection));
+      await expectPage(page, 'the snapshot subscription', subscribedFresh);
       await publishStream(sessionId, 1, 40, total);
       await expectPage(page, '40 events received', received(40));
 
@@ -751,13 +784,13 @@ describe('client-examples/browser: a reload or a dropped connection loses nothin
       assert.equal(back.resume, 'resumed after seq 40: 20 replayed, nothing lost');
       assert.match(back.body, /40 event\(s\) restored from this tab's storage/);
 
-      await publishStream(sessionId, 61, total, total);
-      const done = await expectPage(page, 'the whole session', (v) => received(total)(v) && v.completed !== null);
+      const done = await finishStream(page, sessionId, 61, total);
       assertWhole(done, total, 'after a reload');
       assert.equal(done.duplicates, 0);
       await screenshot(page, 'browser-resume-after-reload');
 
       // Reloaded once more after the end: shown from storage, no connection.
+      page.closing = false;
       await page.reload({ waitUntil: 'load' });
       const after = await expectPage(page, 'the finished session from storage', (v) => v.completed !== null);
       assertWhole(after, total, 'reloaded after the end');
@@ -776,14 +809,15 @@ describe('client-examples/browser: a reload or a dropped connection loses nothin
         `${browserExampleUrl}?session=${sessionId}&herald=${encodeURIComponent(proxy.url)}&transports=${transports}`,
       );
       try {
-        await expectPage(page, `"Connected ... over ${transports}"`, (v) => v.connection?.endsWith(`over ${transports}`));
+        await expectPage(page, `"Connected ... over ${transports}", subscribed`, (v) =>
+          v.connection?.endsWith(`over ${transports}`) && subscribedFresh(v),
+        );
         await publishStream(sessionId, 1, 30, total);
         await expectPage(page, '30 events received', received(30));
         await cutWhilePublishing(page, proxy, sessionId, 31, 90, total);
         const back = await expectPage(page, 'the resume line', (v) => v.resume?.startsWith('resumed'));
         assert.equal(back.resume, 'resumed after seq 30: 60 replayed, nothing lost');
-        await publishStream(sessionId, 91, total, total);
-        const done = await expectPage(page, 'the whole session', (v) => received(total)(v) && v.completed !== null);
+        const done = await finishStream(page, sessionId, 91, total);
         assertWhole(done, total, `after a dropped connection (${transports})`);
         assert.equal(done.duplicates, 0);
         if (transports === 'websocket') await screenshot(page, 'browser-resume-after-drop');
@@ -799,7 +833,7 @@ describe('client-examples/browser: a reload or a dropped connection loses nothin
     const page = await openPage(`${browserExampleUrl}?session=${sessionId}&herald=${encodeURIComponent(proxy.url)}`);
     let second;
     try {
-      await expectPage(page, '"Connected"', (v) => /^Connected as /.test(v.connection));
+      await expectPage(page, 'the snapshot subscription', subscribedFresh);
       await publishStream(sessionId, 1, 6, 20);
       await expectPage(page, '6 events', received(6));
 
@@ -848,14 +882,13 @@ describe('client-examples/react: a dropped connection loses nothing (useSessionE
     const total = 81;
     const page = await openPage(`${reactExampleUrl}?session=${sessionId}&herald=${encodeURIComponent(proxy.url)}`);
     try {
-      await expectPage(page, '"Connected as ..."', (v) => /^Connected as \S+$/.test(v.connection));
+      await expectPage(page, 'the first subscription', (v) => /^Connected as \S+$/.test(v.connection) && v.resume !== null);
       await publishStream(sessionId, 1, 20, total);
       await expectPage(page, '20 events received', received(20));
       await cutWhilePublishing(page, proxy, sessionId, 21, 60, total);
       const back = await expectPage(page, 'the resume line', (v) => v.resume?.includes('resumed'));
       assert.equal(back.resume, 'resumed after seq 20: 40 replayed, nothing lost');
-      await publishStream(sessionId, 61, total, total);
-      const done = await expectPage(page, 'the whole session', (v) => received(total)(v) && v.completed !== null);
+      const done = await finishStream(page, sessionId, 61, total);
       assertWhole(done, total, 'React, after a dropped connection');
       await screenshot(page, 'react-resume-after-drop');
       assertNoProblems(page, 'React page, dropped connection');

@@ -115,7 +115,7 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
       assert.equal(seen.stop.stats.received, total);
       assert.equal(seen.stop.stats.missed, 0);
       assert.deepEqual(seen.stop.position, { seq: total, epoch: seen.subscribed[0].epoch });
-      seen.stop();
+      await seen.stop();
       socket.disconnect();
     });
   }
@@ -134,7 +134,7 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
     await herald.publishOk(session, ...streamEvent(6, 20));
     await waitForSeq(first, 6, 'live after the snapshot');
     // The app goes away (a page reload) while events keep coming.
-    first.stop();
+    await first.stop();
     socket.disconnect();
     for (let i = 7; i <= 9; i++) await herald.publishOk(session, ...streamEvent(i, 20));
 
@@ -148,7 +148,7 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
     assert.equal(second.subscribed[0].since, 6);
     assert.equal(second.subscribed[0].recovered, true);
     assert.equal(second.stop.stats.received, 2 + 4, 'stats kept in storage (snapshot, 6; then 7..10)');
-    second.stop();
+    await second.stop();
     again.disconnect();
   });
 
@@ -170,7 +170,7 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
     await waitForSeq(seen, 11, 'live after the duplicates');
     assert.deepEqual(seen.seqs(), range(1, 11));
     assert.equal(seen.subscribed.length, 1, 'a reply to a subscribe it did not send is not taken for its own');
-    seen.stop();
+    await seen.stop();
     socket.disconnect();
   });
 
@@ -200,7 +200,32 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
     const resync = seen.subscribed[1];
     assert.equal(resync.since, 4, `resubscribed from the last seq before the hole: ${JSON.stringify(resync)}`);
     assert.equal(resync.recovered, true);
-    seen.stop();
+    await seen.stop();
+    socket.disconnect();
+  });
+
+  test('a subscribe herald never answers is sent again', async () => {
+    const session = sessionId('resume-unanswered');
+    const socket = createSocket(herald.url, { transports: ['websocket'] });
+    // Lose the first subscribe on the way out, as herald may lose one sent
+    // the instant the connection opens.
+    const emit = socket.emit.bind(socket);
+    const subscribes = [];
+    socket.emit = (event, ...args) => {
+      if (event === 'subscribe') {
+        subscribes.push(args[0]);
+        if (subscribes.length === 1) return socket;
+      }
+      return emit(event, ...args);
+    };
+    const seen = watch(socket, session, { answerTimeoutMs: 300 });
+    await until(() => seen.subscribed.length === 1, { what: 'the subscription, asked again' });
+    assert.equal(subscribes.length, 2, `subscribes sent: ${JSON.stringify(subscribes)}`);
+    await herald.publishOk(session, ...streamEvent(1, 20));
+    await waitForSeq(seen, 1, 'live');
+    await sleep(700); // answered: not asked a third time
+    assert.equal(subscribes.length, 2);
+    await seen.stop();
     socket.disconnect();
   });
 
@@ -212,7 +237,7 @@ describe('client-examples/resume (watchSession) against a real herald', () => {
     await sleep(200);
     assert.equal(seen.refused.length, 1);
     assert.deepEqual(seen.subscribed, []);
-    seen.stop();
+    await seen.stop();
     socket.disconnect();
   });
 });
@@ -252,7 +277,7 @@ describe('client-examples/resume when herald cannot give everything back', () =>
     );
     assert.equal(seen.stop.stats.missed, 12, 'seqs 4..15 are gone');
     assert.equal(seen.stop.stats.resyncs, 0, 'an announced loss is not a hole to fetch');
-    seen.stop();
+    await seen.stop();
     socket.disconnect();
   });
 
@@ -277,7 +302,7 @@ describe('client-examples/resume when herald cannot give everything back', () =>
     await sleep(100);
     assert.deepEqual(seen.seqs(), [1, 2, 3, 4, 1, 2, 3]);
     assert.deepEqual(seen.stop.position, { seq: 3, epoch: seen.lost[0].epoch });
-    seen.stop();
+    await seen.stop();
     socket.disconnect();
   });
 });

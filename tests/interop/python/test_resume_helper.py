@@ -353,6 +353,40 @@ def test_duplicates_dropped_and_a_hole_fetched_again(server):
     asyncio.run(scenario())
 
 
+def test_unanswered_subscribe_is_sent_again(server):
+    async def scenario():
+        session = new_session_id("py-resume-unanswered")
+        sio, how = await client(server.url)
+        # Lose the first subscribe on the way out, as herald may lose one
+        # sent the instant the connection opens.
+        emit = sio.emit
+        subscribes = []
+
+        async def lossy_emit(event, data=None, **kw):
+            if event == "subscribe":
+                subscribes.append(data)
+                if len(subscribes) == 1:
+                    return
+            await emit(event, data, **kw)
+
+        sio.emit = lossy_emit
+        seen = watch(sio, session, answer_timeout=0.3)
+        async with aiohttp.ClientSession() as http:
+            try:
+                await sio.connect(**how)
+                await seen.until(lambda: seen.subscribed, "the subscription, asked again")
+                assert len(subscribes) == 2, subscribes
+                await publish(http, server, session, *stream_event(1, 20))
+                await seen.until(lambda: 1 in seen.seqs(), "seq 1")
+                await asyncio.sleep(0.7)  # answered: not asked a third time
+                assert len(subscribes) == 2, subscribes
+                await seen.watch.stop()
+            finally:
+                await sio.disconnect()
+
+    asyncio.run(scenario())
+
+
 def test_refused_subscription_is_reported(server):
     async def scenario():
         sio, how = await client(server.url)
