@@ -31,6 +31,7 @@ use self::{
 use crate::{
     cluster::{FanOut, Sequenced, Sequencer},
     http::Origins,
+    limits::{RequestLimits, Throttle},
     metrics::Metrics,
     protocol::SessionId,
 };
@@ -55,6 +56,10 @@ struct Local<A: Adapter> {
     /// Per socket and session, the requests waiting for one in progress;
     /// an entry exists while one is in progress.
     queued: Arc<DashMap<(Sid, SessionId), VecDeque<Queued>>>,
+    /// What each socket may ask (see `limits`).
+    limits: Arc<RequestLimits>,
+    /// Holds back log lines about refused subscribes, which could flood.
+    limit_log: Arc<Throttle>,
 }
 
 impl<A: Adapter> Clone for Local<A> {
@@ -65,6 +70,8 @@ impl<A: Adapter> Clone for Local<A> {
             arriving: self.arriving.clone(),
             sequencer: self.sequencer.clone(),
             queued: self.queued.clone(),
+            limits: self.limits.clone(),
+            limit_log: self.limit_log.clone(),
         }
     }
 }
@@ -86,7 +93,11 @@ pub(crate) struct Settings {
     pub max_payload: u64,
     pub buffer_packets: usize,
     pub origins: Origins,
+    pub requests: Arc<RequestLimits>,
 }
+
+/// How often a line about refused subscribes is logged at most.
+const LIMIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Bytes a WebSocket reads at a time; larger frames take several reads.
 /// Clients send herald pongs and subscribes, which fit unless the session id
@@ -113,11 +124,18 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
         arriving: Arc::default(),
         sequencer: Arc::default(),
         queued: Arc::default(),
+        limits: settings.requests.clone(),
+        limit_log: Arc::new(Throttle::new(LIMIT_LOG_EVERY)),
     };
     let (service, io) = SocketIoBuilder::new()
         .ping_interval(settings.ping_interval)
         .ping_timeout(settings.ping_timeout)
         .max_payload(settings.max_payload)
+        // Polling bodies are held to max_payload by the engine; a WebSocket
+        // message (or one frame of it) is held to the same, or one client
+        // could make herald buffer 64 MiB per connection.
+        .ws_max_message_size(settings.max_payload as usize)
+        .ws_max_frame_size(settings.max_payload as usize)
         .max_buffer_size(settings.buffer_packets)
         .ws_read_buffer_size(WS_READ_BUFFER)
         .with_state(local.clone())
