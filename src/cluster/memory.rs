@@ -426,11 +426,16 @@ impl SessionStore {
         self.metrics
             .history_bytes
             .set(self.held_bytes.load(Ordering::Relaxed) as i64);
-        warn!(
-            evicted,
-            max,
-            "sessions over MAX_SESSIONS: forgot the unwatched sessions published to least recently"
-        );
+        // A flood of new sessions evicts at every round: one line per minute.
+        static LOG: crate::limits::Throttle = crate::limits::Throttle::new(HOUSEKEEPING_EVERY);
+        if let Some(rounds_held_back) = LOG.pass() {
+            warn!(
+                evicted,
+                max,
+                rounds_held_back,
+                "sessions over MAX_SESSIONS: forgot the unwatched sessions published to least recently"
+            );
+        }
         evicted
     }
 
