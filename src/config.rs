@@ -49,6 +49,11 @@ pub struct Config {
     #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 4096)]
     pub socket_buffer_packets: usize,
 
+    /// Bytes of events that may wait for one socket; past it the socket is
+    /// treated as a slow consumer, as when SOCKET_BUFFER_PACKETS is reached.
+    #[arg(long, env = "SOCKET_BUFFER_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub socket_buffer_bytes: usize,
+
     /// Sessions one socket may be subscribed to at once; past it a subscribe
     /// is refused with `TOO_MANY_SUBSCRIPTIONS`. 0: no limit.
     #[arg(long, env = "MAX_SUBSCRIPTIONS_PER_SOCKET", default_value_t = 1000)]

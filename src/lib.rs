@@ -186,6 +186,7 @@ impl Herald {
             ping_timeout: config.ping_timeout(),
             max_payload: config.max_payload_bytes as u64,
             buffer_packets: config.socket_buffer_packets,
+            buffer_bytes: config.socket_buffer_bytes,
             origins: origins.clone(),
             requests: Arc::new(RequestLimits::new(
                 config.client_requests_per_sec,

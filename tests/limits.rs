@@ -336,3 +336,48 @@ async fn past_max_sessions_unwatched_sessions_are_forgotten_and_watched_ones_kep
     // The watched session goes on where it was.
     bystander_gets_all(&herald, &mut bystander, "b", 3, 2).await;
 }
+
+/// A subscriber that stops reading 0.9 MB events holds at most
+/// SOCKET_BUFFER_BYTES of them (then it is disconnected, to resume on
+/// reconnect), not SOCKET_BUFFER_PACKETS of them.
+#[tokio::test]
+async fn a_stalled_reader_of_large_events_keeps_memory_bounded() {
+    let herald = Herald::start(&[
+        "--socket-buffer-bytes",
+        "4194304",
+        "--history-max-events",
+        "1",
+    ])
+    .await;
+    let mut bystander = RawSocket::subscribed(&herald, "big").await;
+    let _stalled = RawSocket::subscribed(&herald, "big").await;
+    let before = herald.rss();
+    let mut data = sample("model_result");
+    data["result"] = json!("x".repeat(900_000));
+    let client = reqwest::Client::new();
+    for i in 0..80u64 {
+        let body = json!({ "event": "model_result", "data": data }).to_string();
+        let res = client
+            .post(herald.url("/api/v1/sessions/big/events"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        // The bystander reads every one, in order.
+        let (name, payload) = bystander.next_event().await;
+        assert_eq!(
+            (name.as_str(), payload["seq"].as_u64()),
+            ("model_result", Some(i + 1))
+        );
+    }
+    let grew = herald.rss().saturating_sub(before);
+    // 80 events are 72 MB (without the byte bound RSS grew by 90 MiB); the
+    // stalled reader may pin 4 MiB, one event past it, and what the kernel's
+    // socket buffers took.
+    assert!(grew < 40 << 20, "RSS grew by {} MiB", grew >> 20);
+    // The stalled socket is closed at its first refused event; it keeps its
+    // room (and refuses each further event, counted) until its transport ends.
+    assert!(metric(&herald, "herald_dropped_deliveries_total").await >= 1.0);
+}

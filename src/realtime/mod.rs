@@ -92,6 +92,9 @@ pub(crate) struct Settings {
     pub ping_timeout: std::time::Duration,
     pub max_payload: u64,
     pub buffer_packets: usize,
+    /// Honoured with the patched engine only (vendor patch 15).
+    #[cfg_attr(not(feature = "patched-engine"), allow(dead_code))]
+    pub buffer_bytes: usize,
     pub origins: Origins,
     pub requests: Arc<RequestLimits>,
 }
@@ -145,6 +148,13 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
     // miss events unawares: its client reconnects and resumes.
     #[cfg(feature = "patched-engine")]
     io.config().engine_config.slow_consumers.close();
+    // The same for a client that stops reading large events: bounded in
+    // bytes too, or it pins SOCKET_BUFFER_PACKETS times their size.
+    #[cfg(feature = "patched-engine")]
+    io.config()
+        .engine_config
+        .max_buffer_bytes
+        .set(settings.buffer_bytes);
     // A remote adapter finishes setting the namespace up in the background;
     // until then clients are told the namespace is unknown, and retry.
     io.ns("/", on_connect::<A>.with(prepare::<A>)).spawn();
@@ -236,7 +246,11 @@ impl<A: Adapter> FanOut for Realtime<A> {
                         .count();
                     if full > 0 {
                         metrics.dropped_deliveries.inc_by(full as u64);
-                        warn!(%session, seq = event.seq, sockets = full, "socket buffers full: disconnecting slow consumers (they resume on reconnect)");
+                        // A large stalled audience would log a line per event.
+                        static LOG: Throttle = Throttle::new(std::time::Duration::from_secs(10));
+                        if let Some(held_back) = LOG.pass() {
+                            warn!(%session, seq = event.seq, sockets = full, lines_held_back = held_back, "socket buffers full: disconnecting slow consumers (they resume on reconnect; herald_dropped_deliveries_total counts them)");
+                        }
                     }
                     errors.len() as u32
                 }
