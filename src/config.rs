@@ -83,7 +83,8 @@ pub struct Config {
     pub max_connections: usize,
 
     /// Seconds a client may take to send a request's headers (and a new
-    /// connection its first request) before the connection is closed.
+    /// connection its first request) before the connection is closed; also
+    /// how long a new Engine.IO session may take to join the namespace.
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
     pub header_read_timeout_secs: u64,
 

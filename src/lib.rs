@@ -187,6 +187,7 @@ impl Herald {
             max_payload: config.max_payload_bytes as u64,
             buffer_packets: config.socket_buffer_packets,
             buffer_bytes: config.socket_buffer_bytes,
+            connect_timeout: config.header_read_timeout(),
             origins: origins.clone(),
             requests: Arc::new(RequestLimits::new(
                 config.client_requests_per_sec,

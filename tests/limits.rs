@@ -381,3 +381,40 @@ async fn a_stalled_reader_of_large_events_keeps_memory_bounded() {
     // room (and refuses each further event, counted) until its transport ends.
     assert!(metric(&herald, "herald_dropped_deliveries_total").await >= 1.0);
 }
+
+/// An Engine.IO polling session that never polls again nor upgrades is
+/// reaped by the heartbeat, and one that never joins the namespace gives its
+/// connection slot back within HEADER_READ_TIMEOUT_SECS.
+#[tokio::test]
+async fn an_abandoned_polling_session_is_reaped_and_its_slot_given_back() {
+    let herald = Herald::start(&[
+        "--ping-interval-ms",
+        "300",
+        "--ping-timeout-ms",
+        "300",
+        "--max-connections-per-address",
+        "1",
+        "--header-read-timeout-secs",
+        "2",
+    ])
+    .await;
+    let handshake = herald.url("/socket.io/?EIO=4&transport=polling");
+    let res = reqwest::get(&handshake).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let open = res.text().await.unwrap();
+    let sid = serde_json::from_str::<Value>(open.trim_start_matches('0')).unwrap()["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(reqwest::get(&handshake).await.unwrap().status(), 429);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let poll = reqwest::get(format!("{handshake}&sid={sid}"))
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), 400, "the session outlived its heartbeat");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reqwest::get(&handshake).await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the slot was never given back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -92,6 +92,10 @@ pub(crate) struct Settings {
     pub ping_timeout: std::time::Duration,
     pub max_payload: u64,
     pub buffer_packets: usize,
+    /// How long a new Engine.IO session may take to join the namespace
+    /// before it is closed (socketioxide's default is 45 s, all the while
+    /// holding the session's connection slot).
+    pub connect_timeout: std::time::Duration,
     /// Honoured with the patched engine only (vendor patch 15).
     #[cfg_attr(not(feature = "patched-engine"), allow(dead_code))]
     pub buffer_bytes: usize,
@@ -133,6 +137,7 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
     let (service, io) = SocketIoBuilder::new()
         .ping_interval(settings.ping_interval)
         .ping_timeout(settings.ping_timeout)
+        .connect_timeout(settings.connect_timeout)
         .max_payload(settings.max_payload)
         // Polling bodies are held to max_payload by the engine; a WebSocket
         // message (or one frame of it) is held to the same, or one client
