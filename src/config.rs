@@ -77,8 +77,8 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
 
     /// Socket.IO connections this process accepts in all; past it the
-    /// handshake is answered 503. 0: the open-file limit less a tenth (64 to
-    /// 4096), kept for the operations and publish endpoints.
+    /// handshake is answered 503. 0: the open-file limit less a 32nd of it
+    /// (64 to 1024), kept for the operations and publish endpoints.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
 

@@ -6,10 +6,11 @@
 use tracing::{info, warn};
 
 /// Descriptors kept for everything that is not a client connection: the
-/// listener, Redis, the ops and publish requests, log files. A tenth of the
-/// limit, at least 64 and at most 4096.
+/// listener, Redis, the ops and publish requests, log files, and the
+/// connections being refused at the cap. A thirty-second of the limit, at
+/// least 64 and at most 1024: a few dozen are in use at any time.
 fn headroom(soft: u64) -> u64 {
-    (soft / 10).clamp(64, 4096)
+    (soft / 32).clamp(64, 1024)
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (logging both) and
@@ -79,8 +80,8 @@ mod tests {
 
     #[test]
     fn the_cap_leaves_room_for_ops_and_publishes() {
-        assert_eq!(default_max_connections(Some(1024)), 1024 - 102);
-        assert_eq!(default_max_connections(Some(256)), 256 - 64);
-        assert_eq!(default_max_connections(Some(1 << 20)), (1 << 20) - 4096);
+        assert_eq!(default_max_connections(Some(1024)), 1024 - 64);
+        assert_eq!(default_max_connections(Some(20_000)), 20_000 - 625);
+        assert_eq!(default_max_connections(Some(1 << 20)), (1 << 20) - 1024);
     }
 }
