@@ -260,7 +260,7 @@ impl Herald {
             origins,
         })
         // A client that sends a body a byte at a time holds a descriptor and
-        // a task; past this it is answered 408 and its connection closed.
+        // a task; past this it is refused (the body reader answers 400) and its connection closed.
         .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout()));
         let herald = Self {
             router,

@@ -418,3 +418,23 @@ async fn an_abandoned_polling_session_is_reaped_and_its_slot_given_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A publish whose body trickles in is answered and its connection freed
+/// after BODY_READ_TIMEOUT_SECS.
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_cut_off() {
+    let herald = Herald::start(&["--body-read-timeout-secs", "1"]).await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", herald.port))
+        .await
+        .unwrap();
+    let head = "POST /api/v1/sessions/s/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a slow body held its connection");
+    let answer = String::from_utf8_lossy(&answer);
+    eprintln!("{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+}
