@@ -438,3 +438,21 @@ async fn a_body_sent_too_slowly_is_cut_off() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
 }
+
+/// Behind a trusted proxy, each client is told apart by `X-Forwarded-For`.
+#[tokio::test]
+async fn behind_a_trusted_proxy_forwarded_addresses_are_counted_apart() {
+    let herald = Herald::start(&[
+        "--max-connections-per-address",
+        "1",
+        "--trusted-proxies",
+        "127.0.0.1/32",
+    ])
+    .await;
+    let handshake = herald.url("/socket.io/?EIO=4&transport=polling");
+    let client = reqwest::Client::new();
+    let from = |ip: &'static str| client.get(&handshake).header("x-forwarded-for", ip).send();
+    assert_eq!(from("203.0.113.1").await.unwrap().status(), 200);
+    assert_eq!(from("203.0.113.2").await.unwrap().status(), 200);
+    assert_eq!(from("203.0.113.1").await.unwrap().status(), 429);
+}
