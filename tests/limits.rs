@@ -34,13 +34,10 @@ async fn bystander_gets_all(
 
 /// The value of a line of `/metrics` (`name{labels} value`), 0 when absent.
 async fn metric(herald: &Herald, line_start: &str) -> f64 {
-    let text = reqwest::get(herald.url("/metrics"))
+    herald
+        .metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())

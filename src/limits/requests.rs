@@ -37,6 +37,8 @@ struct Bucket {
     refilled: Instant,
     /// When the current run of refusals began, and the last refusal.
     flood: Option<(Instant, Instant)>,
+    /// Told to disconnect: what it sent before the close is only refused.
+    cut: bool,
 }
 
 /// What to do with one request.
@@ -47,8 +49,11 @@ pub(crate) enum Verdict {
     Refused {
         first: bool,
     },
-    /// The socket has flooded for [`FLOOD_GRACE`]: disconnect it.
-    Disconnect,
+    /// The socket has flooded for [`FLOOD_GRACE`]: disconnect it. `first`
+    /// once per socket: its requests still arriving say so again, uncounted.
+    Disconnect {
+        first: bool,
+    },
 }
 
 impl RequestLimits {
@@ -73,7 +78,11 @@ impl RequestLimits {
             tokens: self.burst,
             refilled: now,
             flood: None,
+            cut: false,
         });
+        if b.cut {
+            return Verdict::Disconnect { first: false };
+        }
         let elapsed = now.duration_since(b.refilled).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
         b.refilled = now;
@@ -88,8 +97,9 @@ impl RequestLimits {
         };
         b.flood = Some((began, now));
         if now.duration_since(began) >= FLOOD_GRACE {
+            b.cut = true;
             self.metrics.limit_refused(Limit::RequestFlood);
-            return Verdict::Disconnect;
+            return Verdict::Disconnect { first: true };
         }
         self.metrics.limit_refused(Limit::Requests);
         Verdict::Refused { first }

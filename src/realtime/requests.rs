@@ -233,13 +233,15 @@ impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
                 );
                 return Ok(Self(PhantomData));
             }
-            Verdict::Disconnect => {
-                warn!(client = %client_of(s), "disconnecting a socket that kept flooding past CLIENT_REQUESTS_PER_SEC");
-                let s = s.clone();
-                // Not from inside the packet read: closing runs the disconnect handlers.
-                tokio::spawn(async move {
-                    let _ = s.disconnect();
-                });
+            Verdict::Disconnect { first } => {
+                if first {
+                    warn!(client = %client_of(s), "disconnecting a socket that kept flooding past CLIENT_REQUESTS_PER_SEC");
+                    let s = s.clone();
+                    // Not from inside the packet read: closing runs the disconnect handlers.
+                    tokio::spawn(async move {
+                        let _ = s.disconnect();
+                    });
+                }
                 return Ok(Self(PhantomData));
             }
         }

@@ -178,6 +178,14 @@ impl Herald {
         }
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let res = reqwest::get(self.url("/metrics"))
+            .await
+            .expect("GET /metrics");
+        res.text().await.expect("/metrics body")
+    }
+
     /// The resident memory of the process, in bytes (Linux).
     pub fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
