@@ -45,8 +45,12 @@ struct Bucket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Allowed,
-    /// Refused; `first` for the socket's first refusal, the one to log.
+    /// Refused; `first` for the socket's first refusal, the one to log;
+    /// `tell` for the first of a run of refusals, the one to send an `error`
+    /// for (the rest are acked only: a flood must not make herald write as
+    /// much as it reads).
     Refused {
+        tell: bool,
         first: bool,
     },
     /// The socket has flooded for [`FLOOD_GRACE`]: disconnect it. `first`
@@ -102,7 +106,10 @@ impl RequestLimits {
             return Verdict::Disconnect { first: true };
         }
         self.metrics.limit_refused(Limit::Requests);
-        Verdict::Refused { first }
+        Verdict::Refused {
+            first,
+            tell: began == now,
+        }
     }
 
     /// Whether a socket holding `held` subscriptions may take one more; a
@@ -136,8 +143,9 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(limits.request(s), Verdict::Allowed);
         }
-        assert_eq!(limits.request(s), Verdict::Refused { first: true });
-        assert_eq!(limits.request(s), Verdict::Refused { first: false });
+        let refused = |first, tell| Verdict::Refused { first, tell };
+        assert_eq!(limits.request(s), refused(true, true));
+        assert_eq!(limits.request(s), refused(false, false));
         std::thread::sleep(Duration::from_millis(150));
         assert_eq!(limits.request(s), Verdict::Allowed);
         assert_eq!(

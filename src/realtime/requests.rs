@@ -220,17 +220,18 @@ impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
         let _span = info_span!("request", socket = %s.id, event = C::EVENT).entered();
         match rt.limits.request(s.id) {
             Verdict::Allowed => {}
-            Verdict::Refused { first } => {
+            Verdict::Refused { first, tell } => {
                 if first {
                     warn!(client = %client_of(s), "requests refused: over CLIENT_REQUESTS_PER_SEC (logged once per socket)");
                 }
                 let why = "too many requests from this socket (CLIENT_REQUESTS_PER_SEC); slow down"
                     .to_owned();
-                answer_refusal(
-                    s,
-                    &RequestError::limited(RequestError::RATE_LIMITED, why, None),
-                    ack,
-                );
+                let reply = RequestError::limited(RequestError::RATE_LIMITED, why, None);
+                if tell {
+                    answer_refusal(s, &reply, ack);
+                } else {
+                    ack_refusal(&reply, ack);
+                }
                 return Ok(Self(PhantomData));
             }
             Verdict::Disconnect { first } => {
@@ -425,6 +426,11 @@ fn answer_refusal<A: Adapter>(s: &Socket<A>, reply: &RequestError<'_>, ack: AckS
     if let Err(e) = s.emit("error", reply) {
         debug!("could not send error: {e}");
     }
+    ack_refusal(reply, ack);
+}
+
+/// Sends a refused request its ack, if the client asked for one.
+fn ack_refusal<A: Adapter>(reply: &RequestError<'_>, ack: AckSender<A>) {
     let _ = ack.send(&Ack {
         session_id: reply.session_id,
         error: Some(&reply.error),
