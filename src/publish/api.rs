@@ -26,7 +26,7 @@ use crate::{
         Sequencer, SessionState,
         history::{Epoch, Page},
     },
-    http::{ApiError, parse_json, read_body},
+    http::{ApiError, Caller, PublishLimit, check_depth, parse_json, read_body},
     protocol::{Invalid, SessionEvent, SessionId},
     realtime::Sockets,
 };
@@ -38,6 +38,25 @@ pub(crate) struct ApiState {
     pub sequencer: Arc<dyn Sequencer>,
     pub sockets: Arc<dyn Sockets>,
     pub max_body: usize,
+    /// `MAX_JSON_DEPTH`: how deep a published event's `data` may nest.
+    pub max_depth: usize,
+    pub limit: Arc<PublishLimit>,
+}
+
+impl ApiState {
+    /// Reads a publish body: its size, its nesting depth (below the
+    /// `envelope` levels of the request's own shape), then its JSON.
+    async fn read<'a, T: Deserialize<'a>>(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        envelope: usize,
+        bytes: &'a mut axum::body::Bytes,
+    ) -> Result<T, ApiError> {
+        *bytes = read_body(headers, body, self.max_body).await?;
+        check_depth(bytes, envelope, self.max_depth)?;
+        parse_json(bytes)
+    }
 }
 
 /// The publish routes, which `app` mounts under `/api/v1` (and counts the
@@ -93,17 +112,21 @@ struct BatchItem<'a> {
 
 async fn publish_one(
     State(api): State<ApiState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Receipt>), ApiError> {
+) -> Result<Response, ApiError> {
     let session_id = path_session(path)?;
-    let bytes = read_body(&headers, body, api.max_body).await?;
-    let body: EventBody = parse_json(&bytes)?;
+    let mut bytes = Default::default();
+    let body: EventBody = api.read(&headers, body, 1, &mut bytes).await?;
     let publication = Publication::<SessionEvent>::from_json(session_id, &body.event, body.data)
         .map_err(ApiError::invalid)?;
+    if let Err(refusal) = api.limit.check(&caller, 1) {
+        return Ok(refusal.into_response());
+    }
     let receipt = api.emitter.publish(publication).await?;
-    Ok((StatusCode::ACCEPTED, Json(receipt)))
+    Ok((StatusCode::ACCEPTED, Json(receipt)).into_response())
 }
 
 #[derive(Serialize)]
@@ -124,11 +147,12 @@ struct BatchStopped {
 /// Publishing is in order and stops at the first failure.
 async fn publish_batch(
     State(api): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, api.max_body).await?;
-    let items: Vec<BatchItem> = parse_json(&bytes)?;
+    let mut bytes = Default::default();
+    let items: Vec<BatchItem> = api.read(&headers, body, 2, &mut bytes).await?;
     let publications = items
         .into_iter()
         .enumerate()
@@ -138,6 +162,9 @@ async fn publish_batch(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let total = publications.len();
+    if let Err(refusal) = api.limit.check(&caller, total) {
+        return Ok(refusal.into_response());
+    }
     let mut results = Vec::with_capacity(total);
     for publication in publications {
         match api.emitter.publish(publication).await {
