@@ -65,6 +65,11 @@ pub struct Config {
     #[arg(long, env = "PUBLISH_BURST_PER_KEY", default_value_t = 2000)]
     pub publish_burst_per_key: u32,
 
+    /// How long a publish's idempotency key is remembered, in seconds: a
+    /// retry with the same key within it publishes nothing again.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    pub idempotency_ttl_secs: u64,
+
     /// Packets that may wait for one socket before further events to it are
     /// dropped (and counted in `herald_dropped_deliveries_total`).
     #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 4096)]
@@ -174,6 +179,10 @@ impl Config {
 
     pub fn session_ttl(&self) -> Duration {
         Duration::from_secs(self.session_ttl_secs)
+    }
+
+    pub fn idempotency_ttl(&self) -> Duration {
+        Duration::from_secs(self.idempotency_ttl_secs)
     }
 }
 

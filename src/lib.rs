@@ -169,6 +169,7 @@ impl Herald {
                     ttl: config.session_ttl(),
                     max_events: config.history_max_events,
                     max_bytes: config.history_max_bytes,
+                    idempotency_ttl: config.idempotency_ttl(),
                 };
                 MemorySequencer::new(fanout, limits, metrics.clone())
             }),
@@ -180,6 +181,7 @@ impl Herald {
                     session_ttl: config.session_ttl(),
                     history_events: config.history_max_events,
                     queue_events: config.cluster_queue_events,
+                    idempotency_ttl: config.idempotency_ttl(),
                 };
                 let (setup, adapter) = redis_cluster::Setup::new(&redis_settings, metrics.clone())?;
                 wire::<RedisAdapter, _>(&settings, adapter, &metrics, |fanout| {

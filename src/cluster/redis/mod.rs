@@ -73,9 +73,17 @@ const INSTANCE_TTL_SECS: u64 = 5;
 /// never disagree. KEYS: the session's hash, its history stream (one slot:
 /// the braces). ARGV: payload head, payload tail, event channel, message
 /// header, flags (progress, completed, failed, ended as "0"/"1"), TTL in ms,
-/// an epoch for a new sequence, history length, event name. Returns the seq
-/// and the epoch. A new sequence (seq 1) starts with an empty history.
+/// an epoch for a new sequence, history length, event name, idempotency
+/// window in ms. Returns the seq and the epoch. A new sequence (seq 1) starts
+/// with an empty history. With a third key (the publish's idempotency key,
+/// in the session's slot), a key already recorded answers its seq and
+/// publishes nothing: the check and the record are in the same atomic step
+/// as the publish, so a retry racing its original publishes once.
 const PUBLISH_SCRIPT: &str = r#"
+if KEYS[3] then
+  local first = redis.call('GET', KEYS[3])
+  if first then return {tonumber(first), redis.call('HGET', KEYS[1], 'epoch') or ''} end
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -94,6 +102,7 @@ if tonumber(ARGV[8]) > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
+if KEYS[3] then redis.call('SET', KEYS[3], seq, 'PX', ARGV[10]) end
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. seq .. '\n' .. payload)
 return {seq, epoch}
 "#;
@@ -143,6 +152,9 @@ impl Keys {
     fn history(&self, id: &SessionId) -> String {
         format!("{}:history:{{{id}}}", self.prefix)
     }
+    fn idempotency(&self, id: &SessionId, key: &str) -> String {
+        format!("{}:idem:{{{id}}}:{key}", self.prefix)
+    }
     fn events(&self) -> String {
         format!("{}:events", self.prefix)
     }
@@ -179,6 +191,8 @@ pub(crate) struct Settings<'a> {
     pub history_events: usize,
     /// Events that may wait for this instance's delivery task.
     pub queue_events: usize,
+    /// How long a publish's idempotency key is remembered.
+    pub idempotency_ttl: Duration,
 }
 
 /// The link to Redis, made before the Socket.IO server (whose adapter runs
@@ -192,6 +206,7 @@ pub(crate) struct Setup {
     uid: String,
     ttl_ms: u64,
     history_events: usize,
+    idempotency_ms: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -227,6 +242,7 @@ impl Setup {
             uid,
             ttl_ms: settings.session_ttl.as_millis().max(1) as u64,
             history_events: settings.history_events,
+            idempotency_ms: settings.idempotency_ttl.as_millis().max(1) as u64,
             metrics,
         };
         Ok((setup, adapter))
@@ -269,6 +285,7 @@ pub(crate) struct RedisSequencer {
     read_script: Script,
     ttl_ms: u64,
     history_events: usize,
+    idempotency_ms: u64,
     commands: queue::EventQueue<Command>,
     next_joiner: AtomicU64,
     metrics: Arc<Metrics>,
@@ -291,6 +308,7 @@ impl RedisSequencer {
             uid,
             ttl_ms,
             history_events,
+            idempotency_ms,
             metrics,
         } = setup;
         let sequencer = Arc::new(Self {
@@ -302,6 +320,7 @@ impl RedisSequencer {
             read_script: Script::new(READ_SCRIPT),
             ttl_ms,
             history_events,
+            idempotency_ms,
             commands: queue,
             next_joiner: AtomicU64::new(0),
             metrics,
@@ -359,10 +378,13 @@ impl RedisSequencer {
             .collect();
         let header = format!("{}\n{}\n", out.name, out.session_id);
         let failed = redis_failed(Action::Publish);
-        let (seq, _epoch): (u64, String) = self
-            .publish_script
-            .key(self.keys.session(out.session_id))
-            .key(self.keys.history(out.session_id))
+        let mut script = self.publish_script.key(self.keys.session(out.session_id));
+        script.key(self.keys.history(out.session_id));
+        if let Some(key) = out.idempotency_key {
+            script.key(self.keys.idempotency(out.session_id, key));
+        }
+        let mut conn = self.link.connection().map_err(&failed)?;
+        let (seq, _epoch): (u64, String) = script
             .arg(&out.encoded.head)
             .arg(&out.encoded.tail)
             .arg(self.keys.events())
@@ -372,9 +394,10 @@ impl RedisSequencer {
             .arg(Epoch::fresh().to_string())
             .arg(self.history_events)
             .arg(out.name)
-            .invoke_async(&mut self.link.connection().map_err(&failed)?)
+            .arg(self.idempotency_ms)
+            .invoke_async(&mut conn)
             .await
-            .map_err(&failed)?;
+            .map_err(sent_failed)?;
         Ok(seq)
     }
 
@@ -786,6 +809,18 @@ async fn deliver_one(message: &[u8], joining: &mut Joining, fanout: &dyn FanOut)
             payload: &payload,
         })
         .await;
+}
+
+/// Maps the error of a publish handed to the connection: an I/O failure
+/// (no answer in time, a broken connection) leaves it unknown whether Redis
+/// ran the script, unless the connection was refused (nothing was sent).
+fn sent_failed(source: redis::RedisError) -> SequencerError {
+    let action = Action::Publish;
+    if source.is_io_error() && !source.is_connection_refusal() {
+        SequencerError::OutcomeUnknown { action, source }
+    } else {
+        SequencerError::Redis { action, source }
+    }
 }
 
 /// Maps a Redis error to a refusal saying what could not be done.
