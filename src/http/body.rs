@@ -123,25 +123,28 @@ pub(crate) fn check_depth(bytes: &[u8], envelope: usize, max: usize) -> Result<(
 }
 
 /// Whether the arrays and objects of `bytes` nest deeper than `max`, brackets
-/// inside strings (escapes included) not counted. One pass, no allocation;
-/// malformed JSON is left for the parser to refuse.
+/// inside strings (escapes included) not counted. One pass, no allocation,
+/// strings skipped with `memchr`; malformed JSON is left for the parser to
+/// refuse.
 fn deeper_than(bytes: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut at = 0;
+    while let Some(&b) = bytes.get(at) {
+        at += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                // To the closing quote: the next quote not escaped.
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[at..]) {
+                        Some(i) if bytes[at + i] == b'\\' => at = (at + i + 2).min(bytes.len()),
+                        Some(i) => {
+                            at += i + 1;
+                            break;
+                        }
+                        None => return false,
+                    }
+                }
+            }
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -186,6 +189,9 @@ mod tests {
         assert!(!deeper_than(br#"{"a":"\"[[[[\\"}"#, 1));
         // An escaped backslash ends before the quote: the string closes.
         assert!(deeper_than(br#"{"a":"\\","b":[[1]]}"#, 2));
+        // Cut short inside a string or an escape: no panic, left to the parser.
+        assert!(!deeper_than(br#"{"a":"x\"#, 1));
+        assert!(!deeper_than(br#"{"a":"x"#, 1));
     }
 
     #[test]
