@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Herald, RawSocket, Redis, sample};
+use common::{Herald, RawSocket, Redis, RedisCluster, sample};
 use serde_json::{Value, json};
 
 /// Publishes a `progress` event whose `progress` field tells it apart.
@@ -148,4 +148,24 @@ async fn a_redis_stall_answers_504_or_503_truthfully_and_a_keyed_retry_publishes
     assert_eq!(all, [(2, 2), (3, 3)], "each publish delivered exactly once");
     assert_eq!(retried["seq"], 2);
     assert_eq!(third["seq"], 3);
+}
+
+#[tokio::test]
+async fn idempotency_keys_work_on_a_redis_cluster() {
+    let redis = RedisCluster::start().await;
+    let herald = Herald::start(&["--redis-url", &redis.urls(), "--redis-cluster"]).await;
+    herald.wait_ready(200, Duration::from_secs(10)).await;
+    let mut watcher = RawSocket::subscribed(&herald, "sharded").await;
+    for _ in 0..2 {
+        let (status, receipt) = publish_keyed(&herald, "sharded", 1, "once").await;
+        assert_eq!(
+            (status, receipt["seq"].as_u64()),
+            (202, Some(1)),
+            "{receipt}"
+        );
+    }
+    assert_eq!(
+        arrivals(&mut watcher, Duration::from_millis(500)).await,
+        [(1, 1)]
+    );
 }
