@@ -256,6 +256,34 @@ mod tests {
     }
 
     #[test]
+    fn a_key_file_that_cannot_be_read_stops_the_start_and_keeps_the_keys_on_reload() {
+        let path = std::env::temp_dir().join(format!("herald-keyring-{}", std::process::id()));
+        let missing = KeyRing::load(None, Some(&path));
+        assert!(missing.is_err(), "a missing file at start is an error");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let ring = KeyRing::load(Some("inline"), Some(&path)).unwrap().unwrap();
+        assert_eq!(ring.reload().unwrap(), 2);
+        std::fs::remove_file(&path).unwrap();
+        let err = ring.reload().unwrap_err().to_string();
+        assert!(err.contains("API_KEY_FILE"), "{err}");
+        assert!(!err.contains("from-file"), "the error names no key: {err}");
+        assert!(ring.find("from-file").is_some(), "the old keys stay");
+        assert!(ring.find("inline").is_some());
+    }
+
+    #[test]
+    fn an_empty_key_file_leaves_the_api_shut() {
+        let path =
+            std::env::temp_dir().join(format!("herald-keyring-empty-{}", std::process::id()));
+        std::fs::write(&path, "# no keys yet\n").unwrap();
+        let ring = KeyRing::load(None, Some(&path)).unwrap();
+        let ring = ring.expect("a key file means keys are required");
+        assert_eq!(ring.find(""), None);
+        assert_eq!(ring.find("# no keys yet"), None);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn the_bearer_scheme_is_case_insensitive() {
         let with = |value: &str| {
             let req = Request::builder()
