@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use common::{Herald, RawSocket, Redis, RedisCluster, sample};
 use serde_json::{Value, json};
 
-/// Publishes a `progress` event whose `progress` field tells it apart.
+/// Publishes a `progress` event whose `clarificationCount` tells it apart.
 async fn publish_keyed(herald: &Herald, session: &str, mark: u64, key: &str) -> (u16, Value) {
     let mut data = sample("progress");
-    data["progress"] = json!(mark);
+    data["clarificationCount"] = json!(mark);
     let res = reqwest::Client::new()
         .post(herald.url(&format!("/api/v1/sessions/{session}/events")))
         .header("idempotency-key", key)
@@ -37,7 +37,7 @@ async fn arrivals(socket: &mut RawSocket, wait: Duration) -> Vec<(u64, u64)> {
         assert_eq!(name, "progress", "{data}");
         got.push((
             data["seq"].as_u64().unwrap(),
-            data["progress"].as_u64().unwrap(),
+            data["clarificationCount"].as_u64().unwrap(),
         ));
     }
     got
@@ -63,7 +63,7 @@ async fn a_retry_with_the_same_key_publishes_once() {
     // In a batch, per item.
     let item = |mark: u64, key: &str| {
         let mut data = sample("progress");
-        data["progress"] = json!(mark);
+        data["clarificationCount"] = json!(mark);
         json!({ "sessionId": "idem", "event": "progress", "data": data, "idempotencyKey": key })
     };
     let (status, batch) = herald
@@ -168,4 +168,90 @@ async fn idempotency_keys_work_on_a_redis_cluster() {
         arrivals(&mut watcher, Duration::from_millis(500)).await,
         [(1, 1)]
     );
+}
+
+/// A stall under load: only the publishes actually sent to Redis (at most
+/// 256 per instance) are answered 504; the ones that queued behind them are
+/// withdrawn unsent (503) and never delivered, even once Redis resumes.
+#[tokio::test]
+async fn under_load_a_stall_leaves_only_the_publishes_in_flight_unknown() {
+    const BURST: u64 = 300;
+    let redis = Redis::start().await;
+    let herald = Herald::start(&["--redis-url", &redis.url()]).await;
+    herald.wait_ready(200, Duration::from_secs(10)).await;
+    let mut watcher = RawSocket::subscribed(&herald, "burst").await;
+    // Loads the publish script, so that Redis can run what it holds once it
+    // resumes (an EVALSHA it does not know would just fail).
+    assert_eq!(
+        publish_keyed(&herald, "burst", BURST, "warm-up").await.0,
+        202
+    );
+    assert_eq!(
+        arrivals(&mut watcher, Duration::from_millis(300)).await,
+        [(1, BURST)]
+    );
+
+    redis.signal("STOP");
+    let shared = &herald;
+    let answers = futures_util::future::join_all((0..BURST).map(|mark| async move {
+        publish_keyed(shared, "burst", mark, &format!("burst-{mark}")).await
+    }))
+    .await;
+    let marks = |status: u16| -> Vec<u64> {
+        (0..BURST)
+            .filter(|&m| answers[m as usize].0 == status)
+            .collect()
+    };
+    let (unknown, refused) = (marks(504), marks(503));
+    let mut by_status = std::collections::BTreeMap::new();
+    for (status, body) in &answers {
+        by_status
+            .entry(*status)
+            .or_insert_with(Vec::new)
+            .push(body.clone());
+    }
+    assert_eq!(
+        unknown.len() + refused.len(),
+        BURST as usize,
+        "{:?}",
+        by_status
+            .iter()
+            .map(|(s, b)| (s, b.len(), b.first()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        (1..=256).contains(&unknown.len()),
+        "{} unknown",
+        unknown.len()
+    );
+    for (status, body) in &answers {
+        let code = if *status == 504 {
+            "OUTCOME_UNKNOWN"
+        } else {
+            "UNAVAILABLE"
+        };
+        assert_eq!(body["code"], code, "{body}");
+    }
+
+    redis.signal("CONT");
+    herald.wait_ready(200, Duration::from_secs(10)).await;
+    let delivered = arrivals(&mut watcher, Duration::from_secs(2)).await;
+    for (_, mark) in &delivered {
+        assert!(
+            unknown.contains(mark),
+            "{mark} was answered 503 and delivered"
+        );
+    }
+    // Every publish retried with its key: each delivered exactly once.
+    for mark in 0..BURST {
+        let (status, body) = publish_keyed(&herald, "burst", mark, &format!("burst-{mark}")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let mut all = delivered;
+    all.extend(arrivals(&mut watcher, Duration::from_secs(1)).await);
+    let seqs: Vec<u64> = all.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (2..=BURST + 1).collect::<Vec<_>>());
+    let mut marks: Vec<u64> = all.iter().map(|(_, mark)| *mark).collect();
+    marks.sort_unstable();
+    assert_eq!(marks, (0..BURST).collect::<Vec<_>>());
 }

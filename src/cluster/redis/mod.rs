@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socketioxide::adapter::Emitter;
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tracing::{debug, warn};
 
 pub(crate) use link::Link;
@@ -63,6 +63,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(800);
 /// How long a subscription waits for a Redis link that is down before it is
 /// refused.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
+
+/// Publishes this instance may have sent to Redis and not had answered yet.
+/// The rest wait, unsent, so that a Redis stall leaves at most this many
+/// publishes whose outcome is unknown; a publish still waiting after
+/// [`SEND_WAIT`] is withdrawn, certainly unpublished. The wait is shorter
+/// than Redis's response timeout (2 s, `link`), so that publishes queued
+/// behind a stall are withdrawn before the stalled ones free their places.
+const PUBLISHES_IN_FLIGHT: usize = 256;
+const SEND_WAIT: Duration = Duration::from_secs(1);
 
 /// How long an instance's figures count in the cluster totals after it last
 /// reported them: a killed instance drops out within this.
@@ -286,6 +295,7 @@ pub(crate) struct RedisSequencer {
     ttl_ms: u64,
     history_events: usize,
     idempotency_ms: u64,
+    in_flight: Semaphore,
     commands: queue::EventQueue<Command>,
     next_joiner: AtomicU64,
     metrics: Arc<Metrics>,
@@ -321,6 +331,7 @@ impl RedisSequencer {
             ttl_ms,
             history_events,
             idempotency_ms,
+            in_flight: Semaphore::new(PUBLISHES_IN_FLIGHT),
             commands: queue,
             next_joiner: AtomicU64::new(0),
             metrics,
@@ -378,6 +389,18 @@ impl RedisSequencer {
             .collect();
         let header = format!("{}\n{}\n", out.name, out.session_id);
         let failed = redis_failed(Action::Publish);
+        let withdrawn = || {
+            let problem = self.link.problem().unwrap_or(LinkProblem::NotDelivering);
+            SequencerError::LinkDown(problem)
+        };
+        let Ok(Ok(_sending)) = tokio::time::timeout(SEND_WAIT, self.in_flight.acquire()).await
+        else {
+            return Err(withdrawn());
+        };
+        // The link may have gone down while this one waited.
+        if self.link.problem().is_some() {
+            return Err(withdrawn());
+        }
         let mut script = self.publish_script.key(self.keys.session(out.session_id));
         script.key(self.keys.history(out.session_id));
         if let Some(key) = out.idempotency_key {
