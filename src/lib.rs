@@ -67,7 +67,7 @@ use crate::{
         memory::{self, MemorySequencer},
         redis::{self as redis_cluster, RedisAdapter, RedisSequencer},
     },
-    http::Origins,
+    http::{KeyRing, Origins, PublishLimit, RateSettings},
     limits::{Admission, RequestLimits, TrustedProxies},
     metrics::Metrics,
     ops::OpsState,
@@ -85,6 +85,8 @@ pub enum SetupError {
     RedisUrl(#[from] redis::RedisError),
     #[error(transparent)]
     TrustedProxies(#[from] limits::admission::InvalidProxy),
+    #[error(transparent)]
+    KeyFile(#[from] http::KeyFileError),
 }
 
 /// A configured herald: its routes and its emitter.
@@ -202,6 +204,7 @@ impl Herald {
                     max_events: config.history_max_events,
                     max_bytes: config.history_max_bytes,
                     max_sessions: config.max_sessions,
+                    idempotency_ttl: config.idempotency_ttl(),
                 };
                 MemorySequencer::new(fanout, limits, metrics.clone())
             }),
@@ -213,6 +216,7 @@ impl Herald {
                     session_ttl: config.session_ttl(),
                     history_events: config.history_max_events,
                     queue_events: config.cluster_queue_events,
+                    idempotency_ttl: config.idempotency_ttl(),
                 };
                 let (setup, adapter) = redis_cluster::Setup::new(&redis_settings, metrics.clone())?;
                 wire::<RedisAdapter, _>(&settings, adapter, &metrics, |fanout| {
@@ -224,7 +228,6 @@ impl Herald {
             socket_routes,
             sockets,
             sequencer,
-            #[cfg_attr(not(feature = "patched-engine"), allow(unused_mut))]
             mut tasks,
             #[cfg(feature = "patched-engine")]
             linger,
@@ -236,6 +239,10 @@ impl Herald {
             linger.clone(),
         )));
 
+        let keys = KeyRing::load(config.api_key.as_deref(), config.api_key_file())?;
+        if let Some(keys) = keys.clone().filter(|keys| keys.has_file()) {
+            tasks.push(Box::pin(keys.reload_on_sighup()));
+        }
         let emitter = Emitter::new(sequencer.clone(), metrics.clone());
         let running = Arc::new(AtomicBool::new(false));
         let socket_routes = socket_routes.route_layer(middleware::from_fn_with_state(
@@ -249,6 +256,11 @@ impl Herald {
                 sequencer: sequencer.clone(),
                 sockets: sockets.clone(),
                 max_body: config.max_payload_bytes,
+                max_depth: config.max_json_depth,
+                limit: Arc::new(PublishLimit::new(RateSettings {
+                    per_second: config.publish_rate_per_key,
+                    burst: config.publish_burst_per_key,
+                })),
             },
             ops: OpsState {
                 metrics,
@@ -256,7 +268,7 @@ impl Herald {
                 sockets: sockets.clone(),
                 background_running: running.clone(),
             },
-            api_key: config.required_api_key().map(str::to_owned),
+            keys,
             origins,
         })
         // A client that sends a body a byte at a time holds a descriptor and

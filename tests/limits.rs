@@ -352,7 +352,7 @@ async fn a_stalled_reader_of_large_events_keeps_memory_bounded() {
     let mut data = sample("model_result");
     data["result"] = json!("x".repeat(900_000));
     let client = reqwest::Client::new();
-    for i in 0..80u64 {
+    for i in 0..120u64 {
         let body = json!({ "event": "model_result", "data": data }).to_string();
         let res = client
             .post(herald.url("/api/v1/sessions/big/events"))
@@ -370,10 +370,11 @@ async fn a_stalled_reader_of_large_events_keeps_memory_bounded() {
         );
     }
     let grew = herald.rss().saturating_sub(before);
-    // 80 events are 72 MB (without the byte bound RSS grew by 90 MiB); the
-    // stalled reader may pin 4 MiB, one event past it, and what the kernel's
-    // socket buffers took.
-    assert!(grew < 40 << 20, "RSS grew by {} MiB", grew >> 20);
+    // 120 events are 108 MB (without the byte bound, 80 of them grew RSS by
+    // 90 MiB); the stalled reader may pin 4 MiB, one event past it, and what
+    // the kernel's socket buffers took; the rest is allocator slack, more
+    // when other tests run beside this one.
+    assert!(grew < 56 << 20, "RSS grew by {} MiB", grew >> 20);
     // The stalled socket is closed at its first refused event; it keeps its
     // room (and refuses each further event, counted) until its transport ends.
     assert!(metric(&herald, "herald_dropped_deliveries_total").await >= 1.0);
