@@ -22,6 +22,11 @@ pub(crate) struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct LimitLabel {
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StatusLabel {
     pub status: u16,
 }
@@ -52,6 +57,10 @@ pub(crate) struct Metrics {
     pub cluster_events_dropped: Counter,
     pub publish_rejections: Family<StatusLabel, Counter>,
     pub client_errors: Counter,
+    /// Clients refused by a limit, by limit (see `limits`).
+    pub limit_refusals: Family<LimitLabel, Counter>,
+    /// Sessions forgotten to keep within MAX_SESSIONS (memory only).
+    pub sessions_evicted: Counter,
     /// 1 while herald's runtime has no idle time left.
     pub saturated: Gauge,
     /// How long WebSockets may hold events now, in seconds (see `saturation`).
@@ -85,6 +94,8 @@ impl Metrics {
             cluster_events_dropped: Counter::default(),
             publish_rejections: Family::default(),
             client_errors: Counter::default(),
+            limit_refusals: Family::default(),
+            sessions_evicted: Counter::default(),
             saturated: Gauge::default(),
             write_linger: Gauge::default(),
             registry: Registry::with_prefix("herald"),
@@ -99,6 +110,15 @@ impl Metrics {
         let result = lost.map_or("recovered", crate::protocol::Lost::reason);
         self.resumes.get_or_create(&ResultLabel { result }).inc();
         self.replayed.inc_by(replayed as u64);
+    }
+
+    /// Counts one client refused by `limit`.
+    pub(crate) fn limit_refused(&self, limit: crate::limits::Limit) {
+        self.limit_refusals
+            .get_or_create(&LimitLabel {
+                limit: limit.label(),
+            })
+            .inc();
     }
 
     pub(crate) fn published(&self, event: &'static str) {
@@ -137,6 +157,11 @@ impl Metrics {
                 "history_bytes",
                 "Bytes of event history this instance holds (payloads and their entries)",
                 self.history_bytes.clone(),
+            );
+            r.register(
+                "sessions_evicted",
+                "Sessions forgotten before their TTL to keep within MAX_SESSIONS",
+                self.sessions_evicted.clone(),
             );
             r.register(
                 "history_truncated_sessions",
@@ -188,6 +213,11 @@ impl Metrics {
             "write_linger_seconds",
             "How long a WebSocket may hold events to write them together; grows while herald is saturated",
             self.write_linger.clone(),
+        );
+        r.register(
+            "limit_refusals",
+            "Clients refused by a limit, by limit: subscriptions, requests, request_flood (disconnected), connections_per_address, connections",
+            self.limit_refusals.clone(),
         );
         r.register(
             "client_errors",
