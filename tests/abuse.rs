@@ -213,6 +213,11 @@ async fn a_storm_of_abuse_leaves_every_other_client_whole() {
     );
 }
 
+/// An HTTP client that gives up on herald after `timeout`.
+fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder().timeout(timeout).build().unwrap()
+}
+
 /// herald's resident memory, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
@@ -315,10 +320,7 @@ async fn stalled_readers(herald: &Herald) -> Vec<Ws> {
 
 /// Polls `/health` through the storm: it must always answer 200, quickly.
 async fn watch_health(url: String, stop: Arc<AtomicBool>, findings: Findings) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let http = http_client(Duration::from_secs(2));
     let (mut polls, mut slowest) = (0, Duration::ZERO);
     while !stop.load(Ordering::Relaxed) {
         let asked = Instant::now();
@@ -563,10 +565,7 @@ async fn oversized_frames(url: String, findings: Findings) {
 /// Handshakes herald must refuse with a 4xx: wrong protocol versions,
 /// unknown transports, unknown session ids, requests that are no handshake.
 async fn bad_handshakes(port: u16, findings: Findings) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let http = http_client(Duration::from_secs(5));
     let base = format!("http://127.0.0.1:{port}/socket.io/");
     let queries = [
         "",
@@ -605,10 +604,7 @@ async fn bad_handshakes(port: u16, findings: Findings) {
 /// Garbage on an open polling session: whatever herald does with it (refuse
 /// it, or close that session), it answers, and never with a 5xx.
 async fn polling_garbage(port: u16, findings: Findings) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let http = http_client(Duration::from_secs(5));
     let base = format!("http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling");
     let bodies: Vec<(&str, Vec<u8>)> = vec![
         (
