@@ -178,9 +178,24 @@ impl Herald {
         }
     }
 
-    /// The process id, to read its memory from `/proc`.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let res = reqwest::get(self.url("/metrics"))
+            .await
+            .expect("GET /metrics");
+        res.text().await.expect("/metrics body")
+    }
+
+    /// The resident memory of the process, in bytes (Linux).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc/PID/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib * 1024
     }
 
     /// Whether the process is still running.
