@@ -363,6 +363,33 @@ async fn socket_io(url: &str) -> Option<Ws> {
     Some(ws)
 }
 
+/// How long an attacker keeps trying to get a connection in while the flood
+/// holds what one address may have (a connection limit refuses the rest).
+const ADMISSION_PATIENCE: Duration = Duration::from_secs(10);
+
+/// `attempt` (a connection or a polling session), retried while herald
+/// refuses it, so that every bad frame is sent even during the connection
+/// flood. Never let in: a finding.
+async fn admitted<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    findings: &Findings,
+    mut attempt: impl FnMut() -> F,
+) -> Option<T> {
+    let deadline = Instant::now() + ADMISSION_PATIENCE;
+    loop {
+        if let Some(admitted) = attempt().await {
+            return Some(admitted);
+        }
+        if Instant::now() > deadline {
+            findings.add(format!(
+                "nothing let in for {ADMISSION_PATIENCE:?} to send {what}"
+            ));
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Reads what herald sends for a moment after a bad frame: anything but a
 /// heartbeat, a close, an `error` event or a connect error is a finding.
 async fn expect_at_most_a_refusal(ws: &mut Ws, what: &str, findings: &Findings) {
@@ -424,7 +451,7 @@ async fn engine_io_garbage(url: String, port: u16, findings: Findings) {
     ];
     for round in 0..3 {
         for (what, frame) in &frames {
-            let Some(mut ws) = socket_io(&url).await else {
+            let Some(mut ws) = admitted(what, &findings, || socket_io(&url)).await else {
                 continue;
             };
             if ws.send(frame.clone()).await.is_ok() {
@@ -478,7 +505,7 @@ async fn socket_io_garbage(url: String, findings: Findings) {
         "4",
     ];
     for frame in frames {
-        let Some(mut ws) = socket_io(&url).await else {
+        let Some(mut ws) = admitted(frame, &findings, || socket_io(&url)).await else {
             continue;
         };
         if ws.send(Message::text(frame)).await.is_ok() {
@@ -498,7 +525,8 @@ async fn socket_io_garbage(url: String, findings: Findings) {
 async fn oversized_frames(url: String, findings: Findings) {
     let filler = |n: usize| format!("42[\"subscribe\",\"{}\"]", "x".repeat(n));
     for attempt in 0..4 {
-        let Some(mut ws) = socket_io(&url).await else {
+        let Some(mut ws) = admitted("an oversized message", &findings, || socket_io(&url)).await
+        else {
             continue;
         };
         let sent = if attempt % 2 == 0 {
@@ -630,18 +658,9 @@ async fn polling_garbage(port: u16, findings: Findings) {
     ];
     for _ in 0..3 {
         for (what, body) in &bodies {
-            let Ok(open) = http.get(&base).send().await else {
-                continue;
-            };
-            let Ok(open) = open.text().await else {
-                continue;
-            };
-            let Some(sid) = open
-                .strip_prefix('0')
-                .and_then(|o| serde_json::from_str::<Value>(o).ok())
-                .and_then(|o| o["sid"].as_str().map(String::from))
+            let Some(sid) = admitted(what, &findings, || polling_session(&http, &base)).await
             else {
-                continue; // refused, by a connection limit perhaps
+                continue;
             };
             let url = format!("{base}&sid={sid}");
             match http.post(&url).body(body.clone()).send().await {
@@ -655,6 +674,13 @@ async fn polling_garbage(port: u16, findings: Findings) {
             }
         }
     }
+}
+
+/// A new polling session's sid, or `None` if herald refused it.
+async fn polling_session(http: &reqwest::Client, url: &str) -> Option<String> {
+    let open = http.get(url).send().await.ok()?.text().await.ok()?;
+    let open: Value = serde_json::from_str(open.strip_prefix('0')?).ok()?;
+    open["sid"].as_str().map(String::from)
 }
 
 /// One socket sending subscribe and unsubscribe as fast as it can, to one
