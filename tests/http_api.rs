@@ -370,7 +370,7 @@ async fn stats_and_metrics_count_what_happened() {
         "herald_connections 3",
         "herald_subscriptions 3",
         "herald_sessions_watched 2",
-        "herald_events_published_total{event=\"progress\"} 1",
+        "herald_events_published_total{family=\"session\",event=\"progress\"} 1",
         "herald_events_delivered_total 3",
         "herald_publish_rejections_total{status=\"422\"} 1",
     ] {

@@ -32,7 +32,7 @@ use crate::{
     cluster::{FanOut, Sequenced, Sequencer},
     http::Origins,
     metrics::Metrics,
-    protocol::SessionId,
+    protocol::{Family, SessionId, Topic},
 };
 
 /// A socket that has joined a session but not its room yet: it was sent
@@ -155,7 +155,7 @@ impl<A: Adapter> Realtime<A> {
     /// Per socket, but only for the first live event after each subscription.
     fn arrive(&self, event: &Sequenced<'_>) -> (Vec<Arc<Socket<A>>>, u32) {
         let mut arrived = Vec::new();
-        let Some(mut arrivals) = self.local.arriving.get_mut(event.session_id) else {
+        let Some(mut arrivals) = self.local.arriving.get_mut(&event.topic.id) else {
             return (arrived, 0);
         };
         let arriving = arrivals.len() as u32;
@@ -174,21 +174,24 @@ impl<A: Adapter> Realtime<A> {
         if empty {
             self.local
                 .arriving
-                .remove_if(event.session_id, |_, arrivals| arrivals.is_empty());
+                .remove_if(&event.topic.id, |_, arrivals| arrivals.is_empty());
         }
         (arrived, arriving)
     }
 }
 
 impl<A: Adapter> FanOut for Realtime<A> {
-    fn watches(&self, session: &SessionId) -> bool {
-        self.local.subscriptions.count(session) > 0
+    fn watches(&self, topic: &Topic) -> bool {
+        topic.family == Family::Session && self.local.subscriptions.count(&topic.id) > 0
     }
 
     /// Emits to the session's room on this instance, and counts the deliveries.
     fn deliver<'a>(&'a self, event: Sequenced<'a>) -> BoxFuture<'a, ()> {
         async move {
-            let session = event.session_id;
+            if event.topic.family != Family::Session {
+                return;
+            }
+            let session = &event.topic.id;
             let recipients = self.local.subscriptions.count(session);
             if recipients == 0 {
                 return;

@@ -256,7 +256,8 @@ async fn subscribe<A: Adapter>(
         let (id, span) = (id.clone(), span.clone());
         Box::new(move |result| span.in_scope(|| joined(&s, &rt, &id, result, ack)))
     };
-    sequencer.attach(&id, start, join).instrument(span).await;
+    let topic = crate::protocol::Topic::session(id);
+    sequencer.attach(&topic, start, join).instrument(span).await;
 }
 
 /// Makes a subscription take effect: see [`crate::cluster::Join`]. Only
