@@ -29,7 +29,7 @@ pub use requests::{
 pub use runs::{
     ApprovalDenied, ApprovalGranted, ArtifactCreated, GovernanceRequired, RUN_CATEGORIES,
     RunCompleted, RunCreated, RunEvent, RunFailed, RunStarted, RunTypes, StageCompleted,
-    StageFailed, StageProgress, StageStarted,
+    StageFailed, StageProgress, StageStarted, socketio_payload,
 };
 pub use schema::{Found, SchemaError, read_json};
 pub use session_id::{InvalidSessionId, SessionId};

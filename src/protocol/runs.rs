@@ -205,6 +205,32 @@ fn encode_run(event: &RunEvent, _run: &SessionId, timestamp: &Timestamp) -> Enco
     Encoded { head, tail }
 }
 
+/// A run event as Socket.IO clients receive it (PROTOCOL.md section 6):
+/// the payload's fields (its `runId` among them) plus `timestamp` and
+/// `seq`, from the stored `/ws` frame. `None` for a frame that is not one.
+pub fn socketio_payload(frame: &str) -> Option<Box<serde_json::value::RawValue>> {
+    #[derive(Deserialize)]
+    struct Frame<'a> {
+        #[serde(borrow)]
+        timestamp: &'a serde_json::value::RawValue,
+        seq: u64,
+        #[serde(borrow)]
+        payload: &'a serde_json::value::RawValue,
+    }
+    let frame: Frame = serde_json::from_str(frame).ok()?;
+    let fields = frame.payload.get().strip_prefix('{')?.trim_start();
+    let mut out = String::with_capacity(frame.payload.get().len() + 64);
+    out.push_str("{\"timestamp\":");
+    out.push_str(frame.timestamp.get());
+    out.push_str(",\"seq\":");
+    out.push_str(itoa::Buffer::new().format(frame.seq));
+    if !fields.starts_with('}') {
+        out.push(',');
+    }
+    out.push_str(fields);
+    serde_json::value::RawValue::from_string(out).ok()
+}
+
 impl RunEvent {
     /// Validates a `{ type, payload }` pair addressed to `run`; the payload's
     /// `runId` is filled from it when absent, and refused when it differs.
@@ -344,6 +370,10 @@ mod tests {
             r#"{"type":"run.started","timestamp":"2026-01-01T00:00:00.000Z","seq":3,"payload":{"runId":"run-1","projectId":"p","estimatedDuration":300000}}"#
         );
         assert_eq!(event.project(), Some("p"));
+        assert_eq!(
+            socketio_payload(frame.get()).unwrap().get(),
+            r#"{"timestamp":"2026-01-01T00:00:00.000Z","seq":3,"runId":"run-1","projectId":"p","estimatedDuration":300000}"#
+        );
     }
 
     #[test]

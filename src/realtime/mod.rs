@@ -5,6 +5,7 @@
 
 mod endpoint;
 mod requests;
+mod runs;
 mod subscriptions;
 
 use std::{
@@ -55,6 +56,8 @@ struct Local<A: Adapter> {
     /// Per socket and session, the requests waiting for one in progress;
     /// an entry exists while one is in progress.
     queued: Arc<DashMap<(Sid, SessionId), VecDeque<Queued>>>,
+    /// Sockets watching runs (`subscribe { runId }`).
+    runs: Arc<runs::RunWatchers<A>>,
 }
 
 impl<A: Adapter> Clone for Local<A> {
@@ -65,6 +68,7 @@ impl<A: Adapter> Clone for Local<A> {
             arriving: self.arriving.clone(),
             sequencer: self.sequencer.clone(),
             queued: self.queued.clone(),
+            runs: self.runs.clone(),
         }
     }
 }
@@ -113,6 +117,7 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
         arriving: Arc::default(),
         sequencer: Arc::default(),
         queued: Arc::default(),
+        runs: Arc::default(),
     };
     let (service, io) = SocketIoBuilder::new()
         .ping_interval(settings.ping_interval)
@@ -182,14 +187,20 @@ impl<A: Adapter> Realtime<A> {
 
 impl<A: Adapter> FanOut for Realtime<A> {
     fn watches(&self, topic: &Topic) -> bool {
-        topic.family == Family::Session && self.local.subscriptions.count(&topic.id) > 0
+        match topic.family {
+            Family::Session => self.local.subscriptions.count(&topic.id) > 0,
+            Family::Run => self.local.runs.watches(&topic.id),
+            Family::Workflow => false,
+        }
     }
 
     /// Emits to the session's room on this instance, and counts the deliveries.
     fn deliver<'a>(&'a self, event: Sequenced<'a>) -> BoxFuture<'a, ()> {
         async move {
-            if event.topic.family != Family::Session {
-                return;
+            match event.topic.family {
+                Family::Session => {}
+                Family::Run => return self.local.runs.deliver(&event, &self.local.metrics),
+                Family::Workflow => return,
             }
             let session = &event.topic.id;
             let recipients = self.local.subscriptions.count(session);
