@@ -358,7 +358,8 @@ async fn stats_and_metrics_count_what_happened() {
     let (_, stats) = herald.get("/api/v1/stats").await;
     assert_eq!(
         stats,
-        json!({ "connections": 3, "sessions": 2, "subscriptions": 3, "eventsPublished": 2, "eventsDelivered": 3, "scope": "instance" })
+        json!({ "connections": 3, "sessions": 2, "subscriptions": 3, "eventsPublished": 2, "eventsDelivered": 3, "scope": "instance",
+            "endpoints": { "socketio": 3, "ws": 0, "workflows": 0 } })
     );
     let text = reqwest::get(herald.url("/metrics"))
         .await

@@ -157,7 +157,9 @@ async fn serve<H: Handler>(
             incoming = ws.next() => {
                 last_heard = Instant::now();
                 let replies = match incoming {
-                    Some(Ok(Message::Text(text))) => handler.on_text(text.as_str()).await,
+                    // Boxed: awaited inline, the request's state would be part
+                    // of every idle connection's task.
+                    Some(Ok(Message::Text(text))) => Box::pin(handler.on_text(text.as_str())).await,
                     Some(Ok(Message::Binary(_))) => handler.on_binary().into_iter().collect(),
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Ok(_)) => Vec::new(),
