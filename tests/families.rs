@@ -11,15 +11,9 @@ use common::{Herald, RawSocket, Redis};
 use serde_json::{Value, json};
 
 async fn post(herald: &Herald, path: &str, body: Value) -> Value {
-    let res = reqwest::Client::new()
-        .post(herald.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    res.json().await.unwrap()
+    let (status, answer) = herald.post(path, &body.to_string()).await;
+    assert_eq!(status, 202, "{answer}");
+    answer
 }
 
 async fn ws_client(herald: &Herald, run: &str) -> RawSocket {
@@ -46,6 +40,9 @@ async fn one_publish_reaches_every_transport_on_every_instance_in_order() {
     let url = redis.url();
     let a = Herald::start(&["--redis-url", &url]).await;
     let b = Herald::start(&["--redis-url", &url]).await;
+    for herald in [&a, &b] {
+        herald.wait_ready(200, Duration::from_secs(10)).await;
+    }
     let mut ws = ws_client(&a, "r1").await;
     let (mut sio, subscribed) = socketio_run(&b, json!({ "runId": "r1" })).await;
     assert_eq!(
@@ -54,7 +51,6 @@ async fn one_publish_reaches_every_transport_on_every_instance_in_order() {
     );
     let mut workflows =
         RawSocket::open(&format!("ws://127.0.0.1:{}/ws/workflows/r1", b.port)).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
 
     for i in 0..20u32 {
         let herald = if i % 2 == 0 { &a } else { &b };

@@ -11,23 +11,14 @@ use common::{Herald, RawSocket, Redis};
 use serde_json::{Value, json};
 
 async fn stream(herald: &Herald, path: &str) -> RawSocket {
-    let socket = RawSocket::open(&format!("ws://127.0.0.1:{}{path}", herald.port)).await;
-    // The connection is registered once the upgrade completes: give the
-    // server's task a moment before publishing.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    socket
+    // herald registers the client before it answers the handshake.
+    RawSocket::open(&format!("ws://127.0.0.1:{}{path}", herald.port)).await
 }
 
 async fn publish(herald: &Herald, run: &str, body: &str) -> (u16, Value) {
-    let res = reqwest::Client::new()
-        .post(herald.url(&format!("/api/v1/workflows/{run}/events")))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
+    herald
+        .post(&format!("/api/v1/workflows/{run}/events"), body)
         .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap())
 }
 
 #[tokio::test]
@@ -128,6 +119,9 @@ async fn two_instances_through_redis_keep_each_runs_order() {
     let url = redis.url();
     let a = Herald::start(&["--redis-url", &url]).await;
     let b = Herald::start(&["--redis-url", &url]).await;
+    for herald in [&a, &b] {
+        herald.wait_ready(200, Duration::from_secs(10)).await;
+    }
     let mut on_a = stream(&a, "/ws/workflows/wf").await;
     let mut on_b = stream(&b, "/ws/workflows").await;
     for i in 0..30 {

@@ -35,15 +35,9 @@ async fn next(ws: &mut RawSocket) -> Value {
 
 /// Publishes a run event; returns the status and the answer.
 async fn publish(herald: &Herald, run: &str, body: Value) -> (u16, Value) {
-    let res = reqwest::Client::new()
-        .post(herald.url(&format!("/api/v1/runs/{run}/events")))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
+    herald
+        .post(&format!("/api/v1/runs/{run}/events"), &body.to_string())
         .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap())
 }
 
 async fn auth(ws: &mut RawSocket, payload: Value) -> Value {
@@ -409,6 +403,9 @@ async fn two_instances_through_redis_deliver_every_event_in_order() {
     let url = redis.url();
     let a = Herald::start(&["--redis-url", &url]).await;
     let b = Herald::start(&["--redis-url", &url]).await;
+    for herald in [&a, &b] {
+        herald.wait_ready(200, Duration::from_secs(10)).await;
+    }
     let mut clients = Vec::new();
     for herald in [&a, &b] {
         let (mut ws, _) = client(herald).await;

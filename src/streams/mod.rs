@@ -99,13 +99,23 @@ pub(crate) trait Handler: Send {
 pub(crate) fn upgrade<H, F>(req: Request, settings: &Settings, make: F) -> Response
 where
     H: Handler + 'static,
-    F: FnOnce(Arc<Outbox>) -> H + Send + 'static,
+    F: FnOnce(Arc<Outbox>) -> H,
 {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade").into_response();
     };
+    // The client is registered before the handshake is answered, so an
+    // event published once the client sees it open reaches it: frames wait
+    // in its queue until the connection is up.
+    let (tx, rx) = mpsc::channel(settings.buffer_frames.max(1));
+    let outbox = Arc::new(Outbox {
+        frames: tx,
+        kicked: AtomicBool::new(false),
+    });
+    let handler = make(outbox.clone());
     let settings = settings.clone();
     tokio::spawn(async move {
+        // On failure the handler is dropped here, which unregisters it.
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
             return;
         };
@@ -116,12 +126,6 @@ where
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        let (tx, rx) = mpsc::channel(settings.buffer_frames.max(1));
-        let outbox = Arc::new(Outbox {
-            frames: tx,
-            kicked: AtomicBool::new(false),
-        });
-        let handler = make(outbox.clone());
         serve(ws, &outbox, rx, &settings, handler).await;
     });
     let accept = derive_accept_key(key.as_bytes());
