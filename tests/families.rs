@@ -37,12 +37,7 @@ async fn socketio_run(herald: &Herald, subscribe: Value) -> (RawSocket, Value) {
 #[tokio::test]
 async fn one_publish_reaches_every_transport_on_every_instance_in_order() {
     let redis = Redis::start().await;
-    let url = redis.url();
-    let a = Herald::start(&["--redis-url", &url]).await;
-    let b = Herald::start(&["--redis-url", &url]).await;
-    for herald in [&a, &b] {
-        herald.wait_ready(200, Duration::from_secs(10)).await;
-    }
+    let (a, b) = common::ready_pair(&redis).await;
     let mut ws = ws_client(&a, "r1").await;
     let (mut sio, subscribed) = socketio_run(&b, json!({ "runId": "r1" })).await;
     assert_eq!(
