@@ -13,6 +13,7 @@ use prometheus_client::{
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct EventLabel {
+    pub family: &'static str,
     pub event: &'static str,
 }
 
@@ -24,6 +25,11 @@ pub(crate) struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct LimitLabel {
     pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EndpointLabel {
+    pub endpoint: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +71,8 @@ pub(crate) struct Metrics {
     pub saturated: Gauge,
     /// How long WebSockets may hold events now, in seconds (see `saturation`).
     pub write_linger: Gauge<f64, AtomicU64>,
+    /// Open plain WebSocket connections, by endpoint (`ws`, `workflows`).
+    pub stream_connections: Family<EndpointLabel, Gauge>,
     registry: Registry,
 }
 
@@ -98,6 +106,7 @@ impl Metrics {
             sessions_evicted: Counter::default(),
             saturated: Gauge::default(),
             write_linger: Gauge::default(),
+            stream_connections: Family::default(),
             registry: Registry::with_prefix("herald"),
         };
         m.register(keeps_sessions);
@@ -121,11 +130,21 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn published(&self, event: &'static str) {
+    pub(crate) fn published(&self, family: crate::protocol::Family, event: &'static str) {
         self.events_published
-            .get_or_create(&EventLabel { event })
+            .get_or_create(&EventLabel {
+                family: family.as_str(),
+                event,
+            })
             .inc();
         self.published_total.inc();
+    }
+
+    /// The gauge of one plain WebSocket endpoint's open connections.
+    pub(crate) fn stream_connections(&self, endpoint: &'static str) -> Gauge {
+        self.stream_connections
+            .get_or_create(&EndpointLabel { endpoint })
+            .clone()
     }
 
     /// Metric handles share their value with their clones, so the registry
@@ -136,6 +155,11 @@ impl Metrics {
             "connections",
             "Open Socket.IO connections",
             self.connections.clone(),
+        );
+        r.register(
+            "stream_connections",
+            "Open plain WebSocket connections, by endpoint (ws, workflows)",
+            self.stream_connections.clone(),
         );
         r.register(
             "subscriptions",

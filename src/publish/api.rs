@@ -27,7 +27,7 @@ use crate::{
         history::{Epoch, Page},
     },
     http::{ApiError, Caller, PublishLimit, check_depth, parse_json, read_body},
-    protocol::{Invalid, SessionEvent, SessionId},
+    protocol::{Invalid, SessionEvent, SessionId, Topic},
     realtime::Sockets,
 };
 
@@ -46,7 +46,7 @@ pub(crate) struct ApiState {
 impl ApiState {
     /// Reads a publish body: its size, its nesting depth (below the
     /// `envelope` levels of the request's own shape), then its JSON.
-    async fn read<'a, T: Deserialize<'a>>(
+    pub(super) async fn read<'a, T: Deserialize<'a>>(
         &self,
         headers: &HeaderMap,
         body: Body,
@@ -121,7 +121,7 @@ fn idempotency_key<'a>(key: &'a str, field: &str) -> Result<&'a str, ApiError> {
 }
 
 /// The `Idempotency-Key` header of a single publish, if any.
-fn header_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(super) fn header_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -264,8 +264,9 @@ async fn session_state(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionReport>, ApiError> {
     let session_id = path_session(path)?;
+    let topic = Topic::session(session_id.clone());
     let (state, subscribers) = tokio::join!(
-        api.sequencer.state(&session_id),
+        api.sequencer.state(&topic),
         api.sockets.subscribers(&session_id)
     );
     let SessionState {
@@ -355,7 +356,7 @@ async fn session_events(
         events,
     } = api
         .sequencer
-        .history(&session_id, since, limit)
+        .history(&Topic::session(session_id.clone()), since, limit)
         .await
         .map_err(PublishError::from)?;
     let page = EventsPage {

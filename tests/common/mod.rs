@@ -690,3 +690,14 @@ pub fn event(frame: &str) -> (String, Value) {
     let v: Value = serde_json::from_str(body).expect("event JSON");
     (v[0].as_str().expect("event name").to_string(), v[1].clone())
 }
+
+/// Two heralds sharing `redis`, both ready to publish cluster-wide.
+pub async fn ready_pair(redis: &Redis) -> (Herald, Herald) {
+    let url = redis.url();
+    let a = Herald::start(&["--redis-url", &url]).await;
+    let b = Herald::start(&["--redis-url", &url]).await;
+    for herald in [&a, &b] {
+        herald.wait_ready(200, Duration::from_secs(10)).await;
+    }
+    (a, b)
+}
