@@ -9,6 +9,7 @@
 //! Modules, in the direction data flows (docs/architecture.md has the whole
 //! picture):
 //! - `config`: settings from flags and environment;
+//! - `auth`: tokens (JWT): the key, what a token grants, expiry;
 //! - `protocol`: the wire contract as types, no I/O;
 //! - `publish`: the [`Emitter`] and the HTTP publish API: validate -> sequence;
 //! - `cluster`: the sequencer (seq and state of every session, in memory or
@@ -22,6 +23,7 @@
 //!   may be held together.
 
 mod app;
+mod auth;
 mod cluster;
 pub mod config;
 mod http;
@@ -75,6 +77,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum SetupError {
     #[error("invalid REDIS_URL: {0}")]
     RedisUrl(#[from] redis::RedisError),
+    #[error(transparent)]
+    Tokens(#[from] auth::KeyError),
 }
 
 /// A configured herald: its routes and its emitter.
@@ -154,12 +158,23 @@ impl Herald {
         let redis = config.redis();
         let metrics = Arc::new(Metrics::new(redis.is_none()));
         let origins = Origins::from_config(&config.cors_origins);
+        let tokens = auth::Verifier::from_config(config)?.map(Arc::new);
+        match &tokens {
+            Some(verifier) => info!(
+                algorithm = ?verifier.algorithm(),
+                "tokens required: every socket must present a JWT, and may watch only the sessions it grants"
+            ),
+            None => warn!(
+                "no JWT_SECRET or JWT_PUBLIC_KEY_FILE: sockets are anonymous and may watch any session"
+            ),
+        }
         let settings = realtime::Settings {
             ping_interval: config.ping_interval(),
             ping_timeout: config.ping_timeout(),
             max_payload: config.max_payload_bytes as u64,
             buffer_packets: config.socket_buffer_packets,
             origins: origins.clone(),
+            tokens: tokens.clone(),
         };
         let wired = match redis {
             None => wire::<LocalAdapter, _>(&settings, (), &metrics, |fanout| {
@@ -219,6 +234,7 @@ impl Herald {
             },
             api_key: config.required_api_key().map(str::to_owned),
             origins,
+            tokens,
         });
         let herald = Self {
             router,
@@ -310,13 +326,15 @@ where
     let (sequencer, run) = sequencer(realtime.clone());
     let sequencer: Arc<dyn Sequencer> = sequencer;
     realtime.subscribe_through(&sequencer);
+    let mut tasks = vec![run];
+    tasks.extend(realtime.expire_tokens());
     Wired {
         socket_routes,
         #[cfg(feature = "patched-engine")]
         linger: realtime.write_linger(),
         sockets: realtime,
         sequencer,
-        tasks: vec![run],
+        tasks,
     }
 }
 

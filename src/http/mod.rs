@@ -18,6 +18,12 @@ pub(crate) use body::{parse_json, read_body};
 pub(crate) use error::ApiError;
 pub(crate) use key::{KeyCheck, require_key};
 
+/// Set on a request already authorized by other means than the API key (a
+/// token covering the session it reads, see `auth::reads`): the key check
+/// lets it through.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Authorized;
+
 /// Which browser origins may connect and call the API.
 #[derive(Clone)]
 pub(crate) enum Origins {
