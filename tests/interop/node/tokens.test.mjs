@@ -8,6 +8,7 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -28,6 +29,7 @@ import {
   isRecentIsoTimestamp,
   until,
   sleep,
+  HERALD_BIN,
 } from './lib/herald.mjs';
 
 const SECRET = 'interop-secret-0123456789abcdef0123';
@@ -205,6 +207,21 @@ describe('tokens: HS256 with audience and issuer', () => {
     socket.disconnect();
     const metrics = await herald.request('GET', '/metrics');
     assert.match(metrics.text, /herald_auth_refusals_total\{reason="token_expired"\} [1-9]/);
+  });
+
+  test('herald token mints what herald accepts', async () => {
+    const mint = (...args) =>
+      execFileSync(HERALD_BIN, ['token', ...args], {
+        env: { PATH: process.env.PATH, JWT_SECRET: SECRET, JWT_AUDIENCE: AUD, JWT_ISSUER: ISS },
+        encoding: 'utf8',
+      }).trim();
+    const minted = mint('--sessions', 'doc-90,tenant-7:*', '--ttl', '1h', '--sub', 'cli-user');
+    const claims = jwt.verify(minted, SECRET, { audience: AUD, issuer: ISS });
+    assert.deepEqual(claims.sessions, ['doc-90', 'tenant-7:*']);
+    assert.equal(claims.exp - claims.iat, 3600);
+    const socket = await connect(herald.url, { transports: ['websocket'], auth: { token: minted } });
+    await subscribe(socket, 'tenant-7:a');
+    assertRefusalAck(await emitAck(socket, 'subscribe', 'doc-91'), 'FORBIDDEN');
   });
 
   test('a raw WebSocket may send its token as ?token= or Authorization: Bearer', async () => {
