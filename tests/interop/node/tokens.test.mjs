@@ -8,7 +8,7 @@
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -30,6 +30,7 @@ import {
   until,
   sleep,
   HERALD_BIN,
+  REPO_ROOT,
 } from './lib/herald.mjs';
 
 const SECRET = 'interop-secret-0123456789abcdef0123';
@@ -207,6 +208,37 @@ describe('tokens: HS256 with audience and issuer', () => {
     socket.disconnect();
     const metrics = await herald.request('GET', '/metrics');
     assert.match(metrics.text, /herald_auth_refusals_total\{reason="token_expired"\} [1-9]/);
+  });
+
+  test('client-examples/node/watch-with-token.mjs comes back with a fresh token after expiry', async () => {
+    const dir = path.join(REPO_ROOT, 'client-examples/node');
+    const children = [];
+    const run = (script, args, env) => {
+      const child = spawn(process.execPath, [path.join(dir, script), ...args], {
+        cwd: dir,
+        env: { PATH: process.env.PATH, ...env },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      const proc = { out: '', exit: new Promise((resolve) => child.on('close', resolve)) };
+      child.stdout.on('data', (c) => (proc.out += c));
+      child.stderr.on('data', (c) => (proc.out += c));
+      children.push(child);
+      return proc;
+    };
+    try {
+      const backend = run('token-backend.mjs', [], { JWT_SECRET: SECRET, JWT_AUDIENCE: AUD, JWT_ISSUER: ISS, PORT: '0', TOKEN_TTL: '2' });
+      await until(() => /listening on (\S+)/.test(backend.out), { what: 'the token backend', timeoutMs: 10000 });
+      const tokenUrl = /listening on (\S+)/.exec(backend.out)[1];
+      const watcher = run('watch-with-token.mjs', ['doc-95'], { HERALD_URL: herald.url, TOKEN_URL: tokenUrl });
+      const subscribes = () => (watcher.out.match(/Subscribed to session: doc-95/g) || []).length;
+      await until(() => subscribes() >= 2, { timeoutMs: 15000, what: `a second subscribe after expiry; output:\n${watcher.out}` });
+      assert.match(watcher.out, /Disconnected: transport close/);
+      await herald.publishOk('doc-95', 'completed', sample('completed'));
+      assert.equal(await watcher.exit, 0, watcher.out);
+      assert.match(watcher.out, /Session completed/);
+    } finally {
+      for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+    }
   });
 
   test('herald token mints what herald accepts', async () => {
