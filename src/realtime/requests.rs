@@ -391,22 +391,19 @@ fn forbid<A: Adapter>(
     rt.metrics.auth_refused("forbidden");
     let grant = rt.tokens.as_ref().and_then(|t| t.grant(s.id));
     info!(session = %id, sub = grant.as_deref().and_then(|g| g.sub()), "subscribe forbidden");
-    let reply = RequestError::forbidden(id, why);
-    if let Err(e) = s.emit("error", &reply) {
-        warn!("could not send error: {e}");
-    }
-    let _ = ack.send(&Ack {
-        error: Some(&reply.error),
-        code: Some(reply.code),
-        ..Ack::default()
-    });
+    send_refusal(s, &RequestError::forbidden(id, why), ack);
 }
 
 fn refuse<A: Adapter>(s: &Socket<A>, rt: &Local<A>, refusal: InvalidRequest, ack: AckSender<A>) {
     rt.metrics.client_errors.inc();
     info!(%refusal, "refused");
-    let reply = RequestError::new(&refusal);
-    if let Err(e) = s.emit("error", &reply) {
+    send_refusal(s, &RequestError::new(&refusal), ack);
+}
+
+/// Sends a refusal as the `error` event, and as the ack when one was asked
+/// for (`{ ok: false, error, code }`).
+fn send_refusal<A: Adapter>(s: &Socket<A>, reply: &RequestError<'_>, ack: AckSender<A>) {
+    if let Err(e) = s.emit("error", reply) {
         warn!("could not send error: {e}");
     }
     let _ = ack.send(&Ack {
