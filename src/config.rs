@@ -94,6 +94,49 @@ pub struct Config {
     #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 4096)]
     pub socket_buffer_packets: usize,
 
+    /// Bytes of events that may wait for one socket; past it the socket is
+    /// treated as a slow consumer, as when SOCKET_BUFFER_PACKETS is reached.
+    #[arg(long, env = "SOCKET_BUFFER_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub socket_buffer_bytes: usize,
+
+    /// Sessions one socket may be subscribed to at once; past it a subscribe
+    /// is refused with `TOO_MANY_SUBSCRIPTIONS`. 0: no limit.
+    #[arg(long, env = "MAX_SUBSCRIPTIONS_PER_SOCKET", default_value_t = 1000)]
+    pub max_subscriptions_per_socket: usize,
+
+    /// Requests (subscribe, unsubscribe) one socket may send per second, with
+    /// bursts up to MAX_SUBSCRIPTIONS_PER_SOCKET; past it they are refused
+    /// with `RATE_LIMITED`, and a socket that keeps on for 5 s is
+    /// disconnected. 0: no limit.
+    #[arg(long, env = "CLIENT_REQUESTS_PER_SEC", default_value_t = 50)]
+    pub client_requests_per_sec: u32,
+
+    /// Socket.IO connections one client address may hold; past it the
+    /// handshake is answered 429. 0: no limit.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    pub max_connections_per_address: u32,
+
+    /// Reverse proxies (addresses or CIDRs, comma-separated) whose
+    /// `X-Forwarded-For` names the client; from anyone else it is ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
+    /// Socket.IO connections this process accepts in all; past it the
+    /// handshake is answered 503. 0: the open-file limit less a 32nd of it
+    /// (64 to 1024), kept for the operations and publish endpoints.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Seconds a client may take to send a request's headers (and a new
+    /// connection its first request) before the connection is closed; also
+    /// how long a new Engine.IO session may take to join the namespace.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds a client may take to send a request's body.
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_read_timeout_secs: u64,
+
     /// The longest a WebSocket may hold events while herald is saturated, to
     /// write them together, in milliseconds; 0 writes each at once even then.
     /// Below saturation nothing waits.
@@ -115,6 +158,12 @@ pub struct Config {
     /// their history first (resuming clients are told it was truncated).
     #[arg(long, env = "HISTORY_MAX_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub history_max_bytes: usize,
+
+    /// Sessions whose seq and state this process keeps without Redis; past
+    /// it the least recently published unwatched sessions are forgotten
+    /// first (as if their TTL had passed). 0: no limit.
+    #[arg(long, env = "MAX_SESSIONS", default_value_t = 100_000)]
+    pub max_sessions: usize,
 
     /// Redis URL (`redis://host:6379`). Set it to run several instances as one
     /// cluster; unset, herald runs alone with an in-memory adapter. With
@@ -194,6 +243,14 @@ impl Config {
 
     pub fn write_linger(&self) -> Duration {
         Duration::from_millis(self.write_linger_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
     }
 
     pub fn session_ttl(&self) -> Duration {

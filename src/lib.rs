@@ -19,6 +19,8 @@
 //! - `http` and `app`: the HTTP edge (refusals, bodies, API key, origins) and
 //!   every route assembled once;
 //! - `ops`, `metrics`: health, readiness, `/metrics`, stats;
+//! - `limits`: what one client may take (connections, requests,
+//!   subscriptions), so that no client takes what the others need;
 //! - `saturation`: how busy the runtime is, and so how long WebSocket writes
 //!   may be held together.
 
@@ -27,6 +29,7 @@ mod auth;
 mod cluster;
 pub mod config;
 mod http;
+mod limits;
 mod metrics;
 mod ops;
 pub mod protocol;
@@ -44,11 +47,15 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, serve::ListenerExt};
+use axum::{Router, body::Body, extract::ConnectInfo, middleware};
 use futures_util::future::{BoxFuture, join_all};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide_core::adapter::DefinedAdapter;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tracing::{debug, info, warn};
 
 pub use cluster::{Action, LinkProblem, SequencerError};
@@ -63,6 +70,7 @@ use crate::{
         redis::{self as redis_cluster, RedisAdapter, RedisSequencer},
     },
     http::{KeyRing, Origins, PublishLimit, RateSettings},
+    limits::{Admission, RequestLimits, TrustedProxies},
     metrics::Metrics,
     ops::OpsState,
     publish::api::ApiState,
@@ -80,6 +88,8 @@ pub enum SetupError {
     #[error(transparent)]
     Tokens(#[from] auth::KeyError),
     #[error(transparent)]
+    TrustedProxies(#[from] limits::admission::InvalidProxy),
+    #[error(transparent)]
     KeyFile(#[from] http::KeyFileError),
 }
 
@@ -88,6 +98,8 @@ pub struct Herald {
     router: Router,
     sockets: Arc<dyn Sockets>,
     emitter: Emitter,
+    /// How long [`Herald::serve`] waits for a request's headers.
+    header_read_timeout: Duration,
 }
 
 /// herald's background work: delivering the cluster's events (with Redis),
@@ -170,13 +182,35 @@ impl Herald {
                 "no JWT_SECRET or JWT_PUBLIC_KEY_FILE: sockets are anonymous and may watch any session"
             ),
         }
+        let max_connections = match config.max_connections {
+            0 => limits::nofile::default_max_connections(limits::nofile::raise()),
+            set => set,
+        };
+        let admission = Admission::new(
+            max_connections,
+            config.max_connections_per_address,
+            TrustedProxies::parse(&config.trusted_proxies)?,
+            metrics.clone(),
+        );
+        info!(
+            max_connections = admission.max(),
+            per_address = config.max_connections_per_address,
+            "connection limits"
+        );
         let settings = realtime::Settings {
             ping_interval: config.ping_interval(),
             ping_timeout: config.ping_timeout(),
             max_payload: config.max_payload_bytes as u64,
             buffer_packets: config.socket_buffer_packets,
+            buffer_bytes: config.socket_buffer_bytes,
+            connect_timeout: config.header_read_timeout(),
             origins: origins.clone(),
             tokens: tokens.clone(),
+            requests: Arc::new(RequestLimits::new(
+                config.client_requests_per_sec,
+                config.max_subscriptions_per_socket,
+                metrics.clone(),
+            )),
         };
         let wired = match redis {
             None => wire::<LocalAdapter, _>(&settings, (), &metrics, |fanout| {
@@ -184,6 +218,7 @@ impl Herald {
                     ttl: config.session_ttl(),
                     max_events: config.history_max_events,
                     max_bytes: config.history_max_bytes,
+                    max_sessions: config.max_sessions,
                     idempotency_ttl: config.idempotency_ttl(),
                 };
                 MemorySequencer::new(fanout, limits, metrics.clone())
@@ -225,6 +260,10 @@ impl Herald {
         }
         let emitter = Emitter::new(sequencer.clone(), metrics.clone());
         let running = Arc::new(AtomicBool::new(false));
+        let socket_routes = socket_routes.route_layer(middleware::from_fn_with_state(
+            admission,
+            limits::admission::admit_handshakes,
+        ));
         let router = app::router(app::Edge {
             sockets: socket_routes,
             api: ApiState {
@@ -247,11 +286,15 @@ impl Herald {
             keys,
             origins,
             tokens,
-        });
+        })
+        // A client that sends a body a byte at a time holds a descriptor and
+        // a task; past this it is refused (the body reader answers 400) and its connection closed.
+        .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout()));
         let herald = Self {
             router,
             sockets,
             emitter,
+            header_read_timeout: config.header_read_timeout(),
         };
         Ok(Built {
             herald,
@@ -292,25 +335,12 @@ impl Herald {
                 let _ = closed_tx.send(());
             });
         };
-        // Events are small frames sent as they happen: without TCP_NODELAY,
-        // Nagle's algorithm holds one back until the client acknowledges the
-        // previous, up to its delayed-ACK timeout (40 ms on Linux).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                debug!("could not set TCP_NODELAY: {e}");
-            }
-        });
-        // A make-service built once: serving the Router itself makes axum
-        // clone and re-finalize the whole route table for every connection.
-        // With each connection's peer address, which the publish rate limit
-        // counts against when no API key is set.
-        let server = axum::serve(
+        let server = tokio::spawn(serve_connections(
             listener,
-            self.router
-                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop);
-        let server = tokio::spawn(async move { server.await });
+            self.router,
+            self.header_read_timeout,
+            stop,
+        ));
         match closed_rx.await {
             // The sockets are closed; give the HTTP side a moment to drain.
             Ok(()) => match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
@@ -326,6 +356,80 @@ impl Herald {
                 .unwrap_or_else(|e| Err(std::io::Error::other(e))),
         }
     }
+}
+
+/// Accepts and serves HTTP/1 connections until `stop` resolves, then waits
+/// for them to finish. axum's `serve` would do, but has no header-read
+/// timeout: a connection that sends nothing, or its headers a byte a second,
+/// would hold a descriptor for ever. Each request carries its peer address
+/// (`ConnectInfo`), from which the limits tell clients apart.
+async fn serve_connections(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Finalized once: serving the Router itself would make axum clone and
+    // re-finalize the whole route table for every connection.
+    let app: Router = router.with_state(());
+    // Dropped at shutdown, which each connection sees; each connection holds
+    // a receiver of `open` until it ends, so its closing says all are done.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(());
+    let (open, all_closed) = tokio::sync::watch::channel(());
+    let mut stop = std::pin::pin!(stop);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors (or a connection reset before it was
+                    // taken): wait rather than spin; the clients that hold
+                    // them are timed out or capped.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        // Events are small frames sent as they happen: without TCP_NODELAY,
+        // Nagle's algorithm holds one back until the client acknowledges the
+        // previous, up to its delayed-ACK timeout (40 ms on Linux).
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!("could not set TCP_NODELAY: {e}");
+        }
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req.map(Body::new))
+        });
+        let conn = http
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let (mut stopping, open) = (stopping.clone(), all_closed.clone());
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                _ = stopping.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                debug!(%peer, "connection ended: {e}");
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(stopping_tx);
+    drop(all_closed);
+    open.closed().await;
+    Ok(())
 }
 
 /// Builds the Socket.IO server on adapter `A` and the sequencer that reports

@@ -27,6 +27,11 @@ pub(crate) struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct LimitLabel {
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StatusLabel {
     pub status: u16,
 }
@@ -60,6 +65,10 @@ pub(crate) struct Metrics {
     /// Tokens refused (connect, subscribe, history reads) and sockets ended
     /// because their token expired, by reason.
     pub auth_refusals: Family<ReasonLabel, Counter>,
+    /// Clients refused by a limit, by limit (see `limits`).
+    pub limit_refusals: Family<LimitLabel, Counter>,
+    /// Sessions forgotten to keep within MAX_SESSIONS (memory only).
+    pub sessions_evicted: Counter,
     /// 1 while herald's runtime has no idle time left.
     pub saturated: Gauge,
     /// How long WebSockets may hold events now, in seconds (see `saturation`).
@@ -94,6 +103,8 @@ impl Metrics {
             publish_rejections: Family::default(),
             client_errors: Counter::default(),
             auth_refusals: Family::default(),
+            limit_refusals: Family::default(),
+            sessions_evicted: Counter::default(),
             saturated: Gauge::default(),
             write_linger: Gauge::default(),
             registry: Registry::with_prefix("herald"),
@@ -114,6 +125,15 @@ impl Metrics {
     pub(crate) fn auth_refused(&self, reason: &'static str) {
         self.auth_refusals
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts one client refused by `limit`.
+    pub(crate) fn limit_refused(&self, limit: crate::limits::Limit) {
+        self.limit_refusals
+            .get_or_create(&LimitLabel {
+                limit: limit.label(),
+            })
             .inc();
     }
 
@@ -153,6 +173,11 @@ impl Metrics {
                 "history_bytes",
                 "Bytes of event history this instance holds (payloads and their entries)",
                 self.history_bytes.clone(),
+            );
+            r.register(
+                "sessions_evicted",
+                "Sessions forgotten before their TTL to keep within MAX_SESSIONS",
+                self.sessions_evicted.clone(),
             );
             r.register(
                 "history_truncated_sessions",
@@ -204,6 +229,11 @@ impl Metrics {
             "write_linger_seconds",
             "How long a WebSocket may hold events to write them together; grows while herald is saturated",
             self.write_linger.clone(),
+        );
+        r.register(
+            "limit_refusals",
+            "Clients refused by a limit, by limit: subscriptions, requests, request_flood (disconnected), connections_per_address, connections",
+            self.limit_refusals.clone(),
         );
         r.register(
             "client_errors",

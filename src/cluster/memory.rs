@@ -49,6 +49,8 @@ pub(crate) struct Limits {
     pub ttl: Duration,
     pub max_events: usize,
     pub max_bytes: usize,
+    /// Sessions kept (MAX_SESSIONS); 0: no limit.
+    pub max_sessions: usize,
     /// How long a publish's idempotency key is remembered.
     pub idempotency_ttl: Duration,
 }
@@ -203,6 +205,7 @@ impl MemorySequencer {
                 }
                 () = self.sessions.over_budget.notified() => {}
             }
+            self.sessions.evict_excess(|id| self.fanout.watches(id));
             self.sessions.trim_history();
         }
     }
@@ -317,7 +320,8 @@ struct SessionStore {
     limits: Limits,
     /// Accounted bytes of every session's history together.
     held_bytes: AtomicUsize,
-    /// Wakes housekeeping when history went over its byte budget.
+    /// Wakes housekeeping when history went over its byte budget, or the
+    /// sessions over MAX_SESSIONS.
     over_budget: Notify,
     /// Keeps `herald_sessions_known` and the history gauges up to date.
     metrics: Arc<Metrics>,
@@ -345,6 +349,9 @@ impl SessionStore {
                 entry.insert(Arc::default()).clone()
             }
         };
+        if self.limits.max_sessions > 0 && self.records.len() > self.limits.max_sessions {
+            self.over_budget.notify_one();
+        }
         record.lock_owned().await
     }
 
@@ -434,6 +441,56 @@ impl SessionStore {
         );
     }
 
+    /// Past MAX_SESSIONS, forgets the sessions published to least recently
+    /// down to [`TRIM_TO`] of it, as their TTL would have: only those nobody
+    /// watches or holds (a watched session's seq must go on where its
+    /// subscribers are). Returns how many were forgotten.
+    fn evict_excess(&self, is_watched: impl Fn(&SessionId) -> bool) -> usize {
+        let max = self.limits.max_sessions;
+        if max == 0 || self.records.len() <= max {
+            return 0;
+        }
+        let mut oldest: Vec<(Instant, SessionId)> = self
+            .records
+            .iter()
+            .filter(|entry| !is_watched(entry.key()))
+            .filter_map(|entry| {
+                let record = entry.value().try_lock().ok()?;
+                Some((record.touched, entry.key().clone()))
+            })
+            .collect();
+        oldest.sort_unstable_by_key(|(touched, _)| *touched);
+        let excess = self.records.len() - (max as f64 * TRIM_TO) as usize;
+        let (mut evicted, mut freed) = (0, 0);
+        for (_, id) in oldest.into_iter().take(excess) {
+            // As in `evict_idle`: nobody holds or waits for the record.
+            let removed = self.records.remove_if(&id, |_, record| {
+                Arc::strong_count(record) == 1 && record.try_lock().is_ok()
+            });
+            if let Some((_, record)) = removed {
+                freed += record.try_lock().map_or(0, |r| r.history_cost());
+                evicted += 1;
+            }
+        }
+        self.metrics.sessions_known.dec_by(evicted as i64);
+        self.metrics.sessions_evicted.inc_by(evicted as u64);
+        self.held_bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.metrics
+            .history_bytes
+            .set(self.held_bytes.load(Ordering::Relaxed) as i64);
+        // A flood of new sessions evicts at every round: one line per minute.
+        static LOG: crate::limits::Throttle = crate::limits::Throttle::new(HOUSEKEEPING_EVERY);
+        if let Some(rounds_held_back) = LOG.pass() {
+            warn!(
+                evicted,
+                max,
+                rounds_held_back,
+                "sessions over MAX_SESSIONS: forgot the unwatched sessions published to least recently"
+            );
+        }
+        evicted
+    }
+
     /// Forgets sessions idle for longer than the TTL that nobody holds, so a
     /// long-running server's memory follows its live sessions. Returns how
     /// many were dropped.
@@ -475,6 +532,7 @@ mod tests {
             ttl: Duration::from_secs(3600),
             max_events,
             max_bytes,
+            max_sessions: 0,
             idempotency_ttl: Duration::from_secs(3600),
         }
     }
@@ -526,6 +584,31 @@ mod tests {
 
     fn seqs(events: &[Held]) -> Vec<u64> {
         events.iter().map(|e| e.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn past_max_sessions_the_least_recently_published_unwatched_go_first() {
+        let metrics = Arc::new(Metrics::default());
+        let store = SessionStore::new(
+            Limits {
+                max_sessions: 10,
+                ..limits(10, usize::MAX)
+            },
+            metrics.clone(),
+        );
+        let id = |i: usize| SessionId::parse(&format!("s{i}")).unwrap();
+        for i in 0..20 {
+            publish(&store, &id(i), "progress", PROGRESS).await;
+        }
+        // s0 is watched: it stays, however old.
+        let evicted = store.evict_excess(|s| *s == id(0));
+        assert_eq!(evicted, 11, "down to 90% of the cap");
+        assert_eq!(store.len(), 9);
+        assert!(store.records.contains_key(&id(0)));
+        assert!(!store.records.contains_key(&id(1)));
+        assert!(store.records.contains_key(&id(19)));
+        assert_eq!(metrics.sessions_evicted.get(), 11);
+        assert_eq!(metrics.sessions_known.get(), 9);
     }
 
     #[tokio::test]

@@ -165,6 +165,21 @@ impl<'a> RequestError<'a> {
     /// unreachable, herald is shutting down): the client may try again.
     pub const UNAVAILABLE: &'static str = "UNAVAILABLE";
 
+    /// A subscribe past MAX_SUBSCRIPTIONS_PER_SOCKET.
+    pub const TOO_MANY_SUBSCRIPTIONS: &'static str = "TOO_MANY_SUBSCRIPTIONS";
+    /// A request past CLIENT_REQUESTS_PER_SEC.
+    pub const RATE_LIMITED: &'static str = "RATE_LIMITED";
+
+    /// A well-formed request refused by one of the socket's limits.
+    pub fn limited(code: &'static str, error: String, session_id: Option<&'a SessionId>) -> Self {
+        Self {
+            error,
+            code,
+            session_id,
+            timestamp: Timestamp::now(),
+        }
+    }
+
     pub fn unavailable(session_id: &'a SessionId, why: String) -> Self {
         Self {
             error: why,

@@ -8,7 +8,7 @@ use axum::{
     middleware::{self},
 };
 
-use crate::http::Origins;
+use crate::{http::Origins, limits::Admitted};
 
 /// The Socket.IO endpoint, with or without the trailing slash. With a list
 /// of allowed origins, a browser from another origin is refused on every
@@ -30,14 +30,19 @@ where
     origins.guard(routes)
 }
 
-/// Leaves a Socket.IO request only the extension it needs: hyper's upgrade
-/// handle. Every socket keeps its request's extensions for as long as it
-/// lives, and axum's routing data in them cost 0.2 KiB per socket.
+/// Leaves a Socket.IO request only the extensions it needs: hyper's upgrade
+/// handle, and the connection's slot in the limits (which must live as long
+/// as the socket). Every socket keeps its request's extensions for as long
+/// as it lives, and axum's routing data in them cost 0.2 KiB per socket.
 async fn only_upgrade_extension(mut req: Request) -> Request {
     let upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    let admitted = req.extensions_mut().remove::<Admitted>();
     *req.extensions_mut() = Extensions::new();
     if let Some(upgrade) = upgrade {
         req.extensions_mut().insert(upgrade);
+    }
+    if let Some(admitted) = admitted {
+        req.extensions_mut().insert(admitted);
     }
     req
 }

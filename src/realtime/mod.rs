@@ -34,6 +34,7 @@ use crate::{
     auth::Verifier,
     cluster::{FanOut, Sequenced, Sequencer},
     http::Origins,
+    limits::{RequestLimits, Throttle},
     metrics::Metrics,
     protocol::SessionId,
 };
@@ -60,6 +61,10 @@ struct Local<A: Adapter> {
     queued: Arc<DashMap<(Sid, SessionId), VecDeque<Queued>>>,
     /// The sockets' tokens, when a key is configured.
     tokens: Option<Arc<Tokens>>,
+    /// What each socket may ask (see `limits`).
+    limits: Arc<RequestLimits>,
+    /// Holds back log lines about refused subscribes, which could flood.
+    limit_log: Arc<Throttle>,
 }
 
 impl<A: Adapter> Clone for Local<A> {
@@ -71,6 +76,8 @@ impl<A: Adapter> Clone for Local<A> {
             sequencer: self.sequencer.clone(),
             queued: self.queued.clone(),
             tokens: self.tokens.clone(),
+            limits: self.limits.clone(),
+            limit_log: self.limit_log.clone(),
         }
     }
 }
@@ -91,10 +98,21 @@ pub(crate) struct Settings {
     pub ping_timeout: std::time::Duration,
     pub max_payload: u64,
     pub buffer_packets: usize,
+    /// How long a new Engine.IO session may take to join the namespace
+    /// before it is closed (socketioxide's default is 45 s, all the while
+    /// holding the session's connection slot).
+    pub connect_timeout: std::time::Duration,
+    /// Honoured with the patched engine only (vendor patch 15).
+    #[cfg_attr(not(feature = "patched-engine"), allow(dead_code))]
+    pub buffer_bytes: usize,
     pub origins: Origins,
     /// The key connection tokens are checked with; none: anonymous sockets.
     pub tokens: Option<Arc<Verifier>>,
+    pub requests: Arc<RequestLimits>,
 }
+
+/// How often a line about refused subscribes is logged at most.
+const LIMIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Bytes a WebSocket reads at a time; larger frames take several reads.
 /// Clients send herald pongs and subscribes, which fit unless the session id
@@ -122,11 +140,19 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
         sequencer: Arc::default(),
         queued: Arc::default(),
         tokens: settings.tokens.clone().map(|v| Arc::new(Tokens::new(v))),
+        limits: settings.requests.clone(),
+        limit_log: Arc::new(Throttle::new(LIMIT_LOG_EVERY)),
     };
     let (service, io) = SocketIoBuilder::new()
         .ping_interval(settings.ping_interval)
         .ping_timeout(settings.ping_timeout)
+        .connect_timeout(settings.connect_timeout)
         .max_payload(settings.max_payload)
+        // Polling bodies are held to max_payload by the engine; a WebSocket
+        // message (or one frame of it) is held to the same, or one client
+        // could make herald buffer 64 MiB per connection.
+        .ws_max_message_size(settings.max_payload as usize)
+        .ws_max_frame_size(settings.max_payload as usize)
         .max_buffer_size(settings.buffer_packets)
         .ws_read_buffer_size(WS_READ_BUFFER)
         .with_state(local.clone())
@@ -136,6 +162,13 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
     // miss events unawares: its client reconnects and resumes.
     #[cfg(feature = "patched-engine")]
     io.config().engine_config.slow_consumers.close();
+    // The same for a client that stops reading large events: bounded in
+    // bytes too, or it pins SOCKET_BUFFER_PACKETS times their size.
+    #[cfg(feature = "patched-engine")]
+    io.config()
+        .engine_config
+        .max_buffer_bytes
+        .set(settings.buffer_bytes);
     // A remote adapter finishes setting the namespace up in the background;
     // until then clients are told the namespace is unknown, and retry.
     // The token check first: a refused socket gets no handlers.
@@ -257,7 +290,11 @@ impl<A: Adapter> FanOut for Realtime<A> {
                         .count();
                     if full > 0 {
                         metrics.dropped_deliveries.inc_by(full as u64);
-                        warn!(%session, seq = event.seq, sockets = full, "socket buffers full: disconnecting slow consumers (they resume on reconnect)");
+                        // A large stalled audience would log a line per event.
+                        static LOG: Throttle = Throttle::new(std::time::Duration::from_secs(10));
+                        if let Some(held_back) = LOG.pass() {
+                            warn!(%session, seq = event.seq, sockets = full, lines_held_back = held_back, "socket buffers full: disconnecting slow consumers (they resume on reconnect; herald_dropped_deliveries_total counts them)");
+                        }
                     }
                     errors.len() as u32
                 }

@@ -34,6 +34,7 @@ use crate::{
         SequencerError,
         history::{Attached, Start},
     },
+    limits::{Admitted, Verdict},
     protocol::{
         Ack, Connected, InvalidRequest, RequestError, SessionId, SessionRequest, Subscribed,
         SubscriptionReply, Timestamp,
@@ -115,6 +116,7 @@ async fn on_disconnect<A: Adapter>(
     if let Some(tokens) = &rt.tokens {
         tokens.forget(s.id);
     }
+    rt.limits.forget(s.id);
     let sessions = rt.subscriptions.remove_socket(s.id);
     for session in &sessions {
         rt.forget_arrival(session, s.id);
@@ -150,6 +152,20 @@ impl Request for Subscribe {
     ) {
         if let Some(why) = rt.tokens.as_ref().and_then(|t| t.forbids(s.id, &request)) {
             return forbid(s, rt, &request.session_id, why, ack);
+        }
+        let id = &request.session_id;
+        if !rt.subscriptions.holds(s.id, id)
+            && !rt.limits.may_subscribe(rt.subscriptions.held(s.id))
+        {
+            if let Some(held_back) = rt.limit_log.pass() {
+                warn!(client = %client_of(s), session = %id, max = rt.limits.max_subscriptions(), refused_since_last_line = held_back, "subscribe refused: MAX_SUBSCRIPTIONS_PER_SOCKET");
+            }
+            let why = format!(
+                "this socket already holds {} subscriptions (MAX_SUBSCRIPTIONS_PER_SOCKET); unsubscribe from one first",
+                rt.limits.max_subscriptions()
+            );
+            let reply = RequestError::limited(RequestError::TOO_MANY_SUBSCRIPTIONS, why, Some(id));
+            return answer_refusal(s, &reply, ack);
         }
         let key = (s.id, request.session_id.clone());
         let (s, task_rt) = (s.clone(), rt.clone());
@@ -210,6 +226,34 @@ impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
             unreachable!("the Socket.IO server is always built with its state");
         };
         let _span = info_span!("request", socket = %s.id, event = C::EVENT).entered();
+        match rt.limits.request(s.id) {
+            Verdict::Allowed => {}
+            Verdict::Refused { first, tell } => {
+                if first {
+                    warn!(client = %client_of(s), "requests refused: over CLIENT_REQUESTS_PER_SEC (logged once per socket)");
+                }
+                let why = "too many requests from this socket (CLIENT_REQUESTS_PER_SEC); slow down"
+                    .to_owned();
+                let reply = RequestError::limited(RequestError::RATE_LIMITED, why, None);
+                if tell {
+                    answer_refusal(s, &reply, ack);
+                } else {
+                    ack_refusal(&reply, ack);
+                }
+                return Ok(Self(PhantomData));
+            }
+            Verdict::Disconnect { first } => {
+                if first {
+                    warn!(client = %client_of(s), "disconnecting a socket that kept flooding past CLIENT_REQUESTS_PER_SEC");
+                    let s = s.clone();
+                    // Not from inside the packet read: closing runs the disconnect handlers.
+                    tokio::spawn(async move {
+                        let _ = s.disconnect();
+                    });
+                }
+                return Ok(Self(PhantomData));
+            }
+        }
         match SessionRequest::parse(payload.ok().as_ref()) {
             Ok(request) => C::take(s, &rt, request, ack),
             Err(refusal) => refuse(s, &rt, refusal, ack),
@@ -391,24 +435,43 @@ fn forbid<A: Adapter>(
     rt.metrics.auth_refused("forbidden");
     let grant = rt.tokens.as_ref().and_then(|t| t.grant(s.id));
     info!(session = %id, sub = grant.as_deref().and_then(|g| g.sub()), "subscribe forbidden");
-    send_refusal(s, &RequestError::forbidden(id, why), ack);
+    answer_refusal(s, &RequestError::forbidden(id, why), ack);
 }
 
 fn refuse<A: Adapter>(s: &Socket<A>, rt: &Local<A>, refusal: InvalidRequest, ack: AckSender<A>) {
     rt.metrics.client_errors.inc();
     info!(%refusal, "refused");
-    send_refusal(s, &RequestError::new(&refusal), ack);
+    answer_refusal(s, &RequestError::new(&refusal), ack);
 }
 
-/// Sends a refusal as the `error` event, and as the ack when one was asked
-/// for (`{ ok: false, error, code }`).
-fn send_refusal<A: Adapter>(s: &Socket<A>, reply: &RequestError<'_>, ack: AckSender<A>) {
+/// Sends a refused request its `error` and its ack.
+fn answer_refusal<A: Adapter>(s: &Socket<A>, reply: &RequestError<'_>, ack: AckSender<A>) {
     if let Err(e) = s.emit("error", reply) {
-        warn!("could not send error: {e}");
+        debug!("could not send error: {e}");
     }
+    ack_refusal(reply, ack);
+}
+
+/// Sends a refused request its ack, if the client asked for one.
+fn ack_refusal<A: Adapter>(reply: &RequestError<'_>, ack: AckSender<A>) {
     let _ = ack.send(&Ack {
+        session_id: reply.session_id,
         error: Some(&reply.error),
         code: Some(reply.code),
         ..Ack::default()
     });
+}
+
+/// The socket and the client address it was admitted for, for log lines
+/// about a client over a limit.
+fn client_of<A: Adapter>(s: &Socket<A>) -> String {
+    match s
+        .req_parts()
+        .extensions
+        .get::<Admitted>()
+        .and_then(Admitted::address)
+    {
+        Some(address) => format!("{} from {address}", s.id),
+        None => s.id.to_string(),
+    }
 }

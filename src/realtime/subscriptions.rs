@@ -1,7 +1,7 @@
 //! Which sessions the sockets of this instance watch, kept beside
 //! socketioxide's rooms so that counting never walks them.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use dashmap::DashMap;
 use smallvec::SmallVec;
@@ -15,13 +15,14 @@ use crate::{metrics::Metrics, protocol::SessionId};
 ///
 /// The lists live here rather than in each socket's extensions: a map entry
 /// is a fraction of what an extension map and a set cost on every socket,
-/// and a socket's first session is kept in the entry itself.
+/// and a socket's first session is kept in the entry itself. A socket that
+/// holds more than a few keeps them in a set (see [`Held`]).
 ///
 /// The gauges `herald_subscriptions` and `herald_sessions_watched` follow
 /// every change, so that nothing has to count them when asked.
 pub(super) struct Subscriptions {
     per_session: DashMap<SessionId, u32>,
-    per_socket: DashMap<Sid, SmallVec<[SessionId; 1]>>,
+    per_socket: DashMap<Sid, Held>,
     metrics: Arc<Metrics>,
 }
 
@@ -36,11 +37,9 @@ impl Subscriptions {
 
     /// Returns whether the socket was not subscribed yet.
     pub(super) fn add(&self, socket: Sid, id: &SessionId) -> bool {
-        let mut sessions = self.per_socket.entry(socket).or_default();
-        if sessions.contains(id) {
+        if !self.per_socket.entry(socket).or_default().insert(id) {
             return false;
         }
-        sessions.push(id.clone());
         let mut watchers = self.per_session.entry(id.clone()).or_default();
         if *watchers == 0 {
             self.metrics.sessions_watched.inc();
@@ -54,10 +53,7 @@ impl Subscriptions {
     pub(super) fn remove(&self, socket: Sid, id: &SessionId) -> bool {
         let mut removed = false;
         self.per_socket.remove_if_mut(&socket, |_, sessions| {
-            if let Some(i) = sessions.iter().position(|s| s == id) {
-                sessions.swap_remove(i);
-                removed = true;
-            }
+            removed = sessions.remove(id);
             sessions.is_empty()
         });
         if removed {
@@ -67,16 +63,26 @@ impl Subscriptions {
     }
 
     /// Ends all of a socket's subscriptions; returns the sessions they were to.
-    pub(super) fn remove_socket(&self, socket: Sid) -> SmallVec<[SessionId; 1]> {
-        let sessions = self
-            .per_socket
-            .remove(&socket)
-            .map(|(_, sessions)| sessions)
-            .unwrap_or_default();
+    pub(super) fn remove_socket(&self, socket: Sid) -> Vec<SessionId> {
+        let sessions: Vec<SessionId> = match self.per_socket.remove(&socket) {
+            Some((_, Held::Few(few))) => few.into_vec(),
+            Some((_, Held::Many(many))) => many.into_iter().collect(),
+            None => Vec::new(),
+        };
         for id in &sessions {
             self.uncount(id);
         }
         sessions
+    }
+
+    /// How many sessions the socket is subscribed to.
+    pub(super) fn held(&self, socket: Sid) -> usize {
+        self.per_socket.get(&socket).map_or(0, |s| s.len())
+    }
+
+    /// Whether the socket is subscribed to the session.
+    pub(super) fn holds(&self, socket: Sid, id: &SessionId) -> bool {
+        self.per_socket.get(&socket).is_some_and(|s| s.contains(id))
     }
 
     fn uncount(&self, id: &SessionId) {
@@ -96,6 +102,79 @@ impl Subscriptions {
     /// Local sockets subscribed to the session.
     pub(super) fn count(&self, id: &SessionId) -> u32 {
         self.per_session.get(id).map_or(0, |n| *n)
+    }
+}
+
+/// The sessions of one socket: a list while it holds a few, which nearly every
+/// socket does and which costs no more than the entry, and a set once it holds
+/// more, so that a subscribe or an unsubscribe costs the same however many the
+/// socket holds (a list made a flood of 40,000 subscriptions quadratic).
+enum Held {
+    Few(SmallVec<[SessionId; 1]>),
+    // Boxed: the set is rare, and every subscribed socket's entry would
+    // otherwise be the size of one.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashSet<SessionId>>),
+}
+
+/// Sessions a list holds before it becomes a set.
+const FEW: usize = 8;
+
+impl Default for Held {
+    fn default() -> Self {
+        Self::Few(SmallVec::new())
+    }
+}
+
+impl Held {
+    /// Returns whether the session was not held yet.
+    fn insert(&mut self, id: &SessionId) -> bool {
+        match self {
+            Self::Few(few) if few.contains(id) => false,
+            Self::Few(few) if few.len() < FEW => {
+                few.push(id.clone());
+                true
+            }
+            Self::Few(few) => {
+                let mut many: HashSet<SessionId> = few.drain(..).collect();
+                many.insert(id.clone());
+                *self = Self::Many(Box::new(many));
+                true
+            }
+            Self::Many(many) => many.insert(id.clone()),
+        }
+    }
+
+    /// Returns whether the session was held.
+    fn remove(&mut self, id: &SessionId) -> bool {
+        match self {
+            Self::Few(few) => match few.iter().position(|s| s == id) {
+                Some(i) => {
+                    few.swap_remove(i);
+                    true
+                }
+                None => false,
+            },
+            Self::Many(many) => many.remove(id),
+        }
+    }
+
+    fn contains(&self, id: &SessionId) -> bool {
+        match self {
+            Self::Few(few) => few.contains(id),
+            Self::Many(many) => many.contains(id),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Few(few) => few.len(),
+            Self::Many(many) => many.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -130,5 +209,20 @@ mod tests {
         assert_eq!(subs.remove_socket(a).len(), 2);
         assert_eq!(subs.remove_socket(a).len(), 0);
         assert_eq!(levels(), (0, 0));
+    }
+
+    #[test]
+    fn many_subscriptions_of_one_socket_are_kept_as_a_set() {
+        let subs = Subscriptions::new(Arc::new(Metrics::default()));
+        let s = Sid::new();
+        for i in 0..100 {
+            assert!(subs.add(s, &session(&format!("s{i}"))));
+        }
+        assert!(!subs.add(s, &session("s3")));
+        assert!(subs.holds(s, &session("s99")));
+        assert_eq!(subs.held(s), 100);
+        assert!(subs.remove(s, &session("s50")));
+        assert!(!subs.remove(s, &session("s50")));
+        assert_eq!(subs.remove_socket(s).len(), 99);
     }
 }

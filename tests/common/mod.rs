@@ -178,6 +178,26 @@ impl Herald {
         }
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let res = reqwest::get(self.url("/metrics"))
+            .await
+            .expect("GET /metrics");
+        res.text().await.expect("/metrics body")
+    }
+
+    /// The resident memory of the process, in bytes (Linux).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc/PID/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
     /// Sends the process a signal (`HUP`, `STOP`...) with kill(1).
     pub fn signal(&self, name: &str) {
         signal(self.child.id(), name);

@@ -34,16 +34,14 @@ use std::{
     borrow::Cow,
     sync::{
         Arc, OnceLock, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use engineioxide_core::{Sid, TransportType};
 
-use crate::socket::DisconnectReason;
-
-use crate::coalesce::Linger;
+use crate::{coalesce::Linger, socket::DisconnectReason};
 
 /// Configuration for the engine.io engine & transports
 #[derive(Debug, Clone)]
@@ -115,6 +113,14 @@ pub struct EngineIoConfig {
     /// that it can be set after the engine's config is built.
     pub slow_consumers: SlowConsumers,
 
+    /// The most bytes of packets that may wait for one socket, beside
+    /// [`max_buffer_size`](Self::max_buffer_size), which counts packets: a
+    /// client that stops reading large packets would otherwise pin
+    /// `max_buffer_size` times their size. Past it the outbox is full (see
+    /// [`slow_consumers`](Self::slow_consumers)). A handle, set after the
+    /// config is built, for sockets created after; unbounded by default.
+    pub max_buffer_bytes: MaxBufferBytes,
+
     /// Closes one session of the engine built with this config, by its id,
     /// from outside the engine: for an application whose socket layer keeps
     /// the engine's sockets to itself (socketioxide does) and must still end
@@ -160,6 +166,29 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
+/// See [`EngineIoConfig::max_buffer_bytes`]. Cheap to clone; clones share
+/// the setting.
+#[derive(Debug, Clone)]
+pub struct MaxBufferBytes(Arc<AtomicUsize>);
+
+impl Default for MaxBufferBytes {
+    fn default() -> Self {
+        Self(Arc::new(AtomicUsize::new(usize::MAX)))
+    }
+}
+
+impl MaxBufferBytes {
+    /// Bounds the bytes waiting for each socket created from now on.
+    pub fn set(&self, bytes: usize) {
+        self.0.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The bound for a socket created now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// See [`EngineIoConfig::slow_consumers`]. Cheap to clone; clones share the
 /// setting.
 #[derive(Debug, Clone, Default)]
@@ -193,6 +222,7 @@ impl Default for EngineIoConfig {
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
             write_linger: Linger::default(),
             slow_consumers: SlowConsumers::default(),
+            max_buffer_bytes: MaxBufferBytes::default(),
             sessions: Sessions::default(),
         }
     }

@@ -14,13 +14,16 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use engineioxide_core::PacketBuf;
+use engineioxide_core::{Packet, PacketBuf};
 use tokio::sync::{Notify, mpsc::error::TrySendError};
 
 pub(crate) struct Outbox {
     state: Mutex<State>,
     /// How many packet buffers may wait, counting reserved places.
     capacity: usize,
+    /// Once this many bytes of packets wait, no more are taken (see
+    /// [`EngineIoConfig::max_buffer_bytes`](crate::config::EngineIoConfig::max_buffer_bytes)).
+    max_bytes: usize,
 }
 
 #[derive(Default)]
@@ -33,6 +36,8 @@ struct State {
     /// Made by the first [`Outbox::closed`] call: few sockets are ever
     /// waited on, and every byte here is held by every socket.
     on_close: Option<Arc<Notify>>,
+    /// Bytes of the packets in `queue`.
+    bytes: usize,
     /// Places promised to permits not used yet.
     reserved: u32,
     closed: bool,
@@ -55,7 +60,16 @@ impl Outbox {
         Self {
             state: Mutex::new(State::default()),
             capacity,
+            max_bytes: usize::MAX,
         }
+    }
+
+    /// Bounds the bytes waiting too: once `max_bytes` wait, the outbox is
+    /// full (the packet that crosses the bound is still taken, as its place
+    /// may have been reserved before its size was known).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -68,7 +82,9 @@ impl Outbox {
     fn room(&self, state: &State) -> Result<(), TrySendError<()>> {
         if state.closed {
             Err(TrySendError::Closed(()))
-        } else if state.queue.len() + state.reserved as usize >= self.capacity {
+        } else if state.queue.len() + state.reserved as usize >= self.capacity
+            || state.bytes >= self.max_bytes
+        {
             Err(TrySendError::Full(()))
         } else {
             Ok(())
@@ -76,6 +92,7 @@ impl Outbox {
     }
 
     fn push(mut state: MutexGuard<'_, State>, packets: PacketBuf) {
+        state.bytes += size(&packets);
         state.queue.push_back(packets);
         wake_reader(state);
     }
@@ -169,6 +186,7 @@ impl Outbox {
         let mut state = self.state();
         if !state.queue.is_empty() || state.volatile.is_some() {
             // Taking the queue frees its buffer: an idle socket holds none.
+            state.bytes = 0;
             return Poll::Ready(Some(Batch {
                 queued: std::mem::take(&mut state.queue),
                 volatile: state.volatile.take(),
@@ -186,6 +204,7 @@ impl Outbox {
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<PacketBuf>> {
         let mut state = self.state();
         if let Some(packets) = state.queue.pop_front() {
+            state.bytes -= size(&packets);
             if state.queue.is_empty() {
                 state.queue = VecDeque::new();
             }
@@ -203,13 +222,30 @@ impl Outbox {
 
     /// Puts back packets taken but not written, to be read first.
     pub fn put_back(&self, packets: PacketBuf) {
-        self.state().queue.push_front(packets);
+        let mut state = self.state();
+        state.bytes += size(&packets);
+        state.queue.push_front(packets);
     }
 
     /// The queued packets, without waiting (volatile ones are dropped).
     pub fn take_queued(&self) -> VecDeque<PacketBuf> {
-        std::mem::take(&mut self.state().queue)
+        let mut state = self.state();
+        state.bytes = 0;
+        std::mem::take(&mut state.queue)
     }
+}
+
+/// The bytes a packet buffer holds: its messages' text and binary payloads
+/// (the rest are a byte or two on the wire).
+fn size(packets: &PacketBuf) -> usize {
+    packets
+        .iter()
+        .map(|p| match p {
+            Packet::Message(msg) => msg.len(),
+            Packet::Binary(bin) | Packet::BinaryV3(bin) => bin.len(),
+            _ => 1,
+        })
+        .sum()
 }
 
 /// Wakes the reader, once the lock is released.
@@ -233,6 +269,7 @@ impl std::fmt::Debug for Outbox {
         let state = self.state();
         f.debug_struct("Outbox")
             .field("queued", &state.queue.len())
+            .field("bytes", &state.bytes)
             .field("reserved", &state.reserved)
             .field("volatile", &state.volatile.is_some())
             .field("closed", &state.closed)
@@ -285,6 +322,24 @@ mod tests {
         outbox.release();
         outbox.try_send(packets("2")).unwrap();
         assert!(matches!(outbox.try_reserve(), Err(TrySendError::Full(()))));
+    }
+
+    #[test]
+    fn an_outbox_holding_max_bytes_is_full_until_read() {
+        let outbox = Outbox::new(8).with_max_bytes(10);
+        outbox.try_send(packets("123456")).unwrap();
+        // Crosses the bound: taken, and from then on the outbox is full.
+        outbox.try_send(packets("123456")).unwrap();
+        assert!(matches!(
+            outbox.try_send(packets("1")),
+            Err(TrySendError::Full(_))
+        ));
+        assert!(matches!(outbox.try_reserve(), Err(TrySendError::Full(()))));
+        let next = |o: &Outbox| o.poll_next(&mut Context::from_waker(Waker::noop()));
+        assert!(matches!(next(&outbox), Poll::Ready(Some(_))));
+        outbox.try_send(packets("1")).unwrap();
+        assert!(matches!(take(&outbox), Poll::Ready(Some(_))));
+        outbox.try_send(packets("1234567890")).unwrap();
     }
 
     #[test]

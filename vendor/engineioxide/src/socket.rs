@@ -246,7 +246,8 @@ where
             closes_when_full: config.slow_consumers.closes(),
 
             reader: Mutex::new(()),
-            outbox: Outbox::new(config.max_buffer_size),
+            outbox: Outbox::new(config.max_buffer_size)
+                .with_max_bytes(config.max_buffer_bytes.get()),
 
             heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
