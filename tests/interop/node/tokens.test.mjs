@@ -25,7 +25,6 @@ import {
   subscribe,
   sample,
   sessionEvents,
-  assertRefusalAck,
   isRecentIsoTimestamp,
   until,
   sleep,
@@ -54,6 +53,15 @@ function rawToken(header, claims, sign = () => '') {
 }
 
 const inAMinute = () => Math.floor(Date.now() / 1000) + 60;
+
+/** A FORBIDDEN ack: `{ ok: false, error, code, sessionId }`. */
+function assertForbiddenAck(ack, session) {
+  assert.deepEqual(Object.keys(ack).sort(), ['code', 'error', 'ok', 'sessionId'], JSON.stringify(ack));
+  assert.equal(ack.ok, false);
+  assert.equal(ack.code, 'FORBIDDEN');
+  assert.equal(ack.sessionId, session);
+  assert.match(ack.error, /^forbidden: /);
+}
 
 /** Subscribes to a session holding one `progress`, and waits for its snapshot. */
 async function subscribed(socket, session, payload = session) {
@@ -139,7 +147,7 @@ describe('tokens: HS256 with audience and issuer', () => {
 
     const error = waitFor(socket, 'error', (e) => e?.code === 'FORBIDDEN');
     const ack = await emitAck(socket, 'subscribe', 'doc-43:1');
-    assertRefusalAck(ack, 'FORBIDDEN');
+    assertForbiddenAck(ack, 'doc-43:1');
     const reply = await error;
     assert.deepEqual(Object.keys(reply).sort(), ['code', 'error', 'sessionId', 'timestamp']);
     assert.equal(reply.sessionId, 'doc-43:1');
@@ -166,12 +174,12 @@ describe('tokens: HS256 with audience and issuer', () => {
     await subscribed(socket, 'doc-50:1', { sessionId: 'doc-50:1', token: wider });
 
     // It names one session: not another, not for the other socket.
-    assertRefusalAck(await emitAck(socket, 'subscribe', { sessionId: 'doc-51:1', token: wider }), 'FORBIDDEN');
-    assertRefusalAck(await emitAck(other, 'subscribe', 'doc-50:1'), 'FORBIDDEN');
+    assertForbiddenAck(await emitAck(socket, 'subscribe', { sessionId: 'doc-51:1', token: wider }), 'doc-51:1');
+    assertForbiddenAck(await emitAck(other, 'subscribe', 'doc-50:1'), 'doc-50:1');
     // A subscribe token must be valid: an expired one widens nothing.
     const stale = token(['doc-52:1'], { ttl: -5 });
     const ack = await emitAck(socket, 'subscribe', { sessionId: 'doc-52:1', token: stale });
-    assertRefusalAck(ack, 'FORBIDDEN');
+    assertForbiddenAck(ack, 'doc-52:1');
     assert.match(ack.error, /token expired/);
 
     await herald.publishOk('doc-50:1', 'completed', sample('completed'));
@@ -253,7 +261,7 @@ describe('tokens: HS256 with audience and issuer', () => {
     assert.equal(claims.exp - claims.iat, 3600);
     const socket = await connect(herald.url, { transports: ['websocket'], auth: { token: minted } });
     await subscribe(socket, 'tenant-7:a');
-    assertRefusalAck(await emitAck(socket, 'subscribe', 'doc-91'), 'FORBIDDEN');
+    assertForbiddenAck(await emitAck(socket, 'subscribe', 'doc-91'), 'doc-91');
   });
 
   test('a raw WebSocket may send its token as ?token= or Authorization: Bearer', async () => {
@@ -349,7 +357,7 @@ describe('tokens: public keys (RS256, ES256, EdDSA from the key type)', () => {
           : jwt.sign(claims, privateKey, { algorithm: alg });
       const socket = await connect(herald.url, { transports: ['websocket'], auth: { token: good } });
       await subscribe(socket, 'doc-1');
-      assertRefusalAck(await emitAck(socket, 'subscribe', 'doc-2'), 'FORBIDDEN');
+      assertForbiddenAck(await emitAck(socket, 'subscribe', 'doc-2'), 'doc-2');
 
       // The classic confusion: the public key used as an HMAC secret.
       const confused = jwt.sign(claims, pem, { algorithm: 'HS256' });

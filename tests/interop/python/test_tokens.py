@@ -104,7 +104,8 @@ def test_auth_token_grants_its_sessions_only(server, clients, transports):
 
     ack = c.sio.call("subscribe", theirs, timeout=WAIT)
     assert ack["ok"] is False and ack["code"] == "FORBIDDEN", ack
-    assert set(ack) == {"ok", "error", "code"}
+    assert set(ack) == {"ok", "error", "code", "sessionId"}
+    assert ack["sessionId"] == theirs
     err = c.wait("error", lambda d: d.get("code") == "FORBIDDEN")
     assert err["sessionId"] == theirs and theirs in err["error"]
 
