@@ -17,6 +17,10 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use crate::{
+    auth::{
+        Verifier,
+        reads::{self, Reads},
+    },
     http::{self, KeyCheck, KeyRing, Origins},
     metrics::{Metrics, StatusLabel},
     ops::{self, OpsState},
@@ -33,6 +37,8 @@ pub(crate) struct Edge {
     pub ops: OpsState,
     pub keys: Option<Arc<KeyRing>>,
     pub origins: Origins,
+    /// The key tokens are checked with, when configured.
+    pub tokens: Option<Arc<Verifier>>,
 }
 
 pub(crate) fn router(edge: Edge) -> Router {
@@ -42,6 +48,7 @@ pub(crate) fn router(edge: Edge) -> Router {
         ops,
         keys,
         origins,
+        tokens,
     } = edge;
     let max_body = api.max_body;
     // The origin check runs first (the outer layer): a foreign browser is
@@ -65,8 +72,22 @@ pub(crate) fn router(edge: Edge) -> Router {
         guard(api::publish_routes(api.clone()).merge(families::routes(api.clone()))).layer(
             middleware::from_fn_with_state(ops.metrics.clone(), count_rejections),
         );
+    // Reading a session's history is watching it: a token covering the
+    // session lets a client in, outside the key check (see `auth::reads`).
+    let history = guard(api::read_routes(api));
+    let history = match tokens {
+        Some(verifier) => history.route_layer(middleware::from_fn_with_state(
+            Reads {
+                verifier,
+                metrics: ops.metrics.clone(),
+                api_key: keys.is_some(),
+            },
+            reads::check,
+        )),
+        None => history,
+    };
     let v1 = publish
-        .merge(guard(api::read_routes(api)))
+        .merge(history)
         .merge(guard(ops::api_routes(ops.clone())))
         .method_not_allowed_fallback(http::method_not_allowed);
     Router::new()

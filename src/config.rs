@@ -37,6 +37,25 @@ pub struct Config {
     #[arg(long, env = "CORS_ORIGINS", default_value = "*", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
+    /// Shared secret of HS256 tokens. When set (or JWT_PUBLIC_KEY_FILE is),
+    /// every Socket.IO connection must present a token, and its `sessions`
+    /// claim says which sessions it may watch.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file of the public key tokens are signed with: RSA (RS256), EC
+    /// P-256 (ES256) or Ed25519 (EdDSA), told apart by the key.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// When set, a token's `aud` must be this.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// When set, a token's `iss` must be this.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
     /// Engine.IO ping interval, in milliseconds.
     #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 25_000)]
     pub ping_interval_ms: u64,

@@ -9,6 +9,7 @@
 //! Modules, in the direction data flows (docs/architecture.md has the whole
 //! picture):
 //! - `config`: settings from flags and environment;
+//! - `auth`: tokens (JWT): the key, what a token grants, expiry;
 //! - `protocol`: the wire contract as types, no I/O;
 //! - `publish`: the [`Emitter`] and the HTTP publish API: validate -> sequence;
 //! - `cluster`: the sequencer (seq and state of every session, in memory or
@@ -24,6 +25,7 @@
 //!   may be held together.
 
 mod app;
+mod auth;
 mod cluster;
 pub mod config;
 mod http;
@@ -85,6 +87,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum SetupError {
     #[error("invalid REDIS_URL: {0}")]
     RedisUrl(#[from] redis::RedisError),
+    #[error(transparent)]
+    Tokens(#[from] auth::KeyError),
     #[error(transparent)]
     TrustedProxies(#[from] limits::admission::InvalidProxy),
     #[error(transparent)]
@@ -170,6 +174,16 @@ impl Herald {
         let redis = config.redis();
         let metrics = Arc::new(Metrics::new(redis.is_none()));
         let origins = Origins::from_config(&config.cors_origins);
+        let tokens = auth::Verifier::from_config(config)?.map(Arc::new);
+        match &tokens {
+            Some(verifier) => info!(
+                algorithm = ?verifier.algorithm(),
+                "tokens required: every socket must present a JWT, and may watch only the sessions it grants"
+            ),
+            None => warn!(
+                "no JWT_SECRET or JWT_PUBLIC_KEY_FILE: sockets are anonymous and may watch any session"
+            ),
+        }
         let max_connections = match config.max_connections {
             0 => limits::nofile::default_max_connections(limits::nofile::raise()),
             set => set,
@@ -193,6 +207,7 @@ impl Herald {
             buffer_bytes: config.socket_buffer_bytes,
             connect_timeout: config.header_read_timeout(),
             origins: origins.clone(),
+            tokens: tokens.clone(),
             requests: Arc::new(RequestLimits::new(
                 config.client_requests_per_sec,
                 config.max_subscriptions_per_socket,
@@ -273,6 +288,7 @@ impl Herald {
             },
             keys,
             origins,
+            tokens,
         })
         // A client that sends a body a byte at a time holds a descriptor and
         // a task; past this it is refused (the body reader answers 400) and its connection closed.
@@ -474,13 +490,15 @@ where
         streams.runs.clone(),
         streams.workflows.clone(),
     ));
+    let mut tasks = vec![run];
+    tasks.extend(realtime.expire_tokens());
     Wired {
         socket_routes,
         #[cfg(feature = "patched-engine")]
         linger: realtime.write_linger(),
         sockets: realtime,
         sequencer,
-        tasks: vec![run],
+        tasks,
     }
 }
 

@@ -23,6 +23,11 @@ pub(crate) struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct LimitLabel {
     pub limit: &'static str,
 }
@@ -63,6 +68,9 @@ pub(crate) struct Metrics {
     pub cluster_events_dropped: Counter,
     pub publish_rejections: Family<StatusLabel, Counter>,
     pub client_errors: Counter,
+    /// Tokens refused (connect, subscribe, history reads) and sockets ended
+    /// because their token expired, by reason.
+    pub auth_refusals: Family<ReasonLabel, Counter>,
     /// Clients refused by a limit, by limit (see `limits`).
     pub limit_refusals: Family<LimitLabel, Counter>,
     /// Sessions forgotten to keep within MAX_SESSIONS (memory only).
@@ -102,6 +110,7 @@ impl Metrics {
             cluster_events_dropped: Counter::default(),
             publish_rejections: Family::default(),
             client_errors: Counter::default(),
+            auth_refusals: Family::default(),
             limit_refusals: Family::default(),
             sessions_evicted: Counter::default(),
             saturated: Gauge::default(),
@@ -119,6 +128,13 @@ impl Metrics {
         let result = lost.map_or("recovered", crate::protocol::Lost::reason);
         self.resumes.get_or_create(&ResultLabel { result }).inc();
         self.replayed.inc_by(replayed as u64);
+    }
+
+    /// Counts one token refused, or one socket ended by its token's expiry.
+    pub(crate) fn auth_refused(&self, reason: &'static str) {
+        self.auth_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts one client refused by `limit`.
@@ -247,6 +263,11 @@ impl Metrics {
             "client_errors",
             "Invalid subscribe/unsubscribe requests from clients",
             self.client_errors.clone(),
+        );
+        r.register(
+            "auth_refusals",
+            "Tokens refused (connect, subscribe, history reads; by reason, forbidden: a session the token does not grant) and sockets closed because their token expired (reason token_expired)",
+            self.auth_refusals.clone(),
         );
     }
 }

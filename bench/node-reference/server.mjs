@@ -14,6 +14,7 @@ import { parseArgs } from 'node:util';
 import { Server } from 'socket.io';
 import { createAdapter } from '@socket.io/redis-adapter';
 import { createClient } from 'redis';
+import jwt from 'jsonwebtoken';
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -26,6 +27,7 @@ const OPTIONS = {
   'redis-prefix': { type: 'string', env: 'REDIS_PREFIX', default: 'node-ref' },
   'api-key': { type: 'string', env: 'API_KEY' },
   'cors-origins': { type: 'string', env: 'CORS_ORIGINS', default: '*' },
+  'jwt-secret': { type: 'string', env: 'JWT_SECRET' },
   'ping-interval-ms': { type: 'string', env: 'PING_INTERVAL_MS', default: '25000' },
   'ping-timeout-ms': { type: 'string', env: 'PING_TIMEOUT_MS', default: '20000' },
   'max-payload-bytes': { type: 'string', env: 'MAX_PAYLOAD_BYTES', default: '1048576' },
@@ -85,6 +87,7 @@ function readConfig() {
     redisPrefix: get('redis-prefix'),
     apiKey: get('api-key') || null,
     corsOrigin: origins.trim() === '*' ? '*' : origins.split(',').map((s) => s.trim()).filter(Boolean),
+    jwtSecret: get('jwt-secret') || null,
     pingInterval: int('ping-interval-ms'),
     pingTimeout: int('ping-timeout-ms'),
     maxPayload: int('max-payload-bytes'),
@@ -315,6 +318,23 @@ const io = new Server(httpServer, {
   // middlewares skipped for a recovered socket).
   ...(config.recovery ? { connectionStateRecovery: {} } : {}),
 });
+
+// Tokens, the usual way: a jsonwebtoken middleware checks the handshake's
+// auth.token, and a subscribe must be covered by its `sessions` claim.
+if (config.jwtSecret) {
+  io.use((socket, next) => {
+    try {
+      socket.data.grant = jwt.verify(socket.handshake.auth?.token ?? '', config.jwtSecret, { algorithms: ['HS256'] });
+      next();
+    } catch (e) {
+      next(new Error(`unauthorized: ${e.message}`));
+    }
+  });
+}
+
+const granted = (socket, sessionId) =>
+  !config.jwtSecret ||
+  (socket.data.grant?.sessions ?? []).some((p) => (p.endsWith('*') ? sessionId.startsWith(p.slice(0, -1)) : p === sessionId));
 
 // ---------------------------------------------------------------------------
 // Where seq and session state live: a Map, or Redis with the Redis adapter.
@@ -574,6 +594,12 @@ function onRoomRequest(socket, kind, args) {
     log.info(`socket ${socket.id}: refused ${kind}: ${problem}`);
     socket.emit('error', { error: problem, code: 'INVALID_SESSION_ID', timestamp: new Date().toISOString() });
     if (ack) ack({ ok: false, error: problem });
+    return;
+  }
+  if (kind === 'subscribe' && !granted(socket, sessionId)) {
+    const error = `forbidden: the token does not grant session ${sessionId}`;
+    socket.emit('error', { error, code: 'FORBIDDEN', sessionId, timestamp: new Date().toISOString() });
+    if (ack) ack({ ok: false, error, code: 'FORBIDDEN' });
     return;
   }
   if (kind === 'subscribe') socket.join(roomOf(sessionId));

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{Epoch, InvalidSessionId, JsonKind, Lost, SessionId, Timestamp};
 
 /// A `subscribe` or `unsubscribe` payload: a session id string, or
-/// `{ "sessionId": s, "since": seq?, "epoch": e? }`.
+/// `{ "sessionId": s, "since": seq?, "epoch": e?, "token": jwt? }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRequest {
     pub session_id: SessionId,
@@ -17,6 +17,9 @@ pub struct SessionRequest {
     /// The epoch the client last saw, so that a sequence that started over
     /// is not mistaken for the one it knew.
     pub epoch: Option<String>,
+    /// A token for this one subscription, when the connection's own does
+    /// not grant the session (docs/protocol.md, authentication).
+    pub token: Option<String>,
 }
 
 /// Why a `subscribe` or `unsubscribe` payload was refused, worded for the
@@ -33,6 +36,8 @@ pub enum InvalidRequest {
     BadSince,
     #[error("epoch must be a string, got {0}")]
     BadEpoch(JsonKind),
+    #[error("token must be a string, got {0}")]
+    BadToken(JsonKind),
     #[error("expected a sessionId string or {{ sessionId }}, got {0}")]
     NotARequest(JsonKind),
     #[error(transparent)]
@@ -64,11 +69,17 @@ impl SessionRequest {
                     Some(Value::String(e)) => Some(e.clone()),
                     Some(other) => return Err(InvalidRequest::BadEpoch(JsonKind::of_value(other))),
                 };
+                let token = match fields.get("token") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(t)) => Some(t.clone()),
+                    Some(other) => return Err(InvalidRequest::BadToken(JsonKind::of_value(other))),
+                };
                 return match fields.get("sessionId") {
                     Some(Value::String(id)) => Ok(Self {
                         session_id: SessionId::parse(id)?,
                         since,
                         epoch,
+                        token,
                     }),
                     None | Some(Value::Null) => Err(InvalidRequest::NoSessionIdField),
                     Some(other) => Err(InvalidRequest::SessionIdNotAString(JsonKind::of_value(
@@ -82,6 +93,7 @@ impl SessionRequest {
             session_id: SessionId::parse(id)?,
             since: None,
             epoch: None,
+            token: None,
         })
     }
 }
@@ -176,6 +188,19 @@ impl<'a> RequestError<'a> {
             timestamp: Timestamp::now(),
         }
     }
+
+    /// A subscribe to a session the socket's tokens do not grant: it joined
+    /// nothing and was sent nothing of the session.
+    pub const FORBIDDEN: &'static str = "FORBIDDEN";
+
+    pub fn forbidden(session_id: &'a SessionId, why: String) -> Self {
+        Self {
+            error: why,
+            code: Self::FORBIDDEN,
+            session_id: Some(session_id),
+            timestamp: Timestamp::now(),
+        }
+    }
 }
 
 /// The acknowledgement of `subscribe`/`unsubscribe` when the client asked for one.
@@ -207,6 +232,8 @@ mod tests {
         assert_eq!((r.session_id.as_str(), r.since), ("abc", None));
         let r = SessionRequest::parse(Some(&json!({"sessionId": "abc", "since": 4}))).unwrap();
         assert_eq!((r.session_id.as_str(), r.since), ("abc", Some(4)));
+        let r = SessionRequest::parse(Some(&json!({"sessionId": "abc", "token": "t"}))).unwrap();
+        assert_eq!(r.token.as_deref(), Some("t"));
     }
 
     #[test]
@@ -233,6 +260,10 @@ mod tests {
             (Some(json!({"sessionId": "ok", "since": -1})), BadSince),
             (Some(json!(["abc"])), NotARequest(JsonKind::Array)),
             (Some(json!(true)), NotARequest(JsonKind::Boolean)),
+            (
+                Some(json!({"sessionId": "ok", "token": 1})),
+                BadToken(JsonKind::Number),
+            ),
         ] {
             assert_eq!(SessionRequest::parse(bad.as_ref()), Err(why), "{bad:?}");
         }

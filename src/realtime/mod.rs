@@ -7,6 +7,7 @@ mod endpoint;
 mod requests;
 mod runs;
 mod subscriptions;
+mod tokens;
 
 use std::{
     collections::VecDeque,
@@ -28,8 +29,10 @@ use tracing::{debug, warn};
 use self::{
     requests::{Queued, on_connect, prepare},
     subscriptions::Subscriptions,
+    tokens::{Tokens, authenticate},
 };
 use crate::{
+    auth::Verifier,
     cluster::{FanOut, Sequenced, Sequencer},
     http::Origins,
     limits::{RequestLimits, Throttle},
@@ -57,6 +60,8 @@ struct Local<A: Adapter> {
     /// Per socket and session, the requests waiting for one in progress;
     /// an entry exists while one is in progress.
     queued: Arc<DashMap<(Sid, SessionId), VecDeque<Queued>>>,
+    /// The sockets' tokens, when a key is configured.
+    tokens: Option<Arc<Tokens>>,
     /// What each socket may ask (see `limits`).
     limits: Arc<RequestLimits>,
     /// Holds back log lines about refused subscribes, which could flood.
@@ -73,6 +78,7 @@ impl<A: Adapter> Clone for Local<A> {
             arriving: self.arriving.clone(),
             sequencer: self.sequencer.clone(),
             queued: self.queued.clone(),
+            tokens: self.tokens.clone(),
             limits: self.limits.clone(),
             limit_log: self.limit_log.clone(),
             runs: self.runs.clone(),
@@ -104,6 +110,8 @@ pub(crate) struct Settings {
     #[cfg_attr(not(feature = "patched-engine"), allow(dead_code))]
     pub buffer_bytes: usize,
     pub origins: Origins,
+    /// The key connection tokens are checked with; none: anonymous sockets.
+    pub tokens: Option<Arc<Verifier>>,
     pub requests: Arc<RequestLimits>,
 }
 
@@ -135,6 +143,7 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
         arriving: Arc::default(),
         sequencer: Arc::default(),
         queued: Arc::default(),
+        tokens: settings.tokens.clone().map(|v| Arc::new(Tokens::new(v))),
         limits: settings.requests.clone(),
         limit_log: Arc::new(Throttle::new(LIMIT_LOG_EVERY)),
         runs: Arc::default(),
@@ -167,7 +176,12 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
         .set(settings.buffer_bytes);
     // A remote adapter finishes setting the namespace up in the background;
     // until then clients are told the namespace is unknown, and retry.
-    io.ns("/", on_connect::<A>.with(prepare::<A>)).spawn();
+    // The token check first: a refused socket gets no handlers.
+    io.ns(
+        "/",
+        on_connect::<A>.with(prepare::<A>).with(authenticate::<A>),
+    )
+    .spawn();
     let routes = endpoint::routes(service, &settings.origins);
     (routes, Arc::new(Realtime { io, local }))
 }
@@ -178,6 +192,31 @@ impl<A: Adapter> Realtime<A> {
     #[cfg(feature = "patched-engine")]
     pub(crate) fn write_linger(&self) -> engineioxide::coalesce::Linger {
         self.io.config().engine_config.write_linger.clone()
+    }
+
+    /// Closes the transport of each socket as its token expires, for as long
+    /// as it is polled; `None` without tokens. Closing the transport (not a
+    /// Socket.IO disconnect) lets the client reconnect with a fresh token;
+    /// that needs the patched engine, and without it the socket is
+    /// disconnected, which stock clients do not reconnect from.
+    pub(crate) fn expire_tokens(self: &Arc<Self>) -> Option<BoxFuture<'static, ()>> {
+        let tokens = self.local.tokens.clone()?;
+        let metrics = self.local.metrics.clone();
+        #[cfg(feature = "patched-engine")]
+        let close = {
+            let sessions = self.io.config().engine_config.sessions.clone();
+            move |id| sessions.close(id, engineioxide::DisconnectReason::ClosingServer)
+        };
+        #[cfg(not(feature = "patched-engine"))]
+        let close = {
+            let io = self.io.clone();
+            move |id| {
+                if let Some(socket) = io.get_socket(id) {
+                    let _ = socket.disconnect();
+                }
+            }
+        };
+        Some(async move { tokens.expire(&metrics, close).await }.boxed())
     }
 
     /// Gives subscriptions the sequencer that reports to this side.

@@ -95,7 +95,9 @@ pub(super) async fn prepare<A: Adapter>(s: SocketRef<A>) -> Result<(), Infallibl
 pub(super) async fn on_connect<A: Adapter>(s: SocketRef<A>, State(rt): State<Local<A>>) {
     rt.metrics.connections.inc();
     let transport = format!("{:?}", s.transport_type());
-    info!(socket = %s.id, %transport, "socket connected");
+    let grant = rt.tokens.as_ref().and_then(|t| t.grant(s.id));
+    let sub = grant.as_deref().and_then(|g| g.sub());
+    info!(socket = %s.id, %transport, sub, "socket connected");
     let hello = Connected {
         socket_id: s.id.as_str(),
         timestamp: Timestamp::now(),
@@ -111,6 +113,9 @@ async fn on_disconnect<A: Adapter>(
     State(rt): State<Local<A>>,
 ) {
     rt.metrics.connections.dec();
+    if let Some(tokens) = &rt.tokens {
+        tokens.forget(s.id);
+    }
     rt.limits.forget(s.id);
     rt.runs.forget_socket(s.id);
     let sessions = rt.subscriptions.remove_socket(s.id);
@@ -154,6 +159,9 @@ impl Request for Subscribe {
         request: SessionRequest,
         ack: AckSender<A>,
     ) {
+        if let Some(why) = rt.tokens.as_ref().and_then(|t| t.forbids(s.id, &request)) {
+            return forbid(s, rt, &request.session_id, why, ack);
+        }
         let id = &request.session_id;
         if !rt.subscriptions.holds(s.id, id)
             && !rt.limits.may_subscribe(rt.subscriptions.held(s.id))
@@ -449,6 +457,21 @@ fn unsubscribe<A: Adapter>(s: &Socket<A>, rt: &Local<A>, id: &SessionId, ack: Ac
         session_id: Some(id),
         ..Ack::default()
     });
+}
+
+/// Answers a subscribe the socket's tokens do not allow: nothing of the
+/// session is joined or sent.
+fn forbid<A: Adapter>(
+    s: &Socket<A>,
+    rt: &Local<A>,
+    id: &SessionId,
+    why: String,
+    ack: AckSender<A>,
+) {
+    rt.metrics.auth_refused("forbidden");
+    let grant = rt.tokens.as_ref().and_then(|t| t.grant(s.id));
+    info!(session = %id, sub = grant.as_deref().and_then(|g| g.sub()), "subscribe forbidden");
+    answer_refusal(s, &RequestError::forbidden(id, why), ack);
 }
 
 fn refuse<A: Adapter>(s: &Socket<A>, rt: &Local<A>, refusal: InvalidRequest, ack: AckSender<A>) {

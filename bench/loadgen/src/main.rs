@@ -104,6 +104,9 @@ pub struct SubscribeArgs {
     /// A server process whose CPU and RSS the recovery phase lines report
     #[arg(long)]
     server_pid: Option<u32>,
+    /// A token (JWT) every socket presents in its CONNECT packet's auth
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Args)]

@@ -64,6 +64,8 @@ struct Config {
     /// A recovery run (`--drop-after`).
     cut: bool,
     resume: Resume,
+    /// The token every socket presents (`--token`).
+    token: Option<String>,
     /// Handshakes in progress at once, for the reconnects too.
     connect_sem: Arc<Semaphore>,
 }
@@ -424,7 +426,10 @@ async fn handshake(
             }
             format!("40{}", serde_json::Value::Object(auth))
         }
-        _ => "40".to_string(),
+        _ => match &cfg.token {
+            Some(token) => format!("40{}", serde_json::json!({ "token": token })),
+            None => "40".to_string(),
+        },
     };
     ws.send(Message::text(connect))
         .await
@@ -736,6 +741,7 @@ pub async fn run(args: SubscribeArgs, threads: usize) -> Result<(), String> {
         sessions,
         cut: args.drop_after.is_some(),
         resume: args.resume,
+        token: args.token.clone(),
         connect_sem: Arc::new(Semaphore::new(args.connect_concurrency.max(1))),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Live);

@@ -33,15 +33,15 @@
 use std::{
     borrow::Cow,
     sync::{
-        Arc,
+        Arc, OnceLock, Weak,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
-use engineioxide_core::TransportType;
+use engineioxide_core::{Sid, TransportType};
 
-use crate::coalesce::Linger;
+use crate::{coalesce::Linger, socket::DisconnectReason};
 
 /// Configuration for the engine.io engine & transports
 #[derive(Debug, Clone)]
@@ -120,6 +120,50 @@ pub struct EngineIoConfig {
     /// [`slow_consumers`](Self::slow_consumers)). A handle, set after the
     /// config is built, for sockets created after; unbounded by default.
     pub max_buffer_bytes: MaxBufferBytes,
+
+    /// Closes one session of the engine built with this config, by its id,
+    /// from outside the engine: for an application whose socket layer keeps
+    /// the engine's sockets to itself (socketioxide does) and must still end
+    /// one connection the way a lost transport ends it (an expired
+    /// credential, an operator's kick), so that its client reconnects. A
+    /// handle, bound when the engine is built; clones share it.
+    pub sessions: Sessions,
+}
+
+/// See [`EngineIoConfig::sessions`]. Cheap to clone; clones share the
+/// engine it is bound to.
+#[derive(Clone, Default)]
+pub struct Sessions(Arc<OnceLock<Weak<dyn CloseSession>>>);
+
+/// An engine, as [`Sessions`] sees it: whatever its handler type.
+pub(crate) trait CloseSession: Send + Sync {
+    fn close(&self, sid: Sid, reason: DisconnectReason);
+}
+
+impl Sessions {
+    /// Binds the handle to `engine`; a handle stays with the first engine
+    /// built from its config.
+    pub(crate) fn bind(&self, engine: Weak<dyn CloseSession>) {
+        let _ = self.0.set(engine);
+    }
+
+    /// Closes session `sid`, as [`crate::Socket::close`] would: the
+    /// transport is closed (no Engine.IO close packet) and the handler's
+    /// `on_disconnect` hears `reason`. Nothing happens when the session is
+    /// gone, or no engine was built from this config or it was dropped.
+    pub fn close(&self, sid: Sid, reason: DisconnectReason) {
+        if let Some(engine) = self.0.get().and_then(Weak::upgrade) {
+            engine.close(sid, reason);
+        }
+    }
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("bound", &self.0.get().is_some())
+            .finish()
+    }
 }
 
 /// See [`EngineIoConfig::max_buffer_bytes`]. Cheap to clone; clones share
@@ -179,6 +223,7 @@ impl Default for EngineIoConfig {
             write_linger: Linger::default(),
             slow_consumers: SlowConsumers::default(),
             max_buffer_bytes: MaxBufferBytes::default(),
+            sessions: Sessions::default(),
         }
     }
 }

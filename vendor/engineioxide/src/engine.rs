@@ -7,7 +7,7 @@ use engineioxide_core::{ProtocolVersion, Sid, TransportType};
 use http::request::Parts;
 
 use crate::{
-    config::EngineIoConfig,
+    config::{CloseSession, EngineIoConfig},
     handler::EngineIoHandler,
     socket::{DisconnectReason, Socket},
 };
@@ -117,6 +117,12 @@ impl<H: EngineIoHandler> EngineIo<H> {
     }
 }
 
+impl<H: EngineIoHandler> CloseSession for EngineIo<H> {
+    fn close(&self, sid: Sid, reason: DisconnectReason) {
+        self.close_session(sid, reason);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -181,6 +187,26 @@ mod tests {
         assert_eq!(engine.sockets.read().unwrap().len(), 1);
         engine.close_session(socket.id, DisconnectReason::TransportClose);
         assert_eq!(engine.sockets.read().unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn close_a_session_through_the_config_handle() {
+        let svc = crate::service::EngineIoService::with_config(
+            Arc::new(MockHandler),
+            EngineIoConfig::default(),
+        );
+        let engine = svc.engine.clone();
+        let handle = engine.config.sessions.clone();
+        let socket = engine.create_session(
+            ProtocolVersion::V4,
+            TransportType::Polling,
+            Request::<()>::default().into_parts().0,
+            true,
+        );
+        handle.close(Sid::new(), DisconnectReason::ClosingServer);
+        assert!(engine.get_socket(socket.id).is_some(), "another id closes nothing");
+        handle.close(socket.id, DisconnectReason::ClosingServer);
+        assert!(engine.get_socket(socket.id).is_none());
     }
 
     #[tokio::test]

@@ -59,7 +59,7 @@ use self::{futures::ResponseFuture, parser::dispatch_req};
 /// By default, it uses a [`NotFoundService`] as the inner service so it can be used as a standalone [`Service`](TowerSvc).
 pub struct EngineIoService<H: EngineIoHandler, S = NotFoundService> {
     inner: S,
-    engine: Arc<EngineIo<H>>,
+    pub(crate) engine: Arc<EngineIo<H>>,
 }
 
 impl<H: EngineIoHandler> EngineIoService<H, NotFoundService> {
@@ -82,10 +82,10 @@ impl<S: Clone, H: EngineIoHandler> EngineIoService<H, S> {
 
     /// Create a new [`EngineIoService`] with a custom inner service and a custom config.
     pub fn with_config_inner(inner: S, handler: Arc<H>, config: EngineIoConfig) -> Self {
-        EngineIoService {
-            inner,
-            engine: Arc::new(EngineIo::new(handler, config)),
-        }
+        let engine = Arc::new(EngineIo::new(handler, config));
+        let bound: std::sync::Weak<EngineIo<H>> = Arc::downgrade(&engine);
+        engine.config.sessions.bind(bound);
+        EngineIoService { inner, engine }
     }
 
     /// Convert this [`EngineIoService`] into a [`MakeEngineIoService`].
