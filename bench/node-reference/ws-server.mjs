@@ -229,25 +229,16 @@ function publish(runId, body) {
   if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) {
     return [422, { error: 'payload must be an object', field: 'payload' }];
   }
+  const audiences = {
+    run: (e) => manager.broadcastToRun(runId, e),
+    project: (e) => manager.broadcastToProject(payload.projectId, e),
+    user: (e) => manager.broadcastToUser(payload.userId, e),
+    all: (e) => manager.broadcastToAll(e),
+  };
+  if (!Object.hasOwn(audiences, to)) return [422, { error: `unknown audience ${JSON.stringify(to)}`, field: 'to' }];
   const seq = (seqs.get(runId) ?? 0) + 1;
   seqs.set(runId, seq);
-  const event = { type, timestamp: new Date().toISOString(), payload: { ...payload, runId }, seq };
-  switch (to) {
-    case 'run':
-      manager.broadcastToRun(runId, event);
-      break;
-    case 'project':
-      manager.broadcastToProject(payload.projectId, event);
-      break;
-    case 'user':
-      manager.broadcastToUser(payload.userId, event);
-      break;
-    case 'all':
-      manager.broadcastToAll(event);
-      break;
-    default:
-      return [422, { error: `unknown audience ${JSON.stringify(to)}`, field: 'to' }];
-  }
+  audiences[to]({ type, timestamp: new Date().toISOString(), payload: { ...payload, runId }, seq });
   return [202, { runId, type, seq }];
 }
 
