@@ -1,0 +1,130 @@
+// MeatyMusic's workflow stream (PROTOCOL.md section 7) with the `ws`
+// package, as seed 003's useWorkflowWebSocket reads it: each WorkflowEvent
+// one JSON text frame, nothing added, in publish order per run, on
+// /ws/workflows/{runId} (one run) and /ws/workflows (every run). Then the
+// families together: one run event published once reaches a /ws client
+// and a socket.io-client subscribed with { runId }.
+
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startHerald, connect, closeAll, emitAck, waitFor, isRecentIsoTimestamp } from './lib/herald.mjs';
+import {
+  WsClient,
+  connectWs,
+  closeAllWs,
+  nothingMore,
+  workflowRun,
+  publishWorkflow,
+  publishWorkflowOk,
+  runPayload,
+  publishRunOk,
+} from './lib/ws.mjs';
+
+let counter = 0;
+const newRunId = (label) => `wf-${label}-${process.pid}-${++counter}`;
+
+/** Wait until `client` holds `n` frames. */
+const frames = (client, n, what) => client.next(() => true, { from: n - 1, what: `${n} frames (${what})` });
+
+describe('workflow stream', () => {
+  let herald;
+  before(async () => {
+    herald = await startHerald();
+  });
+  after(async () => {
+    closeAllWs();
+    await herald?.kill();
+  });
+
+  test('/ws/workflows/{runId}: every WorkflowEvent of that run, exactly as published, in order; no other run', async () => {
+    const runId = newRunId('one');
+    const other = newRunId('other');
+    const c = await WsClient.connect(herald.url, `/ws/workflows/${runId}`);
+    const events = workflowRun(runId);
+    for (const e of events) {
+      await publishWorkflowOk(herald, runId, e);
+      await publishWorkflowOk(herald, other, { ...e, run_id: other });
+    }
+    await frames(c, events.length, 'the run');
+    await nothingMore(c, events.length);
+    assert.deepEqual(c.frames, events, 'each frame is the WorkflowEvent published, nothing added');
+    assert.ok(c.rawFrames.every((raw) => !raw.includes(other)), 'nothing of the other run');
+  });
+
+  test('/ws/workflows: every run, each run in its publish order', async () => {
+    const a = newRunId('all-a');
+    const b = newRunId('all-b');
+    const c = await WsClient.connect(herald.url, '/ws/workflows');
+    const ea = workflowRun(a, ['PLAN', 'STYLE']);
+    const eb = workflowRun(b, ['PLAN', 'LYRICS', 'RENDER']);
+    await Promise.all([
+      (async () => { for (const e of ea) await publishWorkflowOk(herald, a, e); })(),
+      (async () => { for (const e of eb) await publishWorkflowOk(herald, b, e); })(),
+    ]);
+    await c.next(() => c.frames.filter((f) => f.run_id === a || f.run_id === b).length === ea.length + eb.length, {
+      what: 'both runs',
+    });
+    assert.deepEqual(c.frames.filter((f) => f.run_id === a), ea);
+    assert.deepEqual(c.frames.filter((f) => f.run_id === b), eb);
+  });
+
+  test('ts is filled when absent; optional fields may be left out', async () => {
+    const runId = newRunId('ts');
+    const c = await WsClient.connect(herald.url, `/ws/workflows/${runId}`);
+    const bare = { run_id: runId, phase: 'start', request_id: 'req-bare' };
+    await publishWorkflowOk(herald, runId, bare);
+    const { ts, ...rest } = await frames(c, 1, 'the event');
+    assert.ok(isRecentIsoTimestamp(ts), `ts filled: ${ts}`);
+    assert.deepEqual(rest, bare);
+  });
+
+  const refusals = [
+    ['run_id differing from the path', (runId) => ({ ts: new Date().toISOString(), run_id: `${runId}-x`, phase: 'start', request_id: 'r' })],
+    ['an unknown phase', (runId) => ({ run_id: runId, phase: 'paused', request_id: 'r' })],
+    ['no phase', (runId) => ({ run_id: runId, request_id: 'r' })],
+    ['a field outside WorkflowEvent', (runId) => ({ run_id: runId, phase: 'start', request_id: 'r', patientName: 'John Doe' })],
+  ];
+  for (const [what, make] of refusals) {
+    test(`refused: ${what} (422), nothing streamed`, async () => {
+      const runId = newRunId('refused');
+      const c = await WsClient.connect(herald.url, `/ws/workflows/${runId}`);
+      const res = await publishWorkflow(herald, runId, make(runId));
+      assert.equal(res.status, 422, `${res.status} ${res.text}`);
+      assert.equal(typeof res.body?.error, 'string');
+      await nothingMore(c, 0);
+    });
+  }
+});
+
+describe('one publish, every family that watches the run', () => {
+  let herald;
+  before(async () => {
+    herald = await startHerald();
+  });
+  after(async () => {
+    closeAll();
+    closeAllWs();
+    await herald?.kill();
+  });
+
+  test('a run event reaches a /ws client and a socket.io-client subscribed with { runId }, same seq', async () => {
+    const runId = newRunId('families');
+    const plain = await connectWs(herald.url, { auth: { runId } });
+    const sio = await connect(herald.url, { transports: ['websocket'] });
+    const ack = await emitAck(sio, 'subscribe', { runId });
+    assert.equal(ack.ok, true, `subscribe { runId } ack: ${JSON.stringify(ack)}`);
+
+    const payload = runPayload('stage.progress', runId);
+    const arriving = waitFor(sio, 'stage.progress', (d) => d?.runId === runId);
+    const { seq } = await publishRunOk(herald, runId, 'stage.progress', payload);
+    const overSio = await arriving;
+    const overWs = await plain.next((f) => f.type === 'stage.progress', { what: 'stage.progress on /ws' });
+
+    assert.equal(overWs.seq, seq);
+    assert.deepEqual(overWs.payload, payload);
+    const { timestamp, seq: sioSeq, ...rest } = overSio;
+    assert.equal(sioSeq, seq, 'the same seq on both families');
+    assert.equal(timestamp, overWs.timestamp, 'the same timestamp on both');
+    assert.deepEqual(rest, { ...payload, runId }, 'Socket.IO: the payload plus runId, timestamp, seq');
+  });
+});
