@@ -3,11 +3,13 @@
 // one JSON text frame, nothing added, in publish order per run, on
 // /ws/workflows/{runId} (one run) and /ws/workflows (every run). Then the
 // families together: one run event published once reaches a /ws client
-// and a socket.io-client subscribed with { runId }.
+// and a socket.io-client subscribed with { runId }; and all of it across two
+// instances through Redis.
 
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startHerald, connect, closeAll, emitAck, waitFor, isRecentIsoTimestamp } from './lib/herald.mjs';
+import { startHerald, connect, closeAll, emitAck, waitFor, until, isRecentIsoTimestamp } from './lib/herald.mjs';
+import { startRedis } from './lib/redis.mjs';
 import {
   WsClient,
   connectWs,
@@ -126,5 +128,59 @@ describe('one publish, every family that watches the run', () => {
     assert.equal(sioSeq, seq, 'the same seq on both families');
     assert.equal(timestamp, overWs.timestamp, 'the same timestamp on both');
     assert.deepEqual(rest, { ...payload, runId }, 'Socket.IO: the payload plus runId, timestamp, seq');
+  });
+});
+
+describe('two instances and Redis: every family, in order, wherever it was published', () => {
+  let redis;
+  let a;
+  let b;
+  before(async () => {
+    redis = await startRedis();
+    const args = ['--redis-url', redis.url];
+    [a, b] = await Promise.all([startHerald({ args }), startHerald({ args })]);
+  });
+  after(async () => {
+    closeAll();
+    closeAllWs();
+    await Promise.all([a?.kill(), b?.kill()]);
+    await redis?.kill();
+  });
+
+  test('run events published on both instances reach /ws and Socket.IO clients on both, one seq, in order', async () => {
+    const runId = newRunId('cluster-run');
+    const plainA = await connectWs(a.url, { auth: { runId } });
+    const plainB = await connectWs(b.url, { auth: { runId } });
+    const sio = await connect(b.url, { transports: ['websocket'] });
+    assert.equal((await emitAck(sio, 'subscribe', { runId })).ok, true);
+    const sioSeqs = [];
+    sio.on('stage.progress', (d) => d?.runId === runId && sioSeqs.push(d.seq));
+
+    const total = 40;
+    for (let k = 1; k <= total; k++) {
+      const via = k % 2 ? a : b;
+      const { seq } = await publishRunOk(via, runId, 'stage.progress', runPayload('stage.progress', runId, undefined, { progress: k }));
+      assert.equal(seq, k, 'one seq per run across instances');
+    }
+    const all = Array.from({ length: total }, (_, i) => i + 1);
+    for (const [name, c] of [['/ws on A', plainA], ['/ws on B', plainB]]) {
+      await c.next((f) => f.seq === total, { what: `seq ${total} on ${name}`, timeoutMs: 10000 });
+      assert.deepEqual(c.events().map((e) => e.seq), all, `${name}: every event once, in order`);
+      assert.deepEqual(c.events().map((e) => e.payload.progress), all, `${name}: the payloads in publish order`);
+    }
+    await until(() => sioSeqs.length === total, { timeoutMs: 10000, what: `${total} events over Socket.IO` });
+    assert.deepEqual(sioSeqs, all, 'Socket.IO on B: every event once, in order');
+  });
+
+  test('workflow events published on A stream on B, per run in order, to the run and the every-run streams', async () => {
+    const runId = newRunId('cluster-wf');
+    const one = await WsClient.connect(b.url, `/ws/workflows/${runId}`);
+    const every = await WsClient.connect(a.url, '/ws/workflows');
+    const events = workflowRun(runId);
+    for (const [i, e] of events.entries()) await publishWorkflowOk(i % 2 ? a : b, runId, e);
+    await frames(one, events.length, 'the run on B');
+    await every.next(() => every.frames.filter((f) => f.run_id === runId).length === events.length, { what: 'the run on A' });
+    assert.deepEqual(one.frames, events);
+    assert.deepEqual(every.frames.filter((f) => f.run_id === runId), events);
   });
 });
