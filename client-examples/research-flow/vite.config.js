@@ -6,5 +6,6 @@ export default defineConfig({
   base: './',
   esbuild: { jsx: 'automatic' },
   preview: { host: '127.0.0.1', port: 4174 },
-  server: { host: '127.0.0.1', port: 5174 },
+  // The styles import the React example's (outside this app): the dev server may serve client-examples/.
+  server: { host: '127.0.0.1', port: 5174, fs: { allow: ['..'] } },
 });

@@ -6,5 +6,6 @@ export default defineConfig({
   base: './',
   esbuild: { jsx: 'automatic' },
   preview: { host: '127.0.0.1', port: 4175 },
-  server: { host: '127.0.0.1', port: 5175 },
+  // The styles import the React example's (outside this app): the dev server may serve client-examples/.
+  server: { host: '127.0.0.1', port: 5175, fs: { allow: ['..'] } },
 });

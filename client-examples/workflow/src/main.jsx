@@ -1,7 +1,8 @@
 import { StrictMode } from 'react';
 import { createRoot } from 'react-dom/client';
 import App from './App.jsx';
-import './styles.css';
+// The run monitor's look (client-examples/research-flow), shared.
+import '../../research-flow/src/styles.css';
 
 createRoot(document.getElementById('root')).render(
   <StrictMode>

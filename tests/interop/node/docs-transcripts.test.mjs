@@ -6,12 +6,12 @@
 // compared as JSON, where "..." matches any string; a frame that is not JSON
 // must match as text.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { startHerald, REPO_ROOT } from './lib/herald.mjs';
-import { WsClient, closeAllWs } from './lib/ws.mjs';
+import { REPO_ROOT } from './lib/herald.mjs';
+import { WsClient, heraldForSuite } from './lib/ws.mjs';
 
 const DOC = path.join(REPO_ROOT, 'docs/protocol.md');
 
@@ -43,14 +43,7 @@ function parseCurl(line) {
   return { path: url.slice('localhost:3000'.length), body };
 }
 
-let herald;
-before(async () => {
-  herald = await startHerald();
-});
-after(async () => {
-  closeAllWs();
-  await herald?.kill();
-});
+const herald = heraldForSuite();
 
 test('docs/protocol.md has a wscat session for /ws and one for /ws/workflows', () => {
   const opened = transcripts().map((lines) => lines[0].split(' ').pop());

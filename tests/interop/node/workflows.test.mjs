@@ -14,6 +14,7 @@ import {
   WsClient,
   connectWs,
   closeAllWs,
+  heraldForSuite,
   nothingMore,
   workflowRun,
   publishWorkflow,
@@ -29,14 +30,7 @@ const newRunId = (label) => `wf-${label}-${process.pid}-${++counter}`;
 const frames = (client, n, what) => client.next(() => true, { from: n - 1, what: `${n} frames (${what})` });
 
 describe('workflow stream', () => {
-  let herald;
-  before(async () => {
-    herald = await startHerald();
-  });
-  after(async () => {
-    closeAllWs();
-    await herald?.kill();
-  });
+  const herald = heraldForSuite();
 
   test('/ws/workflows/{runId}: every WorkflowEvent of that run, exactly as published, in order; no other run', async () => {
     const runId = newRunId('one');
@@ -99,15 +93,7 @@ describe('workflow stream', () => {
 });
 
 describe('one publish, every family that watches the run', () => {
-  let herald;
-  before(async () => {
-    herald = await startHerald();
-  });
-  after(async () => {
-    closeAll();
-    closeAllWs();
-    await herald?.kill();
-  });
+  const herald = heraldForSuite();
 
   test('a run event reaches a /ws client and a socket.io-client subscribed with { runId }, same seq', async () => {
     const runId = newRunId('families');

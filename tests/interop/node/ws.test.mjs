@@ -4,12 +4,12 @@
 // and keeps working), type and category filtering, and run / project /
 // user / all scoping of events published over HTTP.
 
-import { describe, test, before, after } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startHerald, isRecentIsoTimestamp } from './lib/herald.mjs';
+import { isRecentIsoTimestamp } from './lib/herald.mjs';
 import {
   connectWs,
-  closeAllWs,
+  heraldForSuite,
   nothingMore,
   CATEGORIES,
   RUN_TYPES,
@@ -28,14 +28,7 @@ async function stillServing(c) {
 }
 
 describe('/ws message protocol', () => {
-  let herald;
-  before(async () => {
-    herald = await startHerald();
-  });
-  after(async () => {
-    closeAllWs();
-    await herald?.kill();
-  });
+  const herald = heraldForSuite();
 
   test('on open: connection.established with a client id and a version', async () => {
     const a = await connectWs(herald.url);
@@ -160,14 +153,7 @@ describe('/ws message protocol', () => {
 });
 
 describe('/ws events: envelope, filtering, scoping', () => {
-  let herald;
-  before(async () => {
-    herald = await startHerald();
-  });
-  after(async () => {
-    closeAllWs();
-    await herald?.kill();
-  });
+  const herald = heraldForSuite();
 
   test('every event type arrives as { type, timestamp, payload, seq }, payload as published, seq 1..n', async () => {
     const runId = newRunId('envelope');
@@ -308,14 +294,7 @@ describe('/ws events: envelope, filtering, scoping', () => {
 });
 
 describe('POST /api/v1/runs/{runId}/events refusals', () => {
-  let herald;
-  before(async () => {
-    herald = await startHerald();
-  });
-  after(async () => {
-    closeAllWs();
-    await herald?.kill();
-  });
+  const herald = heraldForSuite();
 
   const cases = [
     ['an unknown event type', { type: 'run.exploded', payload: { runId: 'x' } }, /run\.exploded|type/],

@@ -6,7 +6,9 @@
 
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { before, after } from 'node:test';
 import { WebSocket } from 'ws';
+import { startHerald, closeAll } from './herald.mjs';
 
 const open = new Set();
 
@@ -134,6 +136,34 @@ export async function connectWs(baseUrl, { auth } = {}) {
 export function closeAllWs() {
   for (const c of open) c.ws.terminate();
   open.clear();
+}
+
+/**
+ * A herald for the enclosing `describe` (or file): started in `before`, and in
+ * `after` stopped with every WebSocket and Socket.IO client left open. The
+ * returned object stands for that herald once started (`herald.url`,
+ * `herald.request(...)`), so tests use it as they would the Herald itself.
+ */
+export function heraldForSuite(opts) {
+  let herald;
+  before(async () => {
+    herald = await startHerald(opts);
+  });
+  after(async () => {
+    closeAll();
+    closeAllWs();
+    await herald?.kill();
+  });
+  return new Proxy(
+    {},
+    {
+      get(_, key) {
+        if (!herald) throw new Error('herald is not started yet (use it inside a test)');
+        const value = herald[key];
+        return typeof value === 'function' ? value.bind(herald) : value;
+      },
+    },
+  );
 }
 
 /** Wait `ms` with nothing arriving for `client` that `pred` matches (from `from`). */
