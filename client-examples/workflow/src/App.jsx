@@ -43,7 +43,7 @@ function Timeline({ runId }) {
               <li key={name} data-testid="node" data-status={node.status}>
                 <strong className="node-name">{name}</strong>
                 <span className={`badge ${node.status}`}>{node.status}</span>
-                {node.durationMs !== undefined && <span className="muted node-duration"> {node.durationMs} ms</span>}
+                {node.durationMs != null && <span className="muted node-duration"> {node.durationMs} ms</span>}
                 {node.error && <div className="model-error">{node.error}</div>}
               </li>
             ))}

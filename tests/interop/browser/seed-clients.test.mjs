@@ -24,6 +24,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
 import { REPO_ROOT } from '../../fixtures/fixtures.mjs';
 import { startHerald, spawnTracked, freePort, HERALD_BIN, HOST } from '../node/lib/herald.mjs';
+import { fastApiFrame } from '../node/lib/ws.mjs';
 import { runSteps, STAGES, publishRunEvent } from '../../../client-examples/research-flow/publish-run.mjs';
 import { workflowSteps, publishWorkflowEvent, NODES } from '../../../client-examples/workflow/publish-workflow.mjs';
 
@@ -372,8 +373,8 @@ describe('client-examples/workflow (useWorkflowWebSocket over /ws/workflows)', (
       const done = await page.evaluate(readTimeline);
       assert.equal(done.status, 'COMPLETED');
       assert.deepEqual(done.nodes.map((n) => n.name), NODES, 'every node, in the order it ran');
-      const received = page.framesIn.filter((f) => f.run_id === runId);
-      assert.deepEqual(received, events, 'each frame is the WorkflowEvent published, in order');
+      const received = page.framesIn.filter((f) => f.run_id === runId).map((f) => JSON.stringify(f));
+      assert.deepEqual(received, events.map(fastApiFrame), 'each frame is the WorkflowEvent published, in order');
       await screenshot(page, 'workflow-completed');
       assert.deepEqual(page.problems, []);
     } finally {

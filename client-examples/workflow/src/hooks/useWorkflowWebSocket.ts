@@ -11,18 +11,20 @@
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { workflowStore } from '../stores/workflowStore';
 
+// As the backend sends it (pydantic's model, through FastAPI's send_json),
+// an optional field left out arrives as null.
 export interface WorkflowEvent {
   ts: string;
   run_id: string;
-  node_name?: string;
+  node_name?: string | null;
   phase: 'start' | 'end' | 'fail';
-  duration_ms?: number;
+  duration_ms?: number | null;
   data?: {
     scores?: Record<string, number>;
     error_message?: string;
     artifacts?: Record<string, unknown>;
     [key: string]: unknown;
-  };
+  } | null;
   request_id: string;
 }
 
@@ -61,7 +63,7 @@ function processEvent(event: WorkflowEvent) {
   if (event.node_name) {
     store.updateNodeStatus(event.run_id, event.node_name, {
       status,
-      durationMs: event.duration_ms,
+      durationMs: event.duration_ms ?? undefined,
       error: event.data?.error_message,
     });
   } else {

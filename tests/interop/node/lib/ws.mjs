@@ -235,6 +235,17 @@ export function workflowRun(runId, nodes = ['PLAN', 'STYLE', 'LYRICS', 'VALIDATE
   return events;
 }
 
+/**
+ * The frame a WorkflowEvent becomes, byte for byte what MeatyMusic's FastAPI
+ * backend sends (`send_json` of the pydantic model): every field in
+ * declaration order, an absent optional one as null, compact separators.
+ * `ts` must be set (herald fills it when absent; compare the rest then).
+ */
+export function fastApiFrame(event) {
+  const { ts, run_id, node_name = null, phase, duration_ms = null, data = null, request_id } = event;
+  return JSON.stringify({ ts, run_id, node_name, phase, duration_ms, data, request_id });
+}
+
 export function publishWorkflow(herald, runId, event) {
   return herald.request('POST', `/api/v1/workflows/${encodeURIComponent(runId)}/events`, { json: event });
 }
