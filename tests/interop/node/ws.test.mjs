@@ -320,3 +320,45 @@ describe('POST /api/v1/runs/{runId}/events refusals', () => {
     });
   }
 });
+
+describe('/ws heartbeat (WS_PING_INTERVAL_MS 200, WS_CLIENT_TIMEOUT_MS 700)', () => {
+  const herald = heraldForSuite({ args: ['--ws-ping-interval-ms', '200', '--ws-client-timeout-ms', '700'] });
+
+  test('herald pings; a client that answers stays, a silent one is closed, and only it', async () => {
+    const runId = newRunId('heartbeat');
+    const answering = await connectWs(herald.url, { auth: { runId } });
+    const silent = await connectWs(herald.url, { autoPong: false });
+    const started = Date.now();
+    const { code } = await Promise.race([
+      silent.closed,
+      new Promise((_, reject) => setTimeout(() => reject(new Error('the silent client is still open after 5 s')), 5000)),
+    ]);
+    const after = Date.now() - started;
+    assert.ok(after >= 500, `closed after ${after} ms, before the timeout`);
+    assert.ok(silent.pings >= 2, `herald pinged the silent client (${silent.pings} pings)`);
+    assert.ok(code !== undefined);
+
+    await new Promise((r) => setTimeout(r, 800));
+    assert.ok(answering.isOpen, 'the client answering pings is still connected');
+    assert.ok(answering.pings >= 5, `pinged every 200 ms (${answering.pings} pings)`);
+    await publishRunOk(herald, runId, 'run.started');
+    await answering.next((f) => f.type === 'run.started', { what: 'an event after the heartbeats' });
+  });
+});
+
+describe('/ws frame size (MAX_PAYLOAD_BYTES 4096)', () => {
+  const herald = heraldForSuite({ args: ['--max-payload-bytes', '4096'] });
+
+  test('a frame over the limit closes that connection (1009), and no other', async () => {
+    const runId = newRunId('oversize');
+    const bystander = await connectWs(herald.url, { auth: { runId } });
+    const big = await connectWs(herald.url);
+    big.send(JSON.stringify({ type: 'ping', payload: { pad: 'x'.repeat(8000) } }));
+    const { code } = await big.closed;
+    assert.equal(code, 1009, 'closed as "message too big"');
+    await publishRunOk(herald, runId, 'run.started');
+    await bystander.next((f) => f.type === 'run.started', { what: 'the event, on the other connection' });
+    const pong = await bystander.request({ type: 'ping', payload: { pad: 'x'.repeat(3000) } }, 'pong');
+    assert.deepEqual(pong.payload, {}, 'a frame under the limit is served');
+  });
+});

@@ -18,9 +18,10 @@ const open = new Set();
  * `closed` resolves with `{ code, reason }` when the connection ends.
  */
 export class WsClient {
-  static async connect(baseUrl, path, { timeoutMs = 5000 } = {}) {
+  static async connect(baseUrl, path, { timeoutMs = 5000, autoPong = true } = {}) {
     const url = `${baseUrl.replace(/^http/, 'ws')}${path}`;
-    const c = new WsClient(new WebSocket(url, { perMessageDeflate: false }));
+    const c = new WsClient(new WebSocket(url, { perMessageDeflate: false, autoPong }));
+    c.ws.on('ping', () => (c.pings += 1));
     const opened = once(c.ws, 'open');
     const failed = once(c.ws, 'error').then(([e]) => {
       throw new Error(`cannot open ${url}: ${e.message}`);
@@ -36,6 +37,7 @@ export class WsClient {
     this.ws = ws;
     this.frames = [];
     this.rawFrames = [];
+    this.pings = 0;
     this.waiters = [];
     open.add(this);
     ws.on('error', () => {});
@@ -122,9 +124,12 @@ export class WsClient {
   }
 }
 
-/** Open `/ws` and wait for `connection.established`; resolves with the client. */
-export async function connectWs(baseUrl, { auth } = {}) {
-  const c = await WsClient.connect(baseUrl, '/ws');
+/**
+ * Open `/ws` and wait for `connection.established`; resolves with the client.
+ * `autoPong: false` makes a client that never answers herald's pings.
+ */
+export async function connectWs(baseUrl, { auth, autoPong } = {}) {
+  const c = await WsClient.connect(baseUrl, '/ws', { autoPong });
   c.established = await c.next((f) => f.type === 'connection.established', { what: 'connection.established' });
   if (auth) {
     const ok = await c.request({ type: 'auth', payload: auth }, 'auth.success');
