@@ -19,7 +19,10 @@ use crate::{
     http::{self, KeyCheck, Origins},
     metrics::{Metrics, StatusLabel},
     ops::{self, OpsState},
-    publish::api::{self, ApiState},
+    publish::{
+        api::{self, ApiState},
+        families,
+    },
 };
 
 /// What the routes are built from.
@@ -52,10 +55,10 @@ pub(crate) fn router(edge: Edge) -> Router {
     };
     // Counted outside the key check, so that a publish refused for its key
     // counts as a refused publish.
-    let publish = guard(api::publish_routes(api.clone())).layer(middleware::from_fn_with_state(
-        ops.metrics.clone(),
-        count_rejections,
-    ));
+    let publish =
+        guard(api::publish_routes(api.clone()).merge(families::routes(api.clone()))).layer(
+            middleware::from_fn_with_state(ops.metrics.clone(), count_rejections),
+        );
     let v1 = publish
         .merge(guard(api::read_routes(api)))
         .merge(guard(ops::api_routes(ops.clone())))

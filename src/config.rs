@@ -92,6 +92,16 @@ pub struct Config {
     #[arg(long, env = "REDIS_PREFIX", default_value = "herald")]
     pub redis_prefix: String,
 
+    /// How often a plain WebSocket client (`/ws`, `/ws/workflows`) is sent a
+    /// WebSocket ping, in milliseconds.
+    #[arg(long, env = "WS_PING_INTERVAL_MS", default_value_t = 30_000)]
+    pub ws_ping_interval_ms: u64,
+
+    /// A plain WebSocket client that sent nothing (not even a pong) for this
+    /// long, in milliseconds, is closed.
+    #[arg(long, env = "WS_CLIENT_TIMEOUT_MS", default_value_t = 60_000)]
+    pub ws_client_timeout_ms: u64,
+
     /// Log filter: a level (`info`) or a tracing directive (`herald=debug,info`).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,

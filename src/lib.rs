@@ -32,6 +32,7 @@ mod publish;
 mod realtime;
 #[cfg(feature = "patched-engine")]
 mod saturation;
+mod streams;
 
 use std::{
     future::Future,
@@ -53,10 +54,11 @@ pub use cluster::{Action, LinkProblem, SequencerError};
 pub use config::Config;
 pub use protocol::SessionId;
 pub use publish::{Emitter, Publication, PublishError, Receipt};
+pub use streams::{RunAuth, RunAuthorizer};
 
 use crate::{
     cluster::{
-        FanOut, Sequencer,
+        FanOut, FanOuts, Sequencer,
         memory::{self, MemorySequencer},
         redis::{self as redis_cluster, RedisAdapter, RedisSequencer},
     },
@@ -161,8 +163,9 @@ impl Herald {
             buffer_packets: config.socket_buffer_packets,
             origins: origins.clone(),
         };
+        let streams = Streams::new(config, &metrics, None);
         let wired = match redis {
-            None => wire::<LocalAdapter, _>(&settings, (), &metrics, |fanout| {
+            None => wire::<LocalAdapter, _>(&settings, (), &metrics, &streams, |fanout| {
                 let limits = memory::Limits {
                     ttl: config.session_ttl(),
                     max_events: config.history_max_events,
@@ -180,7 +183,7 @@ impl Herald {
                     queue_events: config.cluster_queue_events,
                 };
                 let (setup, adapter) = redis_cluster::Setup::new(&redis_settings, metrics.clone())?;
-                wire::<RedisAdapter, _>(&settings, adapter, &metrics, |fanout| {
+                wire::<RedisAdapter, _>(&settings, adapter, &metrics, &streams, |fanout| {
                     RedisSequencer::new(setup, fanout)
                 })
             }
@@ -294,12 +297,41 @@ impl Herald {
     }
 }
 
+/// The plain WebSocket endpoints, one hub per family they serve.
+struct Streams {
+    runs: Arc<streams::runs::RunHub>,
+    workflows: Arc<streams::workflows::WorkflowHub>,
+}
+
+impl Streams {
+    /// `authorizer` is the hook for `/ws` client authentication (JWT).
+    fn new(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        authorizer: Option<Arc<dyn RunAuthorizer>>,
+    ) -> Self {
+        let settings = streams::Settings {
+            ping_interval: Duration::from_millis(config.ws_ping_interval_ms.max(1)),
+            client_timeout: Duration::from_millis(config.ws_client_timeout_ms),
+            max_payload: config.max_payload_bytes,
+            buffer_frames: config.socket_buffer_packets,
+            metrics: metrics.clone(),
+        };
+        Self {
+            runs: Arc::new(streams::runs::RunHub::new(settings.clone(), authorizer)),
+            workflows: Arc::new(streams::workflows::WorkflowHub::new(settings)),
+        }
+    }
+}
+
 /// Builds the Socket.IO server on adapter `A` and the sequencer that reports
-/// to it: the one place where the backend decides types.
+/// to it and to the plain WebSocket endpoints: the one place where the
+/// backend decides types.
 fn wire<A, S>(
     settings: &realtime::Settings,
     adapter: A::State,
     metrics: &Arc<Metrics>,
+    streams: &Streams,
     sequencer: impl FnOnce(Arc<dyn FanOut>) -> (Arc<S>, BoxFuture<'static, ()>),
 ) -> Wired
 where
@@ -307,9 +339,19 @@ where
     S: Sequencer,
 {
     let (socket_routes, realtime) = realtime::build::<A>(settings, adapter, metrics.clone());
-    let (sequencer, run) = sequencer(realtime.clone());
+    let fanouts = FanOuts(vec![
+        realtime.clone(),
+        streams.runs.clone(),
+        streams.workflows.clone(),
+    ]);
+    let (sequencer, run) = sequencer(Arc::new(fanouts));
     let sequencer: Arc<dyn Sequencer> = sequencer;
     realtime.subscribe_through(&sequencer);
+    streams.runs.subscribe_through(&sequencer);
+    let socket_routes = socket_routes.merge(streams::routes(
+        streams.runs.clone(),
+        streams.workflows.clone(),
+    ));
     Wired {
         socket_routes,
         #[cfg(feature = "patched-engine")]

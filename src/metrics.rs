@@ -13,12 +13,18 @@ use prometheus_client::{
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct EventLabel {
+    pub family: &'static str,
     pub event: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ResultLabel {
     pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EndpointLabel {
+    pub endpoint: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,6 +62,8 @@ pub(crate) struct Metrics {
     pub saturated: Gauge,
     /// How long WebSockets may hold events now, in seconds (see `saturation`).
     pub write_linger: Gauge<f64, AtomicU64>,
+    /// Open plain WebSocket connections, by endpoint (`ws`, `workflows`).
+    pub stream_connections: Family<EndpointLabel, Gauge>,
     registry: Registry,
 }
 
@@ -87,6 +95,7 @@ impl Metrics {
             client_errors: Counter::default(),
             saturated: Gauge::default(),
             write_linger: Gauge::default(),
+            stream_connections: Family::default(),
             registry: Registry::with_prefix("herald"),
         };
         m.register(keeps_sessions);
@@ -101,11 +110,21 @@ impl Metrics {
         self.replayed.inc_by(replayed as u64);
     }
 
-    pub(crate) fn published(&self, event: &'static str) {
+    pub(crate) fn published(&self, family: crate::protocol::Family, event: &'static str) {
         self.events_published
-            .get_or_create(&EventLabel { event })
+            .get_or_create(&EventLabel {
+                family: family.as_str(),
+                event,
+            })
             .inc();
         self.published_total.inc();
+    }
+
+    /// The gauge of one plain WebSocket endpoint's open connections.
+    pub(crate) fn stream_connections(&self, endpoint: &'static str) -> Gauge {
+        self.stream_connections
+            .get_or_create(&EndpointLabel { endpoint })
+            .clone()
     }
 
     /// Metric handles share their value with their clones, so the registry
@@ -116,6 +135,11 @@ impl Metrics {
             "connections",
             "Open Socket.IO connections",
             self.connections.clone(),
+        );
+        r.register(
+            "stream_connections",
+            "Open plain WebSocket connections, by endpoint (ws, workflows)",
+            self.stream_connections.clone(),
         );
         r.register(
             "subscriptions",

@@ -113,6 +113,26 @@ struct Stats {
     events_published: u64,
     events_delivered: u64,
     scope: &'static str,
+    /// Open connections of each endpoint on this instance.
+    endpoints: Endpoints,
+}
+
+#[derive(Serialize)]
+struct Endpoints {
+    socketio: u64,
+    ws: u64,
+    workflows: u64,
+}
+
+impl Endpoints {
+    fn of(m: &crate::metrics::Metrics) -> Self {
+        let open = |gauge: i64| gauge.max(0) as u64;
+        Self {
+            socketio: open(m.connections.get()),
+            ws: open(m.stream_connections("ws").get()),
+            workflows: open(m.stream_connections("workflows").get()),
+        }
+    }
 }
 
 /// `GET /api/v1/stats`: the whole cluster's figures where Redis can give
@@ -130,6 +150,7 @@ async fn stats(State(ops): State<OpsState>) -> Json<Stats> {
             events_published: t.events_published,
             events_delivered: t.events_delivered,
             scope: "cluster",
+            endpoints: Endpoints::of(&ops.metrics),
         },
         _ => {
             let m = &ops.metrics;
@@ -140,6 +161,7 @@ async fn stats(State(ops): State<OpsState>) -> Json<Stats> {
                 events_published: m.published_total.get(),
                 events_delivered: m.events_delivered.get(),
                 scope: "instance",
+                endpoints: Endpoints::of(m),
             }
         }
     };

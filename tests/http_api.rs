@@ -358,7 +358,8 @@ async fn stats_and_metrics_count_what_happened() {
     let (_, stats) = herald.get("/api/v1/stats").await;
     assert_eq!(
         stats,
-        json!({ "connections": 3, "sessions": 2, "subscriptions": 3, "eventsPublished": 2, "eventsDelivered": 3, "scope": "instance" })
+        json!({ "connections": 3, "sessions": 2, "subscriptions": 3, "eventsPublished": 2, "eventsDelivered": 3, "scope": "instance",
+            "endpoints": { "socketio": 3, "ws": 0, "workflows": 0 } })
     );
     let text = reqwest::get(herald.url("/metrics"))
         .await
@@ -370,7 +371,7 @@ async fn stats_and_metrics_count_what_happened() {
         "herald_connections 3",
         "herald_subscriptions 3",
         "herald_sessions_watched 2",
-        "herald_events_published_total{event=\"progress\"} 1",
+        "herald_events_published_total{family=\"session\",event=\"progress\"} 1",
         "herald_events_delivered_total 3",
         "herald_publish_rejections_total{status=\"422\"} 1",
     ] {

@@ -8,16 +8,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use crate::protocol::Outcome;
 pub(crate) use crate::protocol::{Epoch, Lost};
-use crate::protocol::{EventFamily, Outcome, SessionEvent};
-
-/// The static name of a known event, for events read back from Redis.
-pub(crate) fn known_name(name: &str) -> Option<&'static str> {
-    SessionEvent::NAMES
-        .iter()
-        .copied()
-        .find(|known| *known == name)
-}
 
 /// Whether the event ends the session (a `completed`, or a published
 /// `error`), and so belongs in the snapshot a late subscriber gets beside

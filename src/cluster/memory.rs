@@ -34,7 +34,7 @@ use super::{
     SessionState,
     history::{Attached, Epoch, Held, Page, Start, ends_session, recover},
 };
-use crate::{metrics::Metrics, protocol::SessionId};
+use crate::{metrics::Metrics, protocol::Topic};
 
 /// How often idle, unwatched sessions are looked for.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -175,13 +175,14 @@ impl Sequencer for MemorySequencer {
         async move {
             // The lock is held until the event is handed to the fan-out: the
             // next publish to this session cannot overtake it.
-            let mut record = self.sessions.lock(out.session_id).await;
+            let mut record = self.sessions.lock(out.topic).await;
             let seq = record.seq + 1;
             let payload: Arc<RawValue> = Arc::from(out.encoded.with_seq(seq));
             self.fanout
                 .deliver(Sequenced {
-                    session_id: out.session_id,
+                    topic: out.topic,
                     name: out.name,
+                    scope: out.scope,
                     seq,
                     payload: &payload,
                 })
@@ -197,10 +198,7 @@ impl Sequencer for MemorySequencer {
         .boxed()
     }
 
-    fn state<'a>(
-        &'a self,
-        id: &'a SessionId,
-    ) -> BoxFuture<'a, Result<SessionState, SequencerError>> {
+    fn state<'a>(&'a self, id: &'a Topic) -> BoxFuture<'a, Result<SessionState, SequencerError>> {
         async move {
             Ok(self
                 .sessions
@@ -217,7 +215,7 @@ impl Sequencer for MemorySequencer {
         .boxed()
     }
 
-    fn attach<'a>(&'a self, id: &'a SessionId, start: Start, join: Join) -> BoxFuture<'a, ()> {
+    fn attach<'a>(&'a self, id: &'a Topic, start: Start, join: Join) -> BoxFuture<'a, ()> {
         async move {
             // Under the session's lock no event of it is being delivered, so
             // what is handed over and what follows live meet exactly.
@@ -229,7 +227,7 @@ impl Sequencer for MemorySequencer {
 
     fn history<'a>(
         &'a self,
-        id: &'a SessionId,
+        id: &'a Topic,
         since: u64,
         limit: usize,
     ) -> BoxFuture<'a, Result<Page, SequencerError>> {
@@ -261,7 +259,7 @@ impl Sequencer for MemorySequencer {
 
 /// The session records of this instance, and the history budget they share.
 struct SessionStore {
-    records: DashMap<SessionId, Arc<Mutex<SessionRecord>>>,
+    records: DashMap<Topic, Arc<Mutex<SessionRecord>>>,
     limits: Limits,
     /// Accounted bytes of every session's history together.
     held_bytes: AtomicUsize,
@@ -285,7 +283,7 @@ impl SessionStore {
     /// Locks the session's record, creating it (and its epoch) on first use.
     /// Publishes to one session queue here in arrival order (tokio's mutex is
     /// fair).
-    async fn lock(&self, id: &SessionId) -> OwnedMutexGuard<SessionRecord> {
+    async fn lock(&self, id: &Topic) -> OwnedMutexGuard<SessionRecord> {
         let record = match self.records.entry(id.clone()) {
             Entry::Occupied(entry) => entry.get().clone(),
             Entry::Vacant(entry) => {
@@ -297,7 +295,7 @@ impl SessionStore {
     }
 
     /// Reads a session's record without creating one.
-    async fn read<T>(&self, id: &SessionId, f: impl FnOnce(&SessionRecord) -> T) -> Option<T> {
+    async fn read<T>(&self, id: &Topic, f: impl FnOnce(&SessionRecord) -> T) -> Option<T> {
         let record = self.records.get(id).map(|r| r.clone())?;
         let guard = record.lock().await;
         Some(f(&guard))
@@ -345,7 +343,7 @@ impl SessionStore {
         if self.held_bytes.load(Ordering::Relaxed) <= budget {
             return;
         }
-        let mut oldest: Vec<(Instant, SessionId)> = self
+        let mut oldest: Vec<(Instant, Topic)> = self
             .records
             .iter()
             .filter_map(|entry| {
@@ -385,7 +383,7 @@ impl SessionStore {
     /// Forgets sessions idle for longer than the TTL that nobody holds, so a
     /// long-running server's memory follows its live sessions. Returns how
     /// many were dropped.
-    fn evict_idle(&self, is_watched: impl Fn(&SessionId) -> bool) -> usize {
+    fn evict_idle(&self, is_watched: impl Fn(&Topic) -> bool) -> usize {
         let before = self.records.len();
         let ttl = self.limits.ttl;
         let mut freed = 0;
@@ -416,7 +414,14 @@ impl SessionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{cluster::history::Lost, protocol::Outcome};
+    use crate::{
+        cluster::history::Lost,
+        protocol::{Outcome, SessionId},
+    };
+
+    fn topic(id: &str) -> Topic {
+        Topic::session(SessionId::parse(id).unwrap())
+    }
 
     fn limits(max_events: usize, max_bytes: usize) -> Limits {
         Limits {
@@ -446,7 +451,7 @@ mod tests {
         failed: false,
     };
 
-    async fn publish(store: &SessionStore, id: &SessionId, name: &'static str, outcome: Outcome) {
+    async fn publish(store: &SessionStore, id: &Topic, name: &'static str, outcome: Outcome) {
         let mut record = store.lock(id).await;
         let seq = record.seq + 1;
         store.commit(&mut record, held(seq, name), outcome);
@@ -459,7 +464,7 @@ mod tests {
     #[tokio::test]
     async fn history_snapshot_and_resume() {
         let store = SessionStore::new(limits(3, usize::MAX), Arc::default());
-        let id = SessionId::parse("s").unwrap();
+        let id = topic("s");
         publish(&store, &id, "progress", PROGRESS).await;
         publish(&store, &id, "model_result", Outcome::default()).await;
         publish(&store, &id, "progress", PROGRESS).await;
@@ -499,10 +504,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let one = held(1, "progress").cost();
         let store = SessionStore::new(limits(100, one * 25), metrics.clone());
-        let ids: Vec<SessionId> = ["a", "b", "c"]
-            .iter()
-            .map(|s| SessionId::parse(s).unwrap())
-            .collect();
+        let ids: Vec<Topic> = ["a", "b", "c"].iter().map(|s| topic(s)).collect();
         for id in &ids {
             for _ in 0..10 {
                 publish(&store, id, "progress", PROGRESS).await;
@@ -533,8 +535,8 @@ mod tests {
             },
             metrics.clone(),
         );
-        let a = SessionId::parse("a").unwrap();
-        let b = SessionId::parse("b").unwrap();
+        let a = topic("a");
+        let b = topic("b");
         publish(&store, &a, "progress", PROGRESS).await;
         publish(&store, &b, "progress", PROGRESS).await;
         assert_eq!(metrics.sessions_known.get(), 2);

@@ -1,4 +1,4 @@
-//! Sequencing: where an event gets its `seq`, where a session's state is
+//! Sequencing: where an event gets its `seq`, where a stream's state is
 //! kept, and how sequenced events reach this instance's fan-out. One process
 //! ([`memory`]) or many sharing Redis ([`redis`]), behind one [`Sequencer`]
 //! interface, so that the publish path, the HTTP API and the ops endpoints
@@ -7,7 +7,13 @@
 //! Both keep the same promise: a session's events reach the [`FanOut`] in seq
 //! order, and a seq is consumed only by an event that was handed to it. A
 //! sequencer never touches sockets: it reports to the fan-out registered when
-//! it was built (the Socket.IO side, [`crate::realtime`]).
+//! it was built ([`FanOuts`]: the Socket.IO side, [`crate::realtime`], and
+//! the plain WebSockets, [`crate::streams`]).
+//!
+//! Everything here is keyed by [`Topic`], a family-qualified stream (a
+//! session, a run, a workflow run): seq, epoch, state, history, TTL and the
+//! Redis path are the same code for every family. "Session" below means any
+//! such stream.
 
 pub(crate) mod history;
 pub(crate) mod memory;
@@ -20,20 +26,23 @@ use serde_json::value::RawValue;
 
 use self::history::{Attached, Epoch, Page, Start};
 pub use self::redis::LinkProblem;
-use crate::protocol::{Encoded, Outcome, SessionId};
+use crate::protocol::{Encoded, Outcome, Scope, Topic};
 
 /// A validated, serialized event waiting for its seq.
 pub(crate) struct Outbound<'a> {
-    pub session_id: &'a SessionId,
+    pub topic: &'a Topic,
     pub name: &'static str,
+    /// Who the live event is for beyond the stream's own subscribers.
+    pub scope: Scope,
     pub encoded: Encoded,
     pub outcome: Outcome,
 }
 
 /// An event with its seq, as the fan-out receives it.
 pub(crate) struct Sequenced<'a> {
-    pub session_id: &'a SessionId,
+    pub topic: &'a Topic,
     pub name: &'a str,
+    pub scope: Scope,
     pub seq: u64,
     /// The whole payload subscribers receive, `seq` included.
     pub payload: &'a RawValue,
@@ -43,11 +52,42 @@ pub(crate) struct Sequenced<'a> {
 pub(crate) trait FanOut: Send + Sync + 'static {
     /// Whether anyone on this instance watches the session; a sequencer may
     /// skip preparing events nobody here will receive.
-    fn watches(&self, session: &SessionId) -> bool;
+    fn watches(&self, topic: &Topic) -> bool;
 
     /// Hands an event to this instance's subscribers of its session. Called
     /// in seq order for each session, never concurrently for one session.
     fn deliver<'a>(&'a self, event: Sequenced<'a>) -> BoxFuture<'a, ()>;
+}
+
+/// Every fan-out of this instance, one per transport: each event goes to
+/// those that watch its stream. Families a transport does not serve are
+/// never watched by it, so adding a family adds no branch here.
+pub(crate) struct FanOuts(pub Vec<Arc<dyn FanOut>>);
+
+impl FanOut for FanOuts {
+    fn watches(&self, topic: &Topic) -> bool {
+        self.0.iter().any(|f| f.watches(topic))
+    }
+
+    fn deliver<'a>(&'a self, event: Sequenced<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            for fanout in &self.0 {
+                // A `Scope` beyond the stream reaches clients that do not
+                // watch it: only the fan-out can tell.
+                if event.scope != Scope::Topic || fanout.watches(event.topic) {
+                    fanout
+                        .deliver(Sequenced {
+                            topic: event.topic,
+                            name: event.name,
+                            scope: event.scope,
+                            seq: event.seq,
+                            payload: event.payload,
+                        })
+                        .await;
+                }
+            }
+        })
+    }
 }
 
 /// Makes a subscription take effect: given what the subscriber must be sent
@@ -130,22 +170,19 @@ pub(crate) trait Sequencer: Send + Sync + 'static {
 
     /// The session's seq and last state (defaults for a session never
     /// published to).
-    fn state<'a>(
-        &'a self,
-        id: &'a SessionId,
-    ) -> BoxFuture<'a, Result<SessionState, SequencerError>>;
+    fn state<'a>(&'a self, id: &'a Topic) -> BoxFuture<'a, Result<SessionState, SequencerError>>;
 
     /// Starts a subscription to the session: computes the snapshot or the
     /// replay `start` asks for and calls `join` with it at a moment when none
     /// of the session's events is being delivered (see [`Join`]), or with
     /// the reason it could not. Creates the session's state (and epoch) if
     /// it has none yet. Resolves once `join` has run.
-    fn attach<'a>(&'a self, id: &'a SessionId, start: Start, join: Join) -> BoxFuture<'a, ()>;
+    fn attach<'a>(&'a self, id: &'a Topic, start: Start, join: Join) -> BoxFuture<'a, ()>;
 
     /// Up to `limit` held events after `since`, in seq order.
     fn history<'a>(
         &'a self,
-        id: &'a SessionId,
+        id: &'a Topic,
         since: u64,
         limit: usize,
     ) -> BoxFuture<'a, Result<Page, SequencerError>>;

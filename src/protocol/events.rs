@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{
-    Invalid, SessionId,
+    Family, Invalid, SessionId,
     schema::{RawJson, read_fields},
     values::{JsonKind, JsonObject, Millis, Percent, Timestamp},
 };
@@ -127,6 +127,9 @@ pub trait Event: Serialize + serde::de::DeserializeOwned {
 
 /// What the publish pipeline needs of a family of events.
 pub trait EventFamily: Serialize + Send + Sync + Sized + 'static {
+    /// Which streams the family's events are sequenced in.
+    const FAMILY: Family;
+
     /// Every event name of the family, for error messages and docs.
     const NAMES: &'static [&'static str];
 
@@ -140,12 +143,18 @@ pub trait EventFamily: Serialize + Send + Sync + Sized + 'static {
 
     /// What this event says about the session's overall state.
     fn outcome(&self) -> Outcome;
+
+    /// Serializes the event once, as its stream's subscribers receive it,
+    /// with a hole for the seq.
+    fn encode(&self, id: &SessionId, timestamp: &Timestamp) -> Encoded;
 }
 
 /// Declares a family: the enum of its events, their wire names, and its
 /// [`EventFamily`] implementation, from one list.
 macro_rules! event_family {
-    ($(#[$doc:meta])* $family:ident { $($name:literal => $variant:ident($ty:ty),)+ }) => {
+    ($(#[$doc:meta])* $family:ident in $fam:expr, encoded by $encode:path {
+        $($name:literal => $variant:ident($ty:ty),)+
+    }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Serialize)]
         #[serde(untagged)]
@@ -154,6 +163,7 @@ macro_rules! event_family {
         }
 
         impl EventFamily for $family {
+            const FAMILY: Family = $fam;
             const NAMES: &'static [&'static str] = &[$($name),+];
 
             fn name(&self) -> &'static str {
@@ -174,6 +184,10 @@ macro_rules! event_family {
                     $(Self::$variant(event) => event.outcome(),)+
                 }
             }
+
+            fn encode(&self, id: &SessionId, timestamp: &Timestamp) -> Encoded {
+                $encode(self, id, timestamp)
+            }
         }
 
         $(impl From<$ty> for $family {
@@ -184,9 +198,11 @@ macro_rules! event_family {
     };
 }
 
+pub(super) use event_family;
+
 event_family! {
     /// The document-processing session events of docs/protocol.md.
-    SessionEvent {
+    SessionEvent in Family::Session, encoded by encode_session {
         "progress" => Progress(Progress),
         "model_result" => ModelResult(ModelResult),
         "clarification" => Clarification(Clarification),
@@ -279,7 +295,31 @@ impl<'a> Fields<'a> {
         Ok((envelope, Self(own)))
     }
 
-    fn into_event<T: Event>(self) -> Result<T, Invalid> {
+    /// Every top-level field of `data`, for families whose payload has no
+    /// envelope of its own.
+    pub fn all(data: &'a RawValue) -> Result<Self, Invalid> {
+        RawJson(data).fields().map(Self).map_err(|_| {
+            Invalid::new(
+                "",
+                format!(
+                    "must be a JSON object, got {}",
+                    JsonKind::of_text(data.get())
+                ),
+            )
+        })
+    }
+
+    /// The field `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    }
+
+    /// Adds a field that was absent.
+    pub fn insert(&mut self, name: &str, value: &'a RawValue) {
+        self.0.push((name.to_string(), value));
+    }
+
+    pub(super) fn into_event<T: Event>(self) -> Result<T, Invalid> {
         read_fields(self.0)
     }
 }
@@ -304,8 +344,13 @@ impl Encoded {
     }
 }
 
-/// Serializes an event with its envelope (`sessionId`, `timestamp`, `seq`).
-pub fn encode<E: EventFamily>(session_id: &SessionId, timestamp: &Timestamp, event: &E) -> Encoded {
+/// Serializes an event of any family, once, as its subscribers receive it.
+pub fn encode<E: EventFamily>(id: &SessionId, timestamp: &Timestamp, event: &E) -> Encoded {
+    event.encode(id, timestamp)
+}
+
+/// A session event with its envelope (`sessionId`, `timestamp`, `seq`).
+fn encode_session(event: &SessionEvent, session_id: &SessionId, timestamp: &Timestamp) -> Encoded {
     let fields = serde_json::to_string(event).expect("event types always serialize");
     let fields = fields
         .strip_prefix('{')

@@ -10,9 +10,12 @@
 mod events;
 mod recovery;
 mod requests;
+mod runs;
 mod schema;
 mod session_id;
+mod topic;
 mod values;
+mod workflows;
 
 pub use events::{
     Clarification, ClarificationStatus, Completed, Encoded, Envelope, Event, EventFamily, Fields,
@@ -23,9 +26,16 @@ pub use recovery::{Epoch, Lost};
 pub use requests::{
     Ack, Connected, InvalidRequest, RequestError, SessionRequest, Subscribed, SubscriptionReply,
 };
+pub use runs::{
+    ApprovalDenied, ApprovalGranted, ArtifactCreated, GovernanceRequired, RUN_CATEGORIES,
+    RunCompleted, RunCreated, RunEvent, RunFailed, RunStarted, RunTypes, StageCompleted,
+    StageFailed, StageProgress, StageStarted, socketio_payload,
+};
 pub use schema::{Found, SchemaError, read_json};
 pub use session_id::{InvalidSessionId, SessionId};
+pub use topic::{Family, Scope, Topic};
 pub use values::{JsonKind, JsonObject, Millis, Percent, Timestamp, ValueError};
+pub use workflows::{Phase, WorkflowEvent, WorkflowFamily, workflow_frame};
 
 /// A refusal of input: a readable message and the path of the offending field
 /// (empty for the value as a whole).

@@ -163,6 +163,28 @@ impl JsonObject {
         self.0.get()
     }
 
+    /// The same object without insignificant whitespace, keys in their
+    /// order: what Python's `json.dumps(..., separators=(",", ":"))` makes
+    /// of the object a backend sent.
+    pub fn compact(self) -> Self {
+        let text = self.get();
+        let mut out = String::with_capacity(text.len());
+        let (mut in_string, mut escaped) = (false, false);
+        for c in text.chars() {
+            if in_string {
+                let was_escaped = escaped;
+                escaped = !was_escaped && c == '\\';
+                in_string = was_escaped || c != '"';
+            } else if c.is_ascii_whitespace() {
+                continue;
+            } else {
+                in_string = c == '"';
+            }
+            out.push(c);
+        }
+        Self(RawValue::from_string(out).expect("whitespace outside strings is insignificant"))
+    }
+
     fn checked(raw: Box<RawValue>) -> Result<Self, ValueError> {
         match JsonKind::of_text(raw.get()) {
             JsonKind::Object => Ok(Self(raw)),

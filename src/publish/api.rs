@@ -27,7 +27,7 @@ use crate::{
         history::{Epoch, Page},
     },
     http::{ApiError, parse_json, read_body},
-    protocol::{Invalid, SessionEvent, SessionId},
+    protocol::{Invalid, SessionEvent, SessionId, Topic},
     realtime::Sockets,
 };
 
@@ -173,8 +173,9 @@ async fn session_state(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionReport>, ApiError> {
     let session_id = path_session(path)?;
+    let topic = Topic::session(session_id.clone());
     let (state, subscribers) = tokio::join!(
-        api.sequencer.state(&session_id),
+        api.sequencer.state(&topic),
         api.sockets.subscribers(&session_id)
     );
     let SessionState {
@@ -264,7 +265,7 @@ async fn session_events(
         events,
     } = api
         .sequencer
-        .history(&session_id, since, limit)
+        .history(&Topic::session(session_id.clone()), since, limit)
         .await
         .map_err(PublishError::from)?;
     let page = EventsPage {

@@ -7,6 +7,7 @@
 //! delivers nothing and consumes nothing.
 
 pub(crate) mod api;
+pub(crate) mod families;
 
 use std::sync::Arc;
 
@@ -18,18 +19,21 @@ use crate::{
     cluster::{Outbound, Sequencer, SequencerError},
     metrics::Metrics,
     protocol::{
-        Clarification, Completed, EventFamily, Fields, Invalid, ModelResult, Progress,
-        SessionError, SessionEvent, SessionId, Timestamp, encode,
+        Clarification, Completed, EventFamily, Fields, Invalid, ModelResult, Progress, Scope,
+        SessionError, SessionEvent, SessionId, Timestamp, Topic, encode,
     },
 };
 
-/// A validated event, addressed to a session, not yet sequenced.
+/// A validated event, addressed to a stream of its family (a session, a
+/// run, a workflow run: `session_id` is that stream's id), not yet sequenced.
 #[derive(Debug, Clone)]
 pub struct Publication<E = SessionEvent> {
     pub session_id: SessionId,
     pub event: E,
     /// The backend's own timestamp, when it sent one; herald's clock otherwise.
     pub timestamp: Option<Timestamp>,
+    /// Who the live event is for beyond the stream's subscribers.
+    pub to: Scope,
 }
 
 impl<E: EventFamily> Publication<E> {
@@ -38,6 +42,7 @@ impl<E: EventFamily> Publication<E> {
             session_id,
             event: event.into(),
             timestamp: None,
+            to: Scope::Topic,
         }
     }
 
@@ -68,6 +73,7 @@ impl<E: EventFamily> Publication<E> {
             session_id,
             event,
             timestamp: envelope.timestamp,
+            to: Scope::Topic,
         })
     }
 }
@@ -162,21 +168,28 @@ impl Emitter {
             session_id,
             event,
             timestamp,
+            to,
         } = publication;
         let name = event.name();
-        let span =
-            info_span!("publish", session = %session_id, event = name, seq = tracing::field::Empty);
+        let family = E::FAMILY.as_str();
+        let span = info_span!("publish", family, session = %session_id, event = name, seq = tracing::field::Empty);
         async move {
             let timestamp = timestamp.unwrap_or_else(Timestamp::now);
+            let topic = Topic {
+                family: E::FAMILY,
+                id: session_id,
+            };
             let out = Outbound {
-                session_id: &session_id,
+                topic: &topic,
                 name,
-                encoded: encode(&session_id, &timestamp, &event),
+                scope: to,
+                encoded: encode(&topic.id, &timestamp, &event),
                 outcome: event.outcome(),
             };
             let seq = self.sequencer.publish(out).await?;
             tracing::Span::current().record("seq", seq);
-            self.metrics.published(name);
+            self.metrics.published(E::FAMILY, name);
+            let session_id = topic.id;
             debug!("published");
             Ok(Receipt {
                 session_id,

@@ -5,6 +5,7 @@
 
 mod endpoint;
 mod requests;
+mod runs;
 mod subscriptions;
 
 use std::{
@@ -32,7 +33,7 @@ use crate::{
     cluster::{FanOut, Sequenced, Sequencer},
     http::Origins,
     metrics::Metrics,
-    protocol::SessionId,
+    protocol::{Family, SessionId, Topic},
 };
 
 /// A socket that has joined a session but not its room yet: it was sent
@@ -55,6 +56,8 @@ struct Local<A: Adapter> {
     /// Per socket and session, the requests waiting for one in progress;
     /// an entry exists while one is in progress.
     queued: Arc<DashMap<(Sid, SessionId), VecDeque<Queued>>>,
+    /// Sockets watching runs (`subscribe { runId }`).
+    runs: Arc<runs::RunWatchers<A>>,
 }
 
 impl<A: Adapter> Clone for Local<A> {
@@ -65,6 +68,7 @@ impl<A: Adapter> Clone for Local<A> {
             arriving: self.arriving.clone(),
             sequencer: self.sequencer.clone(),
             queued: self.queued.clone(),
+            runs: self.runs.clone(),
         }
     }
 }
@@ -113,6 +117,7 @@ pub(crate) fn build<A: Adapter + DefinedAdapter>(
         arriving: Arc::default(),
         sequencer: Arc::default(),
         queued: Arc::default(),
+        runs: Arc::default(),
     };
     let (service, io) = SocketIoBuilder::new()
         .ping_interval(settings.ping_interval)
@@ -155,7 +160,7 @@ impl<A: Adapter> Realtime<A> {
     /// Per socket, but only for the first live event after each subscription.
     fn arrive(&self, event: &Sequenced<'_>) -> (Vec<Arc<Socket<A>>>, u32) {
         let mut arrived = Vec::new();
-        let Some(mut arrivals) = self.local.arriving.get_mut(event.session_id) else {
+        let Some(mut arrivals) = self.local.arriving.get_mut(&event.topic.id) else {
             return (arrived, 0);
         };
         let arriving = arrivals.len() as u32;
@@ -174,21 +179,30 @@ impl<A: Adapter> Realtime<A> {
         if empty {
             self.local
                 .arriving
-                .remove_if(event.session_id, |_, arrivals| arrivals.is_empty());
+                .remove_if(&event.topic.id, |_, arrivals| arrivals.is_empty());
         }
         (arrived, arriving)
     }
 }
 
 impl<A: Adapter> FanOut for Realtime<A> {
-    fn watches(&self, session: &SessionId) -> bool {
-        self.local.subscriptions.count(session) > 0
+    fn watches(&self, topic: &Topic) -> bool {
+        match topic.family {
+            Family::Session => self.local.subscriptions.count(&topic.id) > 0,
+            Family::Run => self.local.runs.watches(&topic.id),
+            Family::Workflow => false,
+        }
     }
 
     /// Emits to the session's room on this instance, and counts the deliveries.
     fn deliver<'a>(&'a self, event: Sequenced<'a>) -> BoxFuture<'a, ()> {
         async move {
-            let session = event.session_id;
+            match event.topic.family {
+                Family::Session => {}
+                Family::Run => return self.local.runs.deliver(&event, &self.local.metrics),
+                Family::Workflow => return,
+            }
+            let session = &event.topic.id;
             let recipients = self.local.subscriptions.count(session);
             if recipients == 0 {
                 return;

@@ -110,6 +110,7 @@ async fn on_disconnect<A: Adapter>(
     State(rt): State<Local<A>>,
 ) {
     rt.metrics.connections.dec();
+    rt.runs.forget_socket(s.id);
     let sessions = rt.subscriptions.remove_socket(s.id);
     for session in &sessions {
         rt.forget_arrival(session, s.id);
@@ -126,6 +127,14 @@ trait Request: Send + Sync + 'static {
         s: &Arc<Socket<A>>,
         rt: &Local<A>,
         request: SessionRequest,
+        ack: AckSender<A>,
+    );
+
+    /// The same request about a run (`{ runId }`).
+    fn take_run<A: Adapter>(
+        s: &Arc<Socket<A>>,
+        rt: &Local<A>,
+        request: super::runs::RunRequest,
         ack: AckSender<A>,
     );
 }
@@ -149,6 +158,15 @@ impl Request for Subscribe {
             key,
             Box::new(move || subscribe(s, task_rt, request, ack).boxed()),
         );
+    }
+
+    fn take_run<A: Adapter>(
+        s: &Arc<Socket<A>>,
+        rt: &Local<A>,
+        request: super::runs::RunRequest,
+        ack: AckSender<A>,
+    ) {
+        super::runs::subscribe(s.clone(), rt.clone(), request, ack);
     }
 }
 
@@ -182,6 +200,15 @@ impl Request for Unsubscribe {
             unsubscribe(s, rt, &id, ack);
         }
     }
+
+    fn take_run<A: Adapter>(
+        s: &Arc<Socket<A>>,
+        rt: &Local<A>,
+        request: super::runs::RunRequest,
+        ack: AckSender<A>,
+    ) {
+        super::runs::unsubscribe(s, rt, request.run(), ack);
+    }
 }
 
 /// An extractor that takes the request `C` as the packet is read: see the
@@ -202,7 +229,15 @@ impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
             unreachable!("the Socket.IO server is always built with its state");
         };
         let _span = info_span!("request", socket = %s.id, event = C::EVENT).entered();
-        match SessionRequest::parse(payload.ok().as_ref()) {
+        let payload = payload.ok();
+        if let Some(run) = super::runs::run_request(payload.as_ref()) {
+            match run {
+                Ok(request) => C::take_run(s, &rt, request, ack),
+                Err(why) => super::runs::refuse(s, why, ack),
+            }
+            return Ok(Self(PhantomData));
+        }
+        match SessionRequest::parse(payload.as_ref()) {
             Ok(request) => C::take(s, &rt, request, ack),
             Err(refusal) => refuse(s, &rt, refusal, ack),
         }
@@ -218,7 +253,7 @@ const CONNECT_WAIT: Duration = Duration::from_secs(1);
 /// marks the socket connected, and refuses to emit until then, so a client
 /// that subscribes at once can be heard first: its reply would be lost. A
 /// socket that is not connected within [`CONNECT_WAIT`] was closed.
-async fn connected_soon<A: Adapter>(s: &Socket<A>) -> bool {
+pub(super) async fn connected_soon<A: Adapter>(s: &Socket<A>) -> bool {
     let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
     while !s.connected() {
         if tokio::time::Instant::now() >= deadline {
@@ -256,7 +291,8 @@ async fn subscribe<A: Adapter>(
         let (id, span) = (id.clone(), span.clone());
         Box::new(move |result| span.in_scope(|| joined(&s, &rt, &id, result, ack)))
     };
-    sequencer.attach(&id, start, join).instrument(span).await;
+    let topic = crate::protocol::Topic::session(id);
+    sequencer.attach(&topic, start, join).instrument(span).await;
 }
 
 /// Makes a subscription take effect: see [`crate::cluster::Join`]. Only

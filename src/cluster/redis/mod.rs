@@ -46,11 +46,11 @@ pub use link::LinkProblem;
 use super::{
     Action, ClusterFigures, FanOut, Join, Outbound, Sequenced, Sequencer, SequencerError,
     SessionState,
-    history::{Attached, Epoch, Held, Page, Start, ends_session, known_name, recover},
+    history::{Attached, Epoch, Held, Page, Start, ends_session, recover},
 };
 use crate::{
     metrics::Metrics,
-    protocol::{SessionId, random_u64},
+    protocol::{Family, Scope, SessionId, Topic, random_u64},
 };
 
 /// The Socket.IO adapter of a Redis-backed herald.
@@ -136,12 +136,14 @@ struct Keys {
 }
 
 impl Keys {
-    fn session(&self, id: &SessionId) -> String {
-        // The braces keep a session's keys in one Redis Cluster slot.
-        format!("{}:session:{{{id}}}", self.prefix)
+    fn session(&self, topic: &Topic) -> String {
+        // The braces keep a stream's keys in one Redis Cluster slot.
+        let (state, _) = topic.family.storage_names();
+        format!("{}:{state}:{{{}}}", self.prefix, topic.id)
     }
-    fn history(&self, id: &SessionId) -> String {
-        format!("{}:history:{{{id}}}", self.prefix)
+    fn history(&self, topic: &Topic) -> String {
+        let (_, history) = topic.family.storage_names();
+        format!("{}:{history}:{{{}}}", self.prefix, topic.id)
     }
     fn events(&self) -> String {
         format!("{}:events", self.prefix)
@@ -245,19 +247,19 @@ pub(crate) enum Command {
     /// Start keeping the session's events for a subscription about to read
     /// its history; answered once the task has taken note.
     Register {
-        session: SessionId,
+        session: Topic,
         id: u64,
         noted: oneshot::Sender<()>,
     },
     /// The history is read: add what was kept since, and join.
     Join {
-        session: SessionId,
+        session: Topic,
         id: u64,
         attached: Attached,
         join: Join,
     },
     /// The history could not be read: stop keeping.
-    Cancel { session: SessionId, id: u64 },
+    Cancel { session: Topic, id: u64 },
 }
 
 pub(crate) struct RedisSequencer {
@@ -357,12 +359,12 @@ impl RedisSequencer {
             .iter()
             .map(|f| if *f { '1' } else { '0' })
             .collect();
-        let header = format!("{}\n{}\n", out.name, out.session_id);
+        let header = Message::header(out.topic, out.name, out.scope);
         let failed = redis_failed(Action::Publish);
         let (seq, _epoch): (u64, String) = self
             .publish_script
-            .key(self.keys.session(out.session_id))
-            .key(self.keys.history(out.session_id))
+            .key(self.keys.session(out.topic))
+            .key(self.keys.history(out.topic))
             .arg(&out.encoded.head)
             .arg(&out.encoded.tail)
             .arg(self.keys.events())
@@ -378,7 +380,7 @@ impl RedisSequencer {
         Ok(seq)
     }
 
-    async fn state(&self, id: &SessionId) -> Result<SessionState, SequencerError> {
+    async fn state(&self, id: &Topic) -> Result<SessionState, SequencerError> {
         let failed = redis_failed(Action::ReadSession);
         let (seq, epoch, progress, completed, failed_flag): StateReply = redis::cmd("HMGET")
             .arg(self.keys.session(id))
@@ -389,14 +391,16 @@ impl RedisSequencer {
         Ok(SessionState {
             seq: seq.unwrap_or(0),
             epoch: epoch.as_deref().and_then(Epoch::parse),
-            progress: progress.and_then(|p| stored_event(&p)).map(|e| e.payload),
+            progress: progress
+                .and_then(|p| stored_event(id.family, &p))
+                .map(|e| e.payload),
             completed: completed == Some(1),
             failed: failed_flag == Some(1),
         })
     }
 
     /// Runs the read script: see [`READ_SCRIPT`].
-    async fn read(&self, id: &SessionId, ask: ReadAsk<'_>) -> Result<Read, SequencerError> {
+    async fn read(&self, id: &Topic, ask: ReadAsk<'_>) -> Result<Read, SequencerError> {
         let failed = redis_failed(ask.action);
         let (seq, epoch, first_held, progress, ended, entries): ReadReply = self
             .read_script
@@ -413,12 +417,12 @@ impl RedisSequencer {
             .map_err(&failed)?;
         let events = entries
             .into_iter()
-            .filter_map(|(id, fields)| history_entry(&id, fields))
+            .filter_map(|(entry, fields)| history_entry(id.family, &entry, fields))
             .collect();
         let snapshot = [progress, ended]
             .iter()
             .flatten()
-            .filter_map(|text| stored_event(text))
+            .filter_map(|text| stored_event(id.family, text))
             .collect();
         Ok(Read {
             seq,
@@ -432,7 +436,7 @@ impl RedisSequencer {
     /// See [`Sequencer::attach`]: the delivery task keeps the session's
     /// events from before the history is read until the subscriber has
     /// joined, and runs the join itself, between two deliveries.
-    async fn attach(&self, id: &SessionId, start: Start, join: Join) {
+    async fn attach(&self, id: &Topic, start: Start, join: Join) {
         let (ran, done) = oneshot::channel();
         let join: Join = Box::new(move |result| {
             join(result);
@@ -524,12 +528,7 @@ impl RedisSequencer {
         }
     }
 
-    async fn history(
-        &self,
-        id: &SessionId,
-        since: u64,
-        limit: usize,
-    ) -> Result<Page, SequencerError> {
+    async fn history(&self, id: &Topic, since: u64, limit: usize) -> Result<Page, SequencerError> {
         let ask = ReadAsk {
             create: false,
             since,
@@ -622,24 +621,24 @@ struct Read {
 
 /// An event the publish script stored in the session's hash: `seq \n name
 /// \n payload`.
-fn stored_event(text: &str) -> Option<Held> {
+fn stored_event(family: Family, text: &str) -> Option<Held> {
     let (seq, rest) = text.split_once('\n')?;
     let (name, payload) = rest.split_once('\n')?;
     Some(Held {
         seq: seq.parse().ok()?,
-        name: known_name(name)?,
+        name: family.event_name(name)?,
         payload: Arc::from(RawValue::from_string(payload.to_string()).ok()?),
     })
 }
 
 /// A history stream entry: id `seq-0`, fields `n` (name) and `p` (payload).
-fn history_entry(id: &str, fields: Vec<String>) -> Option<Held> {
+fn history_entry(family: Family, id: &str, fields: Vec<String>) -> Option<Held> {
     let seq = id.split_once('-')?.0.parse().ok()?;
     let (mut name, mut payload) = (None, None);
     let mut fields = fields.into_iter();
     while let (Some(key), Some(value)) = (fields.next(), fields.next()) {
         match key.as_str() {
-            "n" => name = known_name(&value),
+            "n" => name = family.event_name(&value),
             "p" => payload = RawValue::from_string(value).ok().map(Arc::from),
             _ => {}
         }
@@ -660,20 +659,17 @@ impl Sequencer for RedisSequencer {
         RedisSequencer::publish(self, out).boxed()
     }
 
-    fn state<'a>(
-        &'a self,
-        id: &'a SessionId,
-    ) -> BoxFuture<'a, Result<SessionState, SequencerError>> {
+    fn state<'a>(&'a self, id: &'a Topic) -> BoxFuture<'a, Result<SessionState, SequencerError>> {
         RedisSequencer::state(self, id).boxed()
     }
 
-    fn attach<'a>(&'a self, id: &'a SessionId, start: Start, join: Join) -> BoxFuture<'a, ()> {
+    fn attach<'a>(&'a self, id: &'a Topic, start: Start, join: Join) -> BoxFuture<'a, ()> {
         RedisSequencer::attach(self, id, start, join).boxed()
     }
 
     fn history<'a>(
         &'a self,
-        id: &'a SessionId,
+        id: &'a Topic,
         since: u64,
         limit: usize,
     ) -> BoxFuture<'a, Result<Page, SequencerError>> {
@@ -694,7 +690,7 @@ impl Sequencer for RedisSequencer {
 }
 
 /// Subscriptions in the making, with the events kept for each meanwhile.
-type Joining = HashMap<SessionId, Vec<(u64, Vec<Held>)>>;
+type Joining = HashMap<Topic, Vec<(u64, Vec<Held>)>>;
 
 /// One task, in arrival order: the order Redis published, which is seq
 /// order for every session. Subscriptions in the making are served here too,
@@ -734,7 +730,7 @@ fn serve(command: Command, joining: &mut Joining) {
     }
 }
 
-fn take_joiner(joining: &mut Joining, session: &SessionId, id: u64) -> Option<Vec<Held>> {
+fn take_joiner(joining: &mut Joining, session: &Topic, id: u64) -> Option<Vec<Held>> {
     let waiting = joining.get_mut(session)?;
     let at = waiting.iter().position(|(joiner, _)| *joiner == id)?;
     let (_, kept) = waiting.swap_remove(at);
@@ -749,12 +745,16 @@ async fn deliver_one(message: &[u8], joining: &mut Joining, fanout: &dyn FanOut)
         warn!("ignoring a malformed event message on the cluster channel");
         return;
     };
-    let Ok(session) = SessionId::parse(message.session) else {
+    let Ok(id) = SessionId::parse(message.session) else {
         warn!("ignoring a cluster event for an invalid session id");
         return;
     };
+    let session = Topic {
+        family: message.family,
+        id,
+    };
     let waiting = joining.get_mut(&session);
-    if waiting.is_none() && !fanout.watches(&session) {
+    if waiting.is_none() && message.scope == Scope::Topic && !fanout.watches(&session) {
         return;
     }
     let Ok(payload) = RawValue::from_string(message.payload.to_string()) else {
@@ -762,7 +762,7 @@ async fn deliver_one(message: &[u8], joining: &mut Joining, fanout: &dyn FanOut)
         return;
     };
     if let Some(waiting) = waiting {
-        match known_name(message.name) {
+        match session.family.event_name(message.name) {
             Some(name) => {
                 let shared: Arc<RawValue> = Arc::from(payload.clone());
                 for (_, kept) in waiting.iter_mut() {
@@ -780,8 +780,9 @@ async fn deliver_one(message: &[u8], joining: &mut Joining, fanout: &dyn FanOut)
     }
     fanout
         .deliver(Sequenced {
-            session_id: &session,
+            topic: &session,
             name: message.name,
+            scope: message.scope,
             seq: message.seq,
             payload: &payload,
         })
@@ -793,24 +794,57 @@ fn redis_failed(action: Action) -> impl Fn(redis::RedisError) -> SequencerError 
     move |source| SequencerError::Redis { action, source }
 }
 
-/// An event as it travels on the cluster channel: `name \n session \n seq
-/// \n payload`.
+/// An event as it travels on the cluster channel: `label \n id \n seq \n
+/// payload`, where the label is the event's name, preceded by `family/`
+/// for every family with a channel tag and followed by `/scope` when the
+/// event is addressed beyond its stream (`run/run.started/project`).
 #[derive(Debug, PartialEq, Eq)]
 struct Message<'a> {
+    family: Family,
     name: &'a str,
+    scope: Scope,
     session: &'a str,
     seq: u64,
     payload: &'a str,
 }
 
 impl<'a> Message<'a> {
+    /// The first two lines, which the publish script completes.
+    fn header(topic: &Topic, name: &str, scope: Scope) -> String {
+        let mut header = String::with_capacity(name.len() + topic.id.as_ref().len() + 24);
+        if let Some(tag) = topic.family.channel_tag() {
+            header.push_str(tag);
+            header.push('/');
+        }
+        header.push_str(name);
+        if scope != Scope::Topic {
+            header.push('/');
+            header.push_str(scope.as_str());
+        }
+        header.push('\n');
+        header.push_str(topic.id.as_ref());
+        header.push('\n');
+        header
+    }
+
     fn split(message: &'a [u8]) -> Option<Self> {
         let text = std::str::from_utf8(message).ok()?;
-        let (name, rest) = text.split_once('\n')?;
+        let (label, rest) = text.split_once('\n')?;
         let (session, rest) = rest.split_once('\n')?;
         let (seq, payload) = rest.split_once('\n')?;
+        let mut parts = label.split('/');
+        let (family, name) = match (parts.next()?, parts.next()) {
+            (name, None) => (Family::Session, name),
+            (tag, Some(name)) => (Family::parse(tag)?, name),
+        };
+        let scope = match parts.next() {
+            None => Scope::Topic,
+            Some(scope) => Scope::parse(scope)?,
+        };
         Some(Self {
+            family,
             name,
+            scope,
             session,
             seq: seq.parse().ok()?,
             payload,
@@ -827,13 +861,24 @@ mod tests {
         assert_eq!(
             Message::split(b"progress\ndoc-1\n7\n{\"a\":\"x\\ny\"}"),
             Some(Message {
+                family: Family::Session,
                 name: "progress",
+                scope: Scope::Topic,
                 session: "doc-1",
                 seq: 7,
                 payload: "{\"a\":\"x\\ny\"}"
             })
         );
         assert_eq!(Message::split(b"progress\ndoc-1\n{}"), None);
+        let run = Topic::run(SessionId::parse("r:1").unwrap());
+        let header = Message::header(&run, "run.started", Scope::Project);
+        assert_eq!(header, "run/run.started/project\nr:1\n");
+        let text = format!("{header}3\n{{}}");
+        let message = Message::split(text.as_bytes()).unwrap();
+        assert_eq!(
+            (message.family, message.name, message.scope, message.seq),
+            (Family::Run, "run.started", Scope::Project, 3)
+        );
         assert_eq!(Message::split(b"progress\ndoc-1\nx\n{}"), None);
     }
 
@@ -843,8 +888,12 @@ mod tests {
             prefix: "herald".into(),
         };
         assert_eq!(
-            keys.session(&SessionId::parse("a").unwrap()),
+            keys.session(&Topic::session(SessionId::parse("a").unwrap())),
             "herald:session:{a}"
+        );
+        assert_eq!(
+            keys.history(&Topic::run(SessionId::parse("a").unwrap())),
+            "herald:run-history:{a}"
         );
     }
 }
