@@ -3,8 +3,8 @@
 // so the documentation shows what herald does. In a block: `$ wscat -c URL`
 // opens the connection, `> frame` sends a text frame, `< frame` is the next
 // frame herald must send, `$ curl ...` runs the publish it shows. Frames are
-// compared as JSON, where "..." matches any string; a frame that is not JSON
-// must match as text.
+// compared as JSON with their fields in the order shown, where "..." matches
+// any string; a frame that is not JSON must match as text.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -23,14 +23,14 @@ function transcripts() {
   return blocks.filter((lines) => /^\$ wscat -c ws:\/\/localhost:3000\/ws\b/.test(lines[0]));
 }
 
-/** Whether `got` matches `want`, "..." in `want` matching any string. */
+/** Whether `got` matches `want`, fields in the same order, "..." in `want` matching any string. */
 function matches(want, got) {
   if (want === '...') return typeof got === 'string';
   if (Array.isArray(want)) return Array.isArray(got) && got.length === want.length && want.every((w, i) => matches(w, got[i]));
   if (want && typeof want === 'object') {
     if (!got || typeof got !== 'object' || Array.isArray(got)) return false;
     const keys = Object.keys(want);
-    return keys.length === Object.keys(got).length && keys.every((k) => k in got && matches(want[k], got[k]));
+    return keys.join() === Object.keys(got).join() && keys.every((k) => matches(want[k], got[k]));
   }
   return want === got;
 }
@@ -56,7 +56,8 @@ test('the matcher can fail', () => {
   assert.equal(matches({ a: '...' }, { a: 'x', b: 1 }), false);
   assert.equal(matches(['x'], ['x', 'y']), false);
   assert.equal(matches({ a: { b: 2 } }, { a: { b: 3 } }), false);
-  assert.equal(matches({ a: '...', b: [1] }, { b: [1], a: 'z' }), true);
+  assert.equal(matches({ a: '...', b: [1] }, { b: [1], a: 'z' }), false, 'fields in another order');
+  assert.equal(matches({ a: '...', b: [1] }, { a: 'z', b: [1] }), true);
 });
 
 for (const lines of transcripts()) {
