@@ -1,7 +1,8 @@
 //! The HTTP edge in one place: every route herald serves, mounted here and
-//! nowhere else. `/health`, `/ready` and `/metrics` stay outside the API key;
-//! `/api/v1/` sits behind it; `/socket.io/` checks browser origins itself.
-//! CORS, request tracing and the JSON 404 apply to the whole.
+//! nowhere else. `/health` and `/ready` stay open to every prober;
+//! `/api/v1/` and `/metrics` sit behind the API keys (when set) and refuse
+//! browsers from origins not allowed; `/socket.io/` checks browser origins
+//! itself. CORS, request tracing and the JSON 404 apply to the whole.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use crate::{
-    http::{self, KeyCheck, Origins},
+    http::{self, KeyCheck, KeyRing, Origins},
     metrics::{Metrics, StatusLabel},
     ops::{self, OpsState},
     publish::{
@@ -30,7 +31,7 @@ pub(crate) struct Edge {
     pub sockets: Router,
     pub api: ApiState,
     pub ops: OpsState,
-    pub api_key: Option<String>,
+    pub keys: Option<Arc<KeyRing>>,
     pub origins: Origins,
 }
 
@@ -39,19 +40,24 @@ pub(crate) fn router(edge: Edge) -> Router {
         sockets,
         api,
         ops,
-        api_key,
+        keys,
         origins,
     } = edge;
     let max_body = api.max_body;
-    let guard = |routes: Router| match &api_key {
-        Some(key) => {
-            let check = KeyCheck {
-                key: Arc::from(key.as_str()),
-                max_body,
-            };
-            routes.route_layer(middleware::from_fn_with_state(check, http::require_key))
-        }
-        None => routes,
+    // The origin check runs first (the outer layer): a foreign browser is
+    // refused as such, whatever key it holds.
+    let guard = |routes: Router| {
+        let routes = match &keys {
+            Some(keys) => {
+                let check = KeyCheck {
+                    keys: keys.clone(),
+                    max_body,
+                };
+                routes.route_layer(middleware::from_fn_with_state(check, http::require_key))
+            }
+            None => routes,
+        };
+        origins.guard(routes)
     };
     // Counted outside the key check, so that a publish refused for its key
     // counts as a refused publish.
@@ -65,6 +71,10 @@ pub(crate) fn router(edge: Edge) -> Router {
         .method_not_allowed_fallback(http::method_not_allowed);
     Router::new()
         .nest("/api/v1", v1)
+        .merge(
+            guard(ops::metrics_routes(ops.clone()))
+                .method_not_allowed_fallback(http::method_not_allowed),
+        )
         .merge(ops::routes(ops).method_not_allowed_fallback(http::method_not_allowed))
         .merge(sockets)
         .fallback(http::not_found)

@@ -3,7 +3,7 @@
 //! The binary also reads a `.env` file when there is one. `.env.example`
 //! lists the same variables; a test keeps the two in step.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -23,9 +23,15 @@ pub struct Config {
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
 
-    /// When set, every /api/v1/ request must carry `Authorization: Bearer <key>`.
+    /// When set, every /api/v1/ request (and /metrics) must carry
+    /// `Authorization: Bearer <key>` with one of these comma-separated keys.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+
+    /// A file of publish keys, one a line (blank lines and `#` comments
+    /// ignored), re-read on SIGHUP; used together with API_KEY.
+    #[arg(long, env = "API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
 
     /// Origins allowed by CORS, comma-separated, or `*` for any.
     #[arg(long, env = "CORS_ORIGINS", default_value = "*", value_delimiter = ',')]
@@ -43,6 +49,26 @@ pub struct Config {
     /// `maxHttpBufferSize` default).
     #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 1_048_576)]
     pub max_payload_bytes: usize,
+
+    /// Deepest nesting of arrays and objects a published event's `data` may
+    /// have; deeper is refused with 422.
+    #[arg(long, env = "MAX_JSON_DEPTH", default_value_t = 64)]
+    pub max_json_depth: usize,
+
+    /// Events each API key (each client address, without keys) may publish
+    /// per second; past that, 429 with Retry-After. 0: no limit.
+    #[arg(long, env = "PUBLISH_RATE_PER_KEY", default_value_t = 1000)]
+    pub publish_rate_per_key: u32,
+
+    /// Events a key may publish at once after a quiet spell (the largest
+    /// batch that can pass); 0: the same as PUBLISH_RATE_PER_KEY.
+    #[arg(long, env = "PUBLISH_BURST_PER_KEY", default_value_t = 2000)]
+    pub publish_burst_per_key: u32,
+
+    /// How long a publish's idempotency key is remembered, in seconds: a
+    /// retry with the same key within it publishes nothing again.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    pub idempotency_ttl_secs: u64,
 
     /// Packets that may wait for one socket before further events to it are
     /// dropped (and counted in `herald_dropped_deliveries_total`).
@@ -131,9 +157,17 @@ impl Config {
         (!urls.is_empty()).then_some(urls)
     }
 
-    /// The API key, if one is required; an empty `API_KEY=` means none.
-    pub fn required_api_key(&self) -> Option<&str> {
-        self.api_key.as_deref().filter(|key| !key.trim().is_empty())
+    /// Whether publish keys are configured (inline or by file).
+    pub fn api_key_required(&self) -> bool {
+        self.api_key
+            .as_deref()
+            .is_some_and(|keys| keys.split(',').any(|k| !k.trim().is_empty()))
+            || self.api_key_file().is_some()
+    }
+
+    /// The key file, if any (clap reads an empty `API_KEY_FILE=` as unset).
+    pub fn api_key_file(&self) -> Option<&std::path::Path> {
+        self.api_key_file.as_deref()
     }
 
     /// Where to listen, for `TcpListener::bind` (which resolves host names).
@@ -155,6 +189,10 @@ impl Config {
 
     pub fn session_ttl(&self) -> Duration {
         Duration::from_secs(self.session_ttl_secs)
+    }
+
+    pub fn idempotency_ttl(&self) -> Duration {
+        Duration::from_secs(self.idempotency_ttl_secs)
     }
 }
 
@@ -192,9 +230,11 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_api_key_means_none() {
-        let c = Config::parse_from(["herald", "--api-key", " "]);
-        assert_eq!(c.required_api_key(), None);
+    fn empty_api_keys_mean_none() {
+        let c = Config::parse_from(["herald", "--api-key", " , "]);
+        assert!(!c.api_key_required());
+        let c = Config::parse_from(["herald", "--api-key", " , k"]);
+        assert!(c.api_key_required());
     }
 
     #[test]

@@ -62,7 +62,7 @@ use crate::{
         memory::{self, MemorySequencer},
         redis::{self as redis_cluster, RedisAdapter, RedisSequencer},
     },
-    http::Origins,
+    http::{KeyRing, Origins, PublishLimit, RateSettings},
     metrics::Metrics,
     ops::OpsState,
     publish::api::ApiState,
@@ -77,6 +77,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum SetupError {
     #[error("invalid REDIS_URL: {0}")]
     RedisUrl(#[from] redis::RedisError),
+    #[error(transparent)]
+    KeyFile(#[from] http::KeyFileError),
 }
 
 /// A configured herald: its routes and its emitter.
@@ -170,6 +172,7 @@ impl Herald {
                     ttl: config.session_ttl(),
                     max_events: config.history_max_events,
                     max_bytes: config.history_max_bytes,
+                    idempotency_ttl: config.idempotency_ttl(),
                 };
                 MemorySequencer::new(fanout, limits, metrics.clone())
             }),
@@ -181,6 +184,7 @@ impl Herald {
                     session_ttl: config.session_ttl(),
                     history_events: config.history_max_events,
                     queue_events: config.cluster_queue_events,
+                    idempotency_ttl: config.idempotency_ttl(),
                 };
                 let (setup, adapter) = redis_cluster::Setup::new(&redis_settings, metrics.clone())?;
                 wire::<RedisAdapter, _>(&settings, adapter, &metrics, &streams, |fanout| {
@@ -192,7 +196,6 @@ impl Herald {
             socket_routes,
             sockets,
             sequencer,
-            #[cfg_attr(not(feature = "patched-engine"), allow(unused_mut))]
             mut tasks,
             #[cfg(feature = "patched-engine")]
             linger,
@@ -204,6 +207,10 @@ impl Herald {
             linger.clone(),
         )));
 
+        let keys = KeyRing::load(config.api_key.as_deref(), config.api_key_file())?;
+        if let Some(keys) = keys.clone().filter(|keys| keys.has_file()) {
+            tasks.push(Box::pin(keys.reload_on_sighup()));
+        }
         let emitter = Emitter::new(sequencer.clone(), metrics.clone());
         let running = Arc::new(AtomicBool::new(false));
         let router = app::router(app::Edge {
@@ -213,6 +220,11 @@ impl Herald {
                 sequencer: sequencer.clone(),
                 sockets: sockets.clone(),
                 max_body: config.max_payload_bytes,
+                max_depth: config.max_json_depth,
+                limit: Arc::new(PublishLimit::new(RateSettings {
+                    per_second: config.publish_rate_per_key,
+                    burst: config.publish_burst_per_key,
+                })),
             },
             ops: OpsState {
                 metrics,
@@ -220,7 +232,7 @@ impl Herald {
                 sockets: sockets.clone(),
                 background_running: running.clone(),
             },
-            api_key: config.required_api_key().map(str::to_owned),
+            keys,
             origins,
         });
         let herald = Self {
@@ -277,8 +289,14 @@ impl Herald {
         });
         // A make-service built once: serving the Router itself makes axum
         // clone and re-finalize the whole route table for every connection.
-        let server =
-            axum::serve(listener, self.router.into_make_service()).with_graceful_shutdown(stop);
+        // With each connection's peer address, which the publish rate limit
+        // counts against when no API key is set.
+        let server = axum::serve(
+            listener,
+            self.router
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop);
         let server = tokio::spawn(async move { server.await });
         match closed_rx.await {
             // The sockets are closed; give the HTTP side a moment to drain.

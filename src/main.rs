@@ -68,7 +68,7 @@ async fn main() -> std::process::ExitCode {
         target: "herald::start",
         "herald {} listening on http://{addr} (Socket.IO at ws://{addr}/socket.io/, API at /api/v1), adapter: {adapter}, API key: {}",
         env!("CARGO_PKG_VERSION"),
-        if config.required_api_key().is_some() {
+        if config.api_key_required() {
             "required"
         } else {
             "off"

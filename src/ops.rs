@@ -28,11 +28,19 @@ pub(crate) struct OpsState {
     pub background_running: Arc<AtomicBool>,
 }
 
-/// `/health`, `/ready` and `/metrics`, outside the API key.
+/// `/health` and `/ready`, open to every prober: outside the API key and
+/// the origin check.
 pub(crate) fn routes(state: OpsState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .with_state(state)
+}
+
+/// `/metrics`, behind the API key when one is set: its figures (sessions,
+/// rejections, the load) are for the operator's scraper, not for anyone.
+pub(crate) fn metrics_routes(state: OpsState) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .with_state(state)
 }

@@ -37,12 +37,7 @@ async fn socketio_run(herald: &Herald, subscribe: Value) -> (RawSocket, Value) {
 #[tokio::test]
 async fn one_publish_reaches_every_transport_on_every_instance_in_order() {
     let redis = Redis::start().await;
-    let url = redis.url();
-    let a = Herald::start(&["--redis-url", &url]).await;
-    let b = Herald::start(&["--redis-url", &url]).await;
-    for herald in [&a, &b] {
-        herald.wait_ready(200, Duration::from_secs(10)).await;
-    }
+    let (a, b) = common::ready_pair(&redis).await;
     let mut ws = ws_client(&a, "r1").await;
     let (mut sio, subscribed) = socketio_run(&b, json!({ "runId": "r1" })).await;
     assert_eq!(
@@ -155,4 +150,75 @@ async fn socketio_clients_resume_a_run_with_since() {
     )
     .await;
     sio.assert_silent(Duration::from_millis(300)).await;
+}
+
+/// The `Emitter` helpers named after seed 001's broadcaster, from an app
+/// that embeds herald: the same frames as the HTTP routes publish.
+#[tokio::test]
+async fn rust_helpers_publish_run_and_workflow_events() {
+    use clap::Parser;
+    use herald::protocol::{Phase, Scope, StageProgress, WorkflowEvent};
+
+    let config = herald::Config::parse_from(["herald"]);
+    let (herald, background) = herald::Herald::new(&config).unwrap();
+    background.spawn();
+    let emitter = herald.emitter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(herald.serve(listener, std::future::pending()));
+
+    let mut ws = RawSocket::open(&format!("ws://127.0.0.1:{port}/ws")).await;
+    ws.recv().await; // connection.established
+    ws.send(r#"{"type":"auth","payload":{"runId":"run-rs","projectId":"p-rs"}}"#)
+        .await;
+    ws.recv().await; // auth.success
+    let mut steps = RawSocket::open(&format!("ws://127.0.0.1:{port}/ws/workflows/run-rs")).await;
+
+    let progress: StageProgress = serde_json::from_value(json!({
+        "runId": "run-rs", "stageId": "s1", "stageName": "Data Ingestion", "progress": 45,
+        "itemsProcessed": 450, "itemsTotal": 1000
+    }))
+    .unwrap();
+    let receipt = emitter
+        .broadcast_stage_progress(progress.clone())
+        .await
+        .unwrap();
+    assert_eq!(receipt.seq, 1);
+    let frame: Value = serde_json::from_str(&ws.recv().await).unwrap();
+    assert_eq!(
+        (frame["type"].clone(), frame["seq"].clone()),
+        (json!("stage.progress"), json!(1))
+    );
+    assert_eq!(frame["payload"]["itemsTotal"], 1000);
+
+    // `to: project` needs the payload to name the project.
+    assert!(
+        emitter
+            .broadcast_run(progress.clone(), Scope::Project)
+            .await
+            .is_err()
+    );
+    let mut scoped = progress;
+    scoped.project_id = Some("p-rs".into());
+    emitter
+        .broadcast_run(scoped, Scope::Project)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&ws.recv().await).unwrap()["seq"],
+        2
+    );
+
+    let step: WorkflowEvent = serde_json::from_value(json!({
+        "ts": "2025-11-13T10:00:05Z", "run_id": "run-rs", "node_name": "STYLE",
+        "phase": "start", "data": { "node_index": 1 }, "request_id": "q"
+    }))
+    .unwrap();
+    assert_eq!(step.phase, Phase::Start);
+    emitter.workflow_event(step).await.unwrap();
+    assert_eq!(
+        steps.recv().await,
+        r#"{"ts":"2025-11-13T10:00:05Z","run_id":"run-rs","node_name":"STYLE","phase":"start","duration_ms":null,"data":{"node_index":1},"request_id":"q"}"#
+    );
 }

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Herald, RawSocket, Redis};
 use serde_json::{Value, json};
 
@@ -116,12 +114,7 @@ async fn refusals_name_the_field_and_publish_nothing() {
 #[tokio::test]
 async fn two_instances_through_redis_keep_each_runs_order() {
     let redis = Redis::start().await;
-    let url = redis.url();
-    let a = Herald::start(&["--redis-url", &url]).await;
-    let b = Herald::start(&["--redis-url", &url]).await;
-    for herald in [&a, &b] {
-        herald.wait_ready(200, Duration::from_secs(10)).await;
-    }
+    let (a, b) = common::ready_pair(&redis).await;
     let mut on_a = stream(&a, "/ws/workflows/wf").await;
     let mut on_b = stream(&b, "/ws/workflows").await;
     for i in 0..30 {

@@ -400,12 +400,7 @@ async fn resume_replays_what_was_missed_then_live_events() {
 #[tokio::test]
 async fn two_instances_through_redis_deliver_every_event_in_order() {
     let redis = Redis::start().await;
-    let url = redis.url();
-    let a = Herald::start(&["--redis-url", &url]).await;
-    let b = Herald::start(&["--redis-url", &url]).await;
-    for herald in [&a, &b] {
-        herald.wait_ready(200, Duration::from_secs(10)).await;
-    }
+    let (a, b) = common::ready_pair(&redis).await;
     let mut clients = Vec::new();
     for herald in [&a, &b] {
         let (mut ws, _) = client(herald).await;

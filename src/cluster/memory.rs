@@ -49,6 +49,8 @@ pub(crate) struct Limits {
     pub ttl: Duration,
     pub max_events: usize,
     pub max_bytes: usize,
+    /// How long a publish's idempotency key is remembered.
+    pub idempotency_ttl: Duration,
 }
 
 /// What herald remembers of one session.
@@ -63,6 +65,7 @@ struct SessionRecord {
     failed: bool,
     history: VecDeque<Held>,
     touched: Instant,
+    idempotency: Idempotency,
 }
 
 impl Default for SessionRecord {
@@ -76,6 +79,7 @@ impl Default for SessionRecord {
             failed: false,
             history: VecDeque::new(),
             touched: Instant::now(),
+            idempotency: Idempotency::default(),
         }
     }
 }
@@ -124,6 +128,44 @@ impl SessionRecord {
     /// The accounted size of the history held; what dropping it frees.
     fn history_cost(&self) -> usize {
         self.history.iter().map(Held::cost).sum()
+    }
+}
+
+/// Idempotency keys remembered per session: a memory bound on top of the
+/// window, oldest forgotten first.
+const IDEMPOTENCY_KEYS_PER_SESSION: usize = 1024;
+
+/// The seqs of a session's recent publishes that carried an idempotency key,
+/// for as long as the window lasts (at most
+/// [`IDEMPOTENCY_KEYS_PER_SESSION`] of them).
+#[derive(Debug, Default)]
+struct Idempotency {
+    seqs: std::collections::HashMap<Box<str>, u64>,
+    /// The keys in the order they were first used, with when.
+    order: VecDeque<(Instant, Box<str>)>,
+}
+
+impl Idempotency {
+    /// The seq of the publish that used `key`, if it is still remembered.
+    fn seq(&mut self, key: &str, window: Duration) -> Option<u64> {
+        while let Some((at, old)) = self.order.front() {
+            if at.elapsed() < window {
+                break;
+            }
+            self.seqs.remove(old);
+            self.order.pop_front();
+        }
+        self.seqs.get(key).copied()
+    }
+
+    fn remember(&mut self, key: &str, seq: u64) {
+        if self.order.len() >= IDEMPOTENCY_KEYS_PER_SESSION
+            && let Some((_, old)) = self.order.pop_front()
+        {
+            self.seqs.remove(&old);
+        }
+        self.seqs.insert(key.into(), seq);
+        self.order.push_back((Instant::now(), key.into()));
     }
 }
 
@@ -176,6 +218,13 @@ impl Sequencer for MemorySequencer {
             // The lock is held until the event is handed to the fan-out: the
             // next publish to this session cannot overtake it.
             let mut record = self.sessions.lock(out.topic).await;
+            let window = self.sessions.limits.idempotency_ttl;
+            if let Some(first) = out
+                .idempotency_key
+                .and_then(|key| record.idempotency.seq(key, window))
+            {
+                return Ok(first);
+            }
             let seq = record.seq + 1;
             let payload: Arc<RawValue> = Arc::from(out.encoded.with_seq(seq));
             self.fanout
@@ -193,6 +242,9 @@ impl Sequencer for MemorySequencer {
                 payload,
             };
             self.sessions.commit(&mut record, held, out.outcome);
+            if let Some(key) = out.idempotency_key {
+                record.idempotency.remember(key, seq);
+            }
             Ok(seq)
         }
         .boxed()
@@ -428,7 +480,27 @@ mod tests {
             ttl: Duration::from_secs(3600),
             max_events,
             max_bytes,
+            idempotency_ttl: Duration::from_secs(3600),
         }
+    }
+
+    #[test]
+    fn idempotency_keys_are_kept_for_the_window_and_within_the_bound() {
+        let mut keys = Idempotency::default();
+        keys.remember("a", 1);
+        assert_eq!(keys.seq("a", Duration::from_secs(60)), Some(1));
+        assert_eq!(keys.seq("b", Duration::from_secs(60)), None);
+        for n in 0..IDEMPOTENCY_KEYS_PER_SESSION {
+            keys.remember(&n.to_string(), n as u64 + 2);
+        }
+        assert_eq!(
+            keys.seq("a", Duration::from_secs(60)),
+            None,
+            "the oldest went first"
+        );
+        assert_eq!(keys.seq("0", Duration::from_secs(60)), Some(2));
+        assert_eq!(keys.seq("0", Duration::ZERO), None, "past the window");
+        assert!(keys.seqs.is_empty() && keys.order.is_empty());
     }
 
     fn held(seq: u64, name: &'static str) -> Held {

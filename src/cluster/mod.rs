@@ -36,6 +36,10 @@ pub(crate) struct Outbound<'a> {
     pub scope: Scope,
     pub encoded: Encoded,
     pub outcome: Outcome,
+    /// The publisher's idempotency key: a publish to the same session with a
+    /// key already used (within the sequencer's window) publishes nothing
+    /// and answers the first one's seq.
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// An event with its seq, as the fan-out receives it.
@@ -140,7 +144,7 @@ impl std::fmt::Display for Action {
 }
 
 /// Why a sequencer could not do what it was asked. Nothing was delivered and
-/// no seq consumed.
+/// no seq consumed, except after [`SequencerError::OutcomeUnknown`].
 #[derive(Debug, thiserror::Error)]
 pub enum SequencerError {
     /// This instance cannot currently reach every instance.
@@ -149,6 +153,14 @@ pub enum SequencerError {
     /// herald is shutting down: its delivery task has stopped.
     #[error("{0}: herald is shutting down")]
     Stopped(Action),
+    /// The request went to Redis and no answer came back (it timed out, the
+    /// connection broke): Redis may or may not have run it.
+    #[error("{action}: no answer from Redis, so it may or may not have happened: {source}")]
+    OutcomeUnknown {
+        action: Action,
+        #[source]
+        source: ::redis::RedisError,
+    },
     /// Redis failed the request.
     #[error("{action}: Redis: {source}")]
     Redis {

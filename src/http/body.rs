@@ -1,7 +1,8 @@
 //! Reading a request body as JSON: the content type, the size limit (a body
 //! somewhat over it is read and dropped so that a proxy still sending it sees
 //! an answer), and the split between malformed JSON (400) and JSON of the
-//! wrong shape (422, with the field's path).
+//! wrong shape (422, with the field's path), and the nesting depth of what
+//! is published.
 
 use axum::{
     body::{Body, Bytes},
@@ -105,6 +106,58 @@ pub(crate) async fn read_body(
     Ok(bytes)
 }
 
+/// Refuses JSON nested deeper than `max` levels below its `envelope` (the
+/// levels the request's own shape takes: 1 for `{ event, data }`, 2 for a
+/// batch), before anything parses it. serde_json's recursion limit does not
+/// help here: payloads are kept as `RawValue`, whose parsing skips nested
+/// values without counting them, and a subscriber's own parser (serde_json,
+/// 128 levels) may then fail on what herald forwarded.
+pub(crate) fn check_depth(bytes: &[u8], envelope: usize, max: usize) -> Result<(), ApiError> {
+    match deeper_than(bytes, envelope.saturating_add(max)) {
+        false => Ok(()),
+        true => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("JSON nested deeper than the limit of {max} levels (MAX_JSON_DEPTH)"),
+        )),
+    }
+}
+
+/// Whether the arrays and objects of `bytes` nest deeper than `max`, brackets
+/// inside strings (escapes included) not counted. One pass, no allocation,
+/// strings skipped with `memchr`; malformed JSON is left for the parser to
+/// refuse.
+fn deeper_than(bytes: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(&b) = bytes.get(at) {
+        at += 1;
+        match b {
+            b'"' => {
+                // To the closing quote: the next quote not escaped.
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[at..]) {
+                        Some(i) if bytes[at + i] == b'\\' => at = (at + i + 2).min(bytes.len()),
+                        Some(i) => {
+                            at += i + 1;
+                            break;
+                        }
+                        None => return false,
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Parses JSON: syntax errors are 400, shape errors 422 with the field's path.
 pub(crate) fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     // The whole body must be JSON before its shape is judged, as `JSON.parse`
@@ -112,4 +165,41 @@ pub(crate) fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
     let json: &RawValue = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
     read_json(json).map_err(ApiError::invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(levels: usize) -> String {
+        format!("{}{}", "[".repeat(levels), "]".repeat(levels))
+    }
+
+    #[test]
+    fn depth_at_the_limit_passes_and_one_past_it_is_refused() {
+        assert!(!deeper_than(nested(64).as_bytes(), 64));
+        assert!(deeper_than(nested(65).as_bytes(), 64));
+        assert!(!deeper_than(br#"{"a":{"b":[1,{"c":2}]}}"#, 4));
+        assert!(deeper_than(br#"{"a":{"b":[1,{"c":2}]}}"#, 3));
+    }
+
+    #[test]
+    fn brackets_in_strings_do_not_count() {
+        assert!(!deeper_than(br#"{"a":"[[[[{{{{"}"#, 1));
+        assert!(!deeper_than(br#"{"a":"\"[[[[\\"}"#, 1));
+        // An escaped backslash ends before the quote: the string closes.
+        assert!(deeper_than(br#"{"a":"\\","b":[[1]]}"#, 2));
+        // Cut short inside a string or an escape: no panic, left to the parser.
+        assert!(!deeper_than(br#"{"a":"x\"#, 1));
+        assert!(!deeper_than(br#"{"a":"x"#, 1));
+    }
+
+    #[test]
+    fn the_envelope_does_not_count_against_the_limit() {
+        let body = format!(r#"{{"event":"completed","data":{}}}"#, nested(64));
+        assert!(check_depth(body.as_bytes(), 1, 64).is_ok());
+        let body = format!(r#"{{"event":"completed","data":{}}}"#, nested(65));
+        let refused = check_depth(body.as_bytes(), 1, 64).unwrap_err();
+        assert!(format!("{refused:?}").contains("64"), "{refused:?}");
+    }
 }

@@ -16,6 +16,9 @@ pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     field: Option<String>,
+    /// A machine-readable name of the refusal, where a client must tell
+    /// refusals of one status apart (`OUTCOME_UNKNOWN`).
+    code: Option<&'static str>,
     /// The request body was left unread: the connection cannot be reused.
     close: bool,
 }
@@ -25,6 +28,8 @@ struct ErrorBody<'a> {
     error: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
 }
 
 impl ApiError {
@@ -33,8 +38,15 @@ impl ApiError {
             status,
             message: message.into(),
             field: None,
+            code: None,
             close: false,
         }
+    }
+
+    /// The same refusal, with a machine-readable code.
+    pub(crate) fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
     }
 
     /// The same refusal, telling the client that the connection will be
@@ -49,6 +61,7 @@ impl ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             message: e.message,
             field: (!e.field.is_empty()).then_some(e.field),
+            code: None,
             close: false,
         }
     }
@@ -59,6 +72,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: &self.message,
             field: self.field.as_deref(),
+            code: self.code,
         };
         let mut res = (self.status, Json(body)).into_response();
         if self.close {

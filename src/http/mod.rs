@@ -1,22 +1,36 @@
 //! The pieces of herald's HTTP side that every route shares: the JSON
-//! refusal ([`ApiError`]), reading JSON bodies, the API key check and the
-//! allowed browser origins. A leaf: it knows no handler; `app` assembles the
-//! routes from them.
+//! refusal ([`ApiError`]), reading JSON bodies, the API keys, the publish
+//! rate limit and the allowed browser origins. A leaf: it knows no handler;
+//! `app` assembles the routes from them.
 
 mod body;
 mod error;
 mod key;
+mod rate;
+
+use std::sync::Arc;
 
 use axum::{
+    Router,
     extract::{OriginalUri, Request},
-    http::{HeaderValue, StatusCode},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
 };
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::warn;
 
-pub(crate) use body::{parse_json, read_body};
+pub(crate) use body::{check_depth, parse_json, read_body};
 pub(crate) use error::ApiError;
-pub(crate) use key::{KeyCheck, require_key};
+pub use key::KeyFileError;
+pub(crate) use key::{KeyCheck, KeyId, KeyRing, require_key};
+use rate::LogEvery;
+pub(crate) use rate::{Caller, PublishLimit, RateSettings};
+
+/// Marks a request as already authorized (by a token the auth middleware
+/// checked): the API key check lets it through.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Authorized;
 
 /// Which browser origins may connect and call the API.
 #[derive(Clone)]
@@ -51,6 +65,51 @@ impl Origins {
             Self::Any => layer.allow_origin(Any),
             Self::List(list) => layer.allow_origin(AllowOrigin::list(list.clone())),
         }
+    }
+
+    /// `routes`, refusing browsers from origins not on the list. CORS alone
+    /// does not stop a browser: a "simple" request (a `POST` without a JSON
+    /// content type, a WebSocket upgrade) is sent, and acted on, before the
+    /// browser looks at the answer's CORS headers.
+    pub(crate) fn guard(&self, routes: Router) -> Router {
+        match self {
+            Self::Any => routes,
+            Self::List(list) => {
+                let list: Arc<[HeaderValue]> = Arc::from(list.as_slice());
+                let log = Arc::new(LogEvery::default());
+                routes.route_layer(middleware::from_fn(move |req, next| {
+                    check_origin(list.clone(), log.clone(), req, next)
+                }))
+            }
+        }
+    }
+}
+
+/// Refuses a browser whose `Origin` is not allowed; clients that send no
+/// `Origin` (scripts, servers) are not browsers and pass.
+async fn check_origin(
+    allowed: Arc<[HeaderValue]>,
+    log: Arc<LogEvery>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match req.headers().get(header::ORIGIN) {
+        Some(origin) if !allowed.contains(origin) => {
+            if let Some(unlogged) = log.ready() {
+                warn!(
+                    origin = ?origin,
+                    path = req.uri().path(),
+                    unlogged,
+                    "refused a request from an origin not in CORS_ORIGINS ({unlogged} more refusals since the last line)"
+                );
+            }
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this origin is not allowed (CORS_ORIGINS)",
+            )
+            .into_response()
+        }
+        _ => next.run(req).await,
     }
 }
 

@@ -49,14 +49,19 @@ impl Family {
         self.names().iter().copied().find(|known| *known == name)
     }
 
-    /// The Redis key names of a stream's state and history. Sessions keep
-    /// the names they had before families existed, so a rolling upgrade
-    /// finds their seqs.
-    pub(crate) fn storage_names(self) -> (&'static str, &'static str) {
-        match self {
-            Self::Session => ("session", "history"),
-            Self::Run => ("run", "run-history"),
-            Self::Workflow => ("workflow", "workflow-history"),
+    /// The Redis key names of a stream's state, history and idempotency
+    /// keys. Sessions keep the names they had before families existed, so a
+    /// rolling upgrade finds their seqs.
+    pub(crate) fn storage_names(self) -> StorageNames {
+        let (state, history, idempotency) = match self {
+            Self::Session => ("session", "history", "idem"),
+            Self::Run => ("run", "run-history", "run-idem"),
+            Self::Workflow => ("workflow", "workflow-history", "workflow-idem"),
+        };
+        StorageNames {
+            state,
+            history,
+            idempotency,
         }
     }
 }
@@ -72,6 +77,13 @@ impl Family {
             other => Some(other.as_str()),
         }
     }
+}
+
+/// What a family's keys are called in Redis.
+pub(crate) struct StorageNames {
+    pub state: &'static str,
+    pub history: &'static str,
+    pub idempotency: &'static str,
 }
 
 /// One stream of events: its own seq, epoch, state and history.

@@ -26,7 +26,7 @@ use crate::{
         Sequencer, SessionState,
         history::{Epoch, Page},
     },
-    http::{ApiError, parse_json, read_body},
+    http::{ApiError, Caller, PublishLimit, check_depth, parse_json, read_body},
     protocol::{Invalid, SessionEvent, SessionId, Topic},
     realtime::Sockets,
 };
@@ -38,6 +38,25 @@ pub(crate) struct ApiState {
     pub sequencer: Arc<dyn Sequencer>,
     pub sockets: Arc<dyn Sockets>,
     pub max_body: usize,
+    /// `MAX_JSON_DEPTH`: how deep a published event's `data` may nest.
+    pub max_depth: usize,
+    pub limit: Arc<PublishLimit>,
+}
+
+impl ApiState {
+    /// Reads a publish body: its size, its nesting depth (below the
+    /// `envelope` levels of the request's own shape), then its JSON.
+    pub(super) async fn read<'a, T: Deserialize<'a>>(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        envelope: usize,
+        bytes: &'a mut axum::body::Bytes,
+    ) -> Result<T, ApiError> {
+        *bytes = read_body(headers, body, self.max_body).await?;
+        check_depth(bytes, envelope, self.max_depth)?;
+        parse_json(bytes)
+    }
 }
 
 /// The publish routes, which `app` mounts under `/api/v1` (and counts the
@@ -62,10 +81,52 @@ const PAGE_DEFAULT: usize = 100;
 /// The most events one history page holds.
 const PAGE_MAX: usize = 1000;
 
+/// 503 `UNAVAILABLE` means "not done" (for a publish: not published, safe
+/// to retry); 504 `OUTCOME_UNKNOWN` means
+/// Redis got the publish and did not answer in time: it may yet be
+/// delivered, and only a retry with the same idempotency key is safe.
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        if e.outcome_unknown() {
+            Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("{e}; retry with the same Idempotency-Key to publish it exactly once"),
+            )
+            .with_code(OUTCOME_UNKNOWN)
+        } else {
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).with_code(UNAVAILABLE)
+        }
     }
+}
+
+const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
+const UNAVAILABLE: &str = "UNAVAILABLE";
+
+/// The longest idempotency key accepted.
+const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+/// Checks an idempotency key: 1 to 255 visible ASCII characters, as in an
+/// HTTP header. `field` names where it came from.
+fn idempotency_key<'a>(key: &'a str, field: &str) -> Result<&'a str, ApiError> {
+    let fits =
+        (1..=IDEMPOTENCY_KEY_MAX).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
+    fits.then_some(key).ok_or_else(|| {
+        ApiError::invalid(Invalid::new(
+            field,
+            format!(
+                "{field} must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters (a UUID will do)"
+            ),
+        ))
+    })
+}
+
+/// The `Idempotency-Key` header of a single publish, if any.
+pub(super) fn header_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("");
+    idempotency_key(text.trim(), "Idempotency-Key").map(Some)
 }
 
 fn path_session(path: Result<Path<String>, PathRejection>) -> Result<SessionId, ApiError> {
@@ -89,21 +150,28 @@ struct BatchItem<'a> {
     event: String,
     #[serde(borrow)]
     data: &'a RawValue,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 async fn publish_one(
     State(api): State<ApiState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Receipt>), ApiError> {
+) -> Result<Response, ApiError> {
     let session_id = path_session(path)?;
-    let bytes = read_body(&headers, body, api.max_body).await?;
-    let body: EventBody = parse_json(&bytes)?;
+    let key = header_key(&headers)?;
+    let mut bytes = Default::default();
+    let body: EventBody = api.read(&headers, body, 1, &mut bytes).await?;
     let publication = Publication::<SessionEvent>::from_json(session_id, &body.event, body.data)
         .map_err(ApiError::invalid)?;
-    let receipt = api.emitter.publish(publication).await?;
-    Ok((StatusCode::ACCEPTED, Json(receipt)))
+    if let Err(refusal) = api.limit.check(&caller, 1) {
+        return Ok(refusal.into_response());
+    }
+    let receipt = api.emitter.publish_once(publication, key).await?;
+    Ok((StatusCode::ACCEPTED, Json(receipt)).into_response())
 }
 
 #[derive(Serialize)]
@@ -111,12 +179,17 @@ struct BatchReceipt {
     results: Vec<Receipt>,
 }
 
-/// A batch that stopped part-way: what was published (with seqs) and the
-/// indices of what was not, so that a client retries exactly those.
+/// A batch that stopped part-way: what was published (with seqs), the index
+/// whose outcome is unknown (if that is why it stopped) and the indices of
+/// what was not published, so that a client retries exactly those.
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct BatchStopped {
     error: String,
+    code: &'static str,
     results: Vec<Receipt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome_unknown: Option<usize>,
     unpublished: Vec<usize>,
 }
 
@@ -124,32 +197,50 @@ struct BatchStopped {
 /// Publishing is in order and stops at the first failure.
 async fn publish_batch(
     State(api): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, api.max_body).await?;
-    let items: Vec<BatchItem> = parse_json(&bytes)?;
+    let mut bytes = Default::default();
+    let items: Vec<BatchItem> = api.read(&headers, body, 2, &mut bytes).await?;
     let publications = items
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(i, item)| {
-            Publication::<SessionEvent>::from_json(item.session_id, &item.event, item.data)
+            let key = item
+                .idempotency_key
+                .as_deref()
+                .map(|key| idempotency_key(key, &format!("[{i}].idempotencyKey")))
+                .transpose()?;
+            Publication::<SessionEvent>::from_json(item.session_id.clone(), &item.event, item.data)
+                .map(|publication| (publication, key))
                 .map_err(|e| ApiError::invalid(e.within(&format!("[{i}]"))))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let total = publications.len();
+    if let Err(refusal) = api.limit.check(&caller, total) {
+        return Ok(refusal.into_response());
+    }
     let mut results = Vec::with_capacity(total);
-    for publication in publications {
-        match api.emitter.publish(publication).await {
+    for (publication, key) in publications {
+        match api.emitter.publish_once(publication, key).await {
             Ok(receipt) => results.push(receipt),
             Err(e) => {
                 warn!(published = results.len(), total, "batch stopped: {e}");
+                let at = results.len();
+                let unknown = e.outcome_unknown();
+                let (status, code) = match unknown {
+                    true => (StatusCode::GATEWAY_TIMEOUT, OUTCOME_UNKNOWN),
+                    false => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+                };
                 let stopped = BatchStopped {
                     error: e.to_string(),
-                    unpublished: (results.len()..total).collect(),
+                    code,
+                    outcome_unknown: unknown.then_some(at),
+                    unpublished: (at + usize::from(unknown)..total).collect(),
                     results,
                 };
-                return Ok((StatusCode::SERVICE_UNAVAILABLE, Json(stopped)).into_response());
+                return Ok((status, Json(stopped)).into_response());
             }
         }
     }

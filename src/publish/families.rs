@@ -9,16 +9,20 @@ use axum::{
     body::Body,
     extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
     routing::post,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Emitter, Publication, PublishError, Receipt, api::ApiState};
+use super::{
+    Emitter, Publication, PublishError, Receipt,
+    api::{ApiState, header_key},
+};
 use crate::{
-    http::{ApiError, parse_json, read_body},
+    http::{ApiError, Caller},
     protocol::{
-        ApprovalDenied, ApprovalGranted, ArtifactCreated, GovernanceRequired, Invalid,
+        ApprovalDenied, ApprovalGranted, ArtifactCreated, EventFamily, GovernanceRequired, Invalid,
         RunCompleted, RunCreated, RunEvent, RunFailed, RunStarted, Scope, SessionId,
         StageCompleted, StageFailed, StageProgress, StageStarted, Timestamp, WorkflowEvent,
         WorkflowFamily,
@@ -72,15 +76,19 @@ impl From<Receipt> for RunReceipt {
     }
 }
 
+/// As `POST /sessions/{id}/events`: key, body size and depth, schema,
+/// publish rate, then `Idempotency-Key`.
 async fn publish_run(
     State(api): State<ApiState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<RunReceipt>), ApiError> {
+) -> Result<Response, ApiError> {
     let run = path_run(path)?;
-    let bytes = read_body(&headers, body, api.max_body).await?;
-    let body: RunBody = parse_json(&bytes)?;
+    let key = header_key(&headers)?;
+    let mut bytes = Default::default();
+    let body: RunBody = api.read(&headers, body, 1, &mut bytes).await?;
     let to = match body.to.as_deref() {
         None => Scope::Topic,
         Some(to) => Scope::parse(to).ok_or_else(|| {
@@ -109,8 +117,11 @@ async fn publish_run(
         timestamp: body.timestamp,
         to,
     };
-    let receipt = api.emitter.publish(publication).await?;
-    Ok((StatusCode::ACCEPTED, Json(receipt.into())))
+    let receipt = match publish_checked(&api, &caller, publication, key).await? {
+        Ok(receipt) => RunReceipt::from(receipt),
+        Err(refused) => return Ok(refused),
+    };
+    Ok((StatusCode::ACCEPTED, Json(receipt)).into_response())
 }
 
 #[derive(Serialize)]
@@ -122,22 +133,41 @@ struct WorkflowReceipt {
 
 async fn publish_workflow(
     State(api): State<ApiState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<WorkflowReceipt>), ApiError> {
+) -> Result<Response, ApiError> {
     let run = path_run(path)?;
-    let bytes = read_body(&headers, body, api.max_body).await?;
-    let body: &RawValue = parse_json(&bytes)?;
+    let key = header_key(&headers)?;
+    let mut bytes = Default::default();
+    let body: &RawValue = api.read(&headers, body, 0, &mut bytes).await?;
     let event = WorkflowEvent::from_request(&run, body).map_err(ApiError::invalid)?;
-    let receipt = api.emitter.workflow_event(event).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(WorkflowReceipt {
-            run_id: receipt.session_id,
-            seq: receipt.seq,
-        }),
-    ))
+    let publication = Publication::<WorkflowFamily>::new(run, event);
+    let receipt = match publish_checked(&api, &caller, publication, key).await? {
+        Ok(receipt) => receipt,
+        Err(refused) => return Ok(refused),
+    };
+    let receipt = WorkflowReceipt {
+        run_id: receipt.session_id,
+        seq: receipt.seq,
+    };
+    Ok((StatusCode::ACCEPTED, Json(receipt)).into_response())
+}
+
+/// The end of every family publish, as of a session's: the caller's
+/// publish rate (its refusal as the `Err` response), then the publish, once
+/// per `Idempotency-Key`.
+async fn publish_checked<E: EventFamily>(
+    api: &ApiState,
+    caller: &Caller,
+    publication: Publication<E>,
+    key: Option<&str>,
+) -> Result<Result<Receipt, Response>, ApiError> {
+    if let Err(refusal) = api.limit.check(caller, 1) {
+        return Ok(Err(refusal.into_response()));
+    }
+    Ok(Ok(api.emitter.publish_once(publication, key).await?))
 }
 
 /// One `Emitter` helper per run event, as seed 001's broadcaster names them.

@@ -87,14 +87,25 @@ pub struct Receipt {
     pub seq: u64,
 }
 
-/// Why a validated event was not published.
+/// Why a validated event was not published, or may not have been.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// The event could not be made to reach every subscriber (the cluster
     /// link is down, Redis failed the request); nothing was delivered and no
-    /// seq consumed.
+    /// seq consumed, except with [`SequencerError::OutcomeUnknown`]: then
+    /// Redis may have published it (retry with the same idempotency key).
     #[error(transparent)]
     Unavailable(#[from] SequencerError),
+}
+
+impl PublishError {
+    /// Whether the event may have been published all the same.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable(SequencerError::OutcomeUnknown { .. })
+        )
+    }
 }
 
 /// The handle a Rust backend embeds to publish events, and the HTTP API's
@@ -164,6 +175,18 @@ impl Emitter {
         &self,
         publication: Publication<E>,
     ) -> Result<Receipt, PublishError> {
+        self.publish_once(publication, None).await
+    }
+
+    /// Like [`Emitter::publish`], with an idempotency key: a publish to the
+    /// same session with a key already used (within `IDEMPOTENCY_TTL_SECS`)
+    /// publishes nothing and answers the first one's seq, so that a publish
+    /// whose outcome was unknown can be retried safely.
+    pub async fn publish_once<E: EventFamily>(
+        &self,
+        publication: Publication<E>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Receipt, PublishError> {
         let Publication {
             session_id,
             event,
@@ -185,6 +208,7 @@ impl Emitter {
                 scope: to,
                 encoded: encode(&topic.id, &timestamp, &event),
                 outcome: event.outcome(),
+                idempotency_key,
             };
             let seq = self.sequencer.publish(out).await?;
             tracing::Span::current().record("seq", seq);

@@ -1,14 +1,11 @@
 //! The HTTP edge of the Socket.IO endpoint: its routes, which browser
 //! origins may use them, and what of a request its socket keeps.
 
-use std::sync::Arc;
-
 use axum::{
-    Json, Router,
+    Router,
     extract::Request,
-    http::{Extensions, HeaderValue, StatusCode, header},
-    middleware::{self, Next},
-    response::{IntoResponse, Response},
+    http::Extensions,
+    middleware::{self},
 };
 
 use crate::http::Origins;
@@ -30,27 +27,7 @@ where
         .route_service("/socket.io/", service.clone())
         .route_service("/socket.io", service)
         .route_layer(middleware::map_request(only_upgrade_extension));
-    match origins {
-        Origins::Any => routes,
-        Origins::List(list) => {
-            let list = Arc::new(list.clone());
-            routes.route_layer(middleware::from_fn(move |req, next| {
-                check_origin(list.clone(), req, next)
-            }))
-        }
-    }
-}
-
-/// Refuses a browser whose `Origin` is not allowed; clients that send no
-/// `Origin` (scripts, servers) are not browsers and pass.
-async fn check_origin(allowed: Arc<Vec<HeaderValue>>, req: Request, next: Next) -> Response {
-    match req.headers().get(header::ORIGIN) {
-        Some(origin) if !allowed.contains(origin) => {
-            let body = serde_json::json!({ "error": "this origin is not allowed (CORS_ORIGINS)" });
-            (StatusCode::FORBIDDEN, Json(body)).into_response()
-        }
-        _ => next.run(req).await,
-    }
+    origins.guard(routes)
 }
 
 /// Leaves a Socket.IO request only the extension it needs: hyper's upgrade

@@ -178,6 +178,11 @@ impl Herald {
         }
     }
 
+    /// Sends the process a signal (`HUP`, `STOP`...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        signal(self.child.id(), name);
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().expect("wait herald").is_none()
@@ -306,6 +311,12 @@ impl Redis {
         }
     }
 
+    /// Sends it a signal with kill(1): `STOP` freezes it with every
+    /// connection open (a stall, not an outage), `CONT` resumes it.
+    pub fn signal(&self, name: &str) {
+        signal(self.child.as_ref().expect("redis running").id(), name);
+    }
+
     /// Kills it at once (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -319,6 +330,14 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn signal(pid: u32, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(sent.success(), "kill -{name} {pid} failed");
 }
 
 /// A real three-node Redis Cluster (no replicas) on free ports.
@@ -650,4 +669,15 @@ pub fn event(frame: &str) -> (String, Value) {
         .unwrap_or_else(|| panic!("expected an event frame, got {frame}"));
     let v: Value = serde_json::from_str(body).expect("event JSON");
     (v[0].as_str().expect("event name").to_string(), v[1].clone())
+}
+
+/// Two heralds sharing `redis`, both ready to publish cluster-wide.
+pub async fn ready_pair(redis: &Redis) -> (Herald, Herald) {
+    let url = redis.url();
+    let a = Herald::start(&["--redis-url", &url]).await;
+    let b = Herald::start(&["--redis-url", &url]).await;
+    for herald in [&a, &b] {
+        herald.wait_ready(200, Duration::from_secs(10)).await;
+    }
+    (a, b)
 }

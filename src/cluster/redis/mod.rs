@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socketioxide::adapter::Emitter;
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tracing::{debug, warn};
 
 pub(crate) use link::Link;
@@ -64,6 +64,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(800);
 /// refused.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
 
+/// Publishes this instance may have sent to Redis and not had answered yet.
+/// The rest wait, unsent, so that a Redis stall leaves at most this many
+/// publishes whose outcome is unknown; a publish still waiting after
+/// [`SEND_WAIT`] is withdrawn, certainly unpublished. The wait is shorter
+/// than Redis's response timeout (2 s, `link`), so that publishes queued
+/// behind a stall are withdrawn before the stalled ones free their places.
+const PUBLISHES_IN_FLIGHT: usize = 256;
+const SEND_WAIT: Duration = Duration::from_secs(1);
+
 /// How long an instance's figures count in the cluster totals after it last
 /// reported them: a killed instance drops out within this.
 const INSTANCE_TTL_SECS: u64 = 5;
@@ -73,9 +82,17 @@ const INSTANCE_TTL_SECS: u64 = 5;
 /// never disagree. KEYS: the session's hash, its history stream (one slot:
 /// the braces). ARGV: payload head, payload tail, event channel, message
 /// header, flags (progress, completed, failed, ended as "0"/"1"), TTL in ms,
-/// an epoch for a new sequence, history length, event name. Returns the seq
-/// and the epoch. A new sequence (seq 1) starts with an empty history.
+/// an epoch for a new sequence, history length, event name, idempotency
+/// window in ms. Returns the seq and the epoch. A new sequence (seq 1) starts
+/// with an empty history. With a third key (the publish's idempotency key,
+/// in the session's slot), a key already recorded answers its seq and
+/// publishes nothing: the check and the record are in the same atomic step
+/// as the publish, so a retry racing its original publishes once.
 const PUBLISH_SCRIPT: &str = r#"
+if KEYS[3] then
+  local first = redis.call('GET', KEYS[3])
+  if first then return {tonumber(first), redis.call('HGET', KEYS[1], 'epoch') or ''} end
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -94,6 +111,7 @@ if tonumber(ARGV[8]) > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
+if KEYS[3] then redis.call('SET', KEYS[3], seq, 'PX', ARGV[10]) end
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. seq .. '\n' .. payload)
 return {seq, epoch}
 "#;
@@ -138,12 +156,19 @@ struct Keys {
 impl Keys {
     fn session(&self, topic: &Topic) -> String {
         // The braces keep a stream's keys in one Redis Cluster slot.
-        let (state, _) = topic.family.storage_names();
-        format!("{}:{state}:{{{}}}", self.prefix, topic.id)
+        let names = topic.family.storage_names();
+        format!("{}:{}:{{{}}}", self.prefix, names.state, topic.id)
     }
     fn history(&self, topic: &Topic) -> String {
-        let (_, history) = topic.family.storage_names();
-        format!("{}:{history}:{{{}}}", self.prefix, topic.id)
+        let names = topic.family.storage_names();
+        format!("{}:{}:{{{}}}", self.prefix, names.history, topic.id)
+    }
+    fn idempotency(&self, topic: &Topic, key: &str) -> String {
+        let names = topic.family.storage_names();
+        format!(
+            "{}:{}:{{{}}}:{key}",
+            self.prefix, names.idempotency, topic.id
+        )
     }
     fn events(&self) -> String {
         format!("{}:events", self.prefix)
@@ -181,6 +206,8 @@ pub(crate) struct Settings<'a> {
     pub history_events: usize,
     /// Events that may wait for this instance's delivery task.
     pub queue_events: usize,
+    /// How long a publish's idempotency key is remembered.
+    pub idempotency_ttl: Duration,
 }
 
 /// The link to Redis, made before the Socket.IO server (whose adapter runs
@@ -194,6 +221,7 @@ pub(crate) struct Setup {
     uid: String,
     ttl_ms: u64,
     history_events: usize,
+    idempotency_ms: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -229,6 +257,7 @@ impl Setup {
             uid,
             ttl_ms: settings.session_ttl.as_millis().max(1) as u64,
             history_events: settings.history_events,
+            idempotency_ms: settings.idempotency_ttl.as_millis().max(1) as u64,
             metrics,
         };
         Ok((setup, adapter))
@@ -271,6 +300,8 @@ pub(crate) struct RedisSequencer {
     read_script: Script,
     ttl_ms: u64,
     history_events: usize,
+    idempotency_ms: u64,
+    in_flight: Semaphore,
     commands: queue::EventQueue<Command>,
     next_joiner: AtomicU64,
     metrics: Arc<Metrics>,
@@ -293,6 +324,7 @@ impl RedisSequencer {
             uid,
             ttl_ms,
             history_events,
+            idempotency_ms,
             metrics,
         } = setup;
         let sequencer = Arc::new(Self {
@@ -304,6 +336,8 @@ impl RedisSequencer {
             read_script: Script::new(READ_SCRIPT),
             ttl_ms,
             history_events,
+            idempotency_ms,
+            in_flight: Semaphore::new(PUBLISHES_IN_FLIGHT),
             commands: queue,
             next_joiner: AtomicU64::new(0),
             metrics,
@@ -361,10 +395,25 @@ impl RedisSequencer {
             .collect();
         let header = Message::header(out.topic, out.name, out.scope);
         let failed = redis_failed(Action::Publish);
-        let (seq, _epoch): (u64, String) = self
-            .publish_script
-            .key(self.keys.session(out.topic))
-            .key(self.keys.history(out.topic))
+        let withdrawn = || {
+            let problem = self.link.problem().unwrap_or(LinkProblem::NotDelivering);
+            SequencerError::LinkDown(problem)
+        };
+        let Ok(Ok(_sending)) = tokio::time::timeout(SEND_WAIT, self.in_flight.acquire()).await
+        else {
+            return Err(withdrawn());
+        };
+        // The link may have gone down while this one waited.
+        if self.link.problem().is_some() {
+            return Err(withdrawn());
+        }
+        let mut script = self.publish_script.key(self.keys.session(out.topic));
+        script.key(self.keys.history(out.topic));
+        if let Some(key) = out.idempotency_key {
+            script.key(self.keys.idempotency(out.topic, key));
+        }
+        let mut conn = self.link.connection().map_err(&failed)?;
+        let (seq, _epoch): (u64, String) = script
             .arg(&out.encoded.head)
             .arg(&out.encoded.tail)
             .arg(self.keys.events())
@@ -374,9 +423,10 @@ impl RedisSequencer {
             .arg(Epoch::fresh().to_string())
             .arg(self.history_events)
             .arg(out.name)
-            .invoke_async(&mut self.link.connection().map_err(&failed)?)
+            .arg(self.idempotency_ms)
+            .invoke_async(&mut conn)
             .await
-            .map_err(&failed)?;
+            .map_err(sent_failed)?;
         Ok(seq)
     }
 
@@ -787,6 +837,18 @@ async fn deliver_one(message: &[u8], joining: &mut Joining, fanout: &dyn FanOut)
             payload: &payload,
         })
         .await;
+}
+
+/// Maps the error of a publish handed to the connection: an I/O failure
+/// (no answer in time, a broken connection) leaves it unknown whether Redis
+/// ran the script, unless the connection was refused (nothing was sent).
+fn sent_failed(source: redis::RedisError) -> SequencerError {
+    let action = Action::Publish;
+    if source.is_io_error() && !source.is_connection_refusal() {
+        SequencerError::OutcomeUnknown { action, source }
+    } else {
+        SequencerError::Redis { action, source }
+    }
 }
 
 /// Maps a Redis error to a refusal saying what could not be done.
