@@ -12,7 +12,7 @@
 //! - `auth`: tokens (JWT): the key, what a token grants, expiry;
 //! - `protocol`: the wire contract as types, no I/O;
 //! - `publish`: the [`Emitter`] and the HTTP publish API: validate -> sequence;
-//! - `cluster`: the sequencer (seq and state of every session, in memory or
+//! - `cluster`: the sequencer (seq and state of every session, run and workflow, in memory or
 //!   in Redis) and the fan-out it reports sequenced events to;
 //! - `realtime`: the Socket.IO side, which is that fan-out: the server, the
 //!   namespace, subscriptions, delivery;
@@ -21,6 +21,9 @@
 //! - `ops`, `metrics`: health, readiness, `/metrics`, stats;
 //! - `limits`: what one client may take (connections, requests,
 //!   subscriptions), so that no client takes what the others need;
+//! - `streams`: the plain WebSocket endpoints (`/ws`, `/ws/workflows`),
+//!   fan-outs beside the Socket.IO one for the run and workflow families;
+//! - `serve`: the accept loop, with the timeouts a public server needs;
 //! - `saturation`: how busy the runtime is, and so how long WebSocket writes
 //!   may be held together.
 
@@ -37,6 +40,7 @@ mod publish;
 mod realtime;
 #[cfg(feature = "patched-engine")]
 mod saturation;
+mod serve;
 mod streams;
 
 use std::{
@@ -48,16 +52,13 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, body::Body, extract::ConnectInfo, middleware};
+use axum::{Router, middleware};
 use futures_util::future::{BoxFuture, join_all};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide_core::adapter::DefinedAdapter;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 use tower_http::timeout::RequestBodyTimeoutLayer;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use cluster::{Action, LinkProblem, SequencerError};
 pub use config::Config;
@@ -338,7 +339,7 @@ impl Herald {
                 let _ = closed_tx.send(());
             });
         };
-        let server = tokio::spawn(serve_connections(
+        let server = tokio::spawn(serve::connections(
             listener,
             self.router,
             self.header_read_timeout,
@@ -359,80 +360,6 @@ impl Herald {
                 .unwrap_or_else(|e| Err(std::io::Error::other(e))),
         }
     }
-}
-
-/// Accepts and serves HTTP/1 connections until `stop` resolves, then waits
-/// for them to finish. axum's `serve` would do, but has no header-read
-/// timeout: a connection that sends nothing, or its headers a byte a second,
-/// would hold a descriptor for ever. Each request carries its peer address
-/// (`ConnectInfo`), from which the limits tell clients apart.
-async fn serve_connections(
-    listener: TcpListener,
-    router: Router,
-    header_read_timeout: Duration,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // Finalized once: serving the Router itself would make axum clone and
-    // re-finalize the whole route table for every connection.
-    let app: Router = router.with_state(());
-    // Dropped at shutdown, which each connection sees; each connection holds
-    // a receiver of `open` until it ends, so its closing says all are done.
-    let (stopping_tx, stopping) = tokio::sync::watch::channel(());
-    let (open, all_closed) = tokio::sync::watch::channel(());
-    let mut stop = std::pin::pin!(stop);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors (or a connection reset before it was
-                    // taken): wait rather than spin; the clients that hold
-                    // them are timed out or capped.
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut stop => break,
-        };
-        // Events are small frames sent as they happen: without TCP_NODELAY,
-        // Nagle's algorithm holds one back until the client acknowledges the
-        // previous, up to its delayed-ACK timeout (40 ms on Linux).
-        if let Err(e) = tcp.set_nodelay(true) {
-            debug!("could not set TCP_NODELAY: {e}");
-        }
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req.map(Body::new))
-        });
-        let conn = http
-            .serve_connection(TokioIo::new(tcp), service)
-            .with_upgrades();
-        let (mut stopping, open) = (stopping.clone(), all_closed.clone());
-        tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                _ = stopping.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = ended {
-                debug!(%peer, "connection ended: {e}");
-            }
-            drop(open);
-        });
-    }
-    drop(listener);
-    drop(stopping_tx);
-    drop(all_closed);
-    open.closed().await;
-    Ok(())
 }
 
 /// The plain WebSocket endpoints, one hub per family they serve.
