@@ -63,7 +63,6 @@ pub use cluster::{Action, LinkProblem, SequencerError};
 pub use config::Config;
 pub use protocol::SessionId;
 pub use publish::{Emitter, Publication, PublishError, Receipt};
-pub use streams::{RunAuth, RunAuthorizer};
 
 use crate::{
     cluster::{
@@ -214,7 +213,7 @@ impl Herald {
                 metrics.clone(),
             )),
         };
-        let streams = Streams::new(config, &metrics, None);
+        let streams = Streams::new(config, &metrics, tokens.clone());
         let wired = match redis {
             None => wire::<LocalAdapter, _>(&settings, (), &metrics, &streams, |fanout| {
                 let limits = memory::Limits {
@@ -442,12 +441,9 @@ struct Streams {
 }
 
 impl Streams {
-    /// `authorizer` is the hook for `/ws` client authentication (JWT).
-    fn new(
-        config: &Config,
-        metrics: &Arc<Metrics>,
-        authorizer: Option<Arc<dyn RunAuthorizer>>,
-    ) -> Self {
+    /// `tokens` is the key `/ws` and workflow clients' tokens are checked
+    /// with, when one is configured.
+    fn new(config: &Config, metrics: &Arc<Metrics>, tokens: Option<Arc<auth::Verifier>>) -> Self {
         let settings = streams::Settings {
             ping_interval: Duration::from_millis(config.ws_ping_interval_ms.max(1)),
             client_timeout: Duration::from_millis(config.ws_client_timeout_ms),
@@ -456,8 +452,8 @@ impl Streams {
             metrics: metrics.clone(),
         };
         Self {
-            runs: Arc::new(streams::runs::RunHub::new(settings.clone(), authorizer)),
-            workflows: Arc::new(streams::workflows::WorkflowHub::new(settings)),
+            runs: Arc::new(streams::runs::RunHub::new(settings.clone(), tokens.clone())),
+            workflows: Arc::new(streams::workflows::WorkflowHub::new(settings, tokens)),
         }
     }
 }

@@ -100,11 +100,17 @@ impl<A: Adapter> RunWatchers<A> {
 pub(super) struct RunRequest {
     run: SessionId,
     start: Start,
+    /// A subscribe token, for a run the connection's token does not grant.
+    token: Option<String>,
 }
 
 impl RunRequest {
     pub(super) fn run(&self) -> &SessionId {
         &self.run
+    }
+
+    pub(super) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 }
 
@@ -132,7 +138,11 @@ pub(super) fn run_request(payload: Option<&Value>) -> Option<Result<RunRequest, 
                     .map(str::to_owned),
             },
         };
-        Ok(RunRequest { run, start })
+        let token = fields
+            .get("token")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(RunRequest { run, start, token })
     })())
 }
 
@@ -157,7 +167,7 @@ pub(super) fn subscribe<A: Adapter>(
         let Some(sequencer) = rt.sequencer.get().and_then(Weak::upgrade) else {
             return;
         };
-        let RunRequest { run, start } = request;
+        let RunRequest { run, start, .. } = request;
         let topic = Topic::run(run.clone());
         let join = Box::new(move |result: Result<Attached, _>| match result {
             Ok(attached) => joined(&s, &rt, run, attached, ack),

@@ -42,8 +42,6 @@ use tracing::debug;
 
 use crate::metrics::Metrics;
 
-pub use runs::{RunAuth, RunAuthorizer};
-
 /// How the plain WebSocket endpoints treat their clients.
 #[derive(Clone)]
 pub(crate) struct Settings {

@@ -9,16 +9,19 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::{Path, Request, State},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
 };
 use dashmap::DashMap;
 use futures_util::future::{BoxFuture, FutureExt};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::info;
 
 use super::{Handler, Outbox, Settings, upgrade};
 use crate::cluster::{FanOut, Sequenced};
 use crate::{
+    auth::{Refusal, Unauthorized, Verifier, request_token},
     http::ApiError,
     protocol::{Family, Invalid, SessionId, Topic, workflow_frame},
 };
@@ -30,12 +33,15 @@ pub(crate) struct WorkflowHub {
     every_run: DashMap<usize, Arc<Outbox>>,
     /// Clients of `/ws/workflows/{runId}`.
     by_run: DashMap<SessionId, Vec<Arc<Outbox>>>,
+    /// The key upgrade tokens are checked with, when tokens are required.
+    verifier: Option<Arc<Verifier>>,
 }
 
 impl WorkflowHub {
-    pub(crate) fn new(settings: Settings) -> Self {
+    pub(crate) fn new(settings: Settings, verifier: Option<Arc<Verifier>>) -> Self {
         Self {
             settings,
+            verifier,
             every_run: DashMap::new(),
             by_run: DashMap::new(),
         }
@@ -77,7 +83,34 @@ pub(crate) fn routes(hub: Arc<WorkflowHub>) -> Router {
         .with_state(hub)
 }
 
+/// Refuses the upgrade, before it happens, unless the request's token
+/// grants `run` (a run id, or `*` for every run: only `runs: ["*"]` does).
+fn forbids(hub: &WorkflowHub, req: &Request, run: &str) -> Option<Response> {
+    let verifier = hub.verifier.as_ref()?;
+    let refusal = match request_token(req.uri(), req.headers()).map(|t| verifier.verify(t)) {
+        Some(Ok(grant)) if grant.covers_run(run) => return None,
+        Some(Ok(grant)) => {
+            hub.settings.metrics.auth_refused("forbidden");
+            info!(
+                run,
+                sub = grant.sub(),
+                "workflow stream refused: the token does not grant the run"
+            );
+            let message = format!("forbidden: the token's runs claim does not grant run {run}");
+            return Some(ApiError::new(StatusCode::FORBIDDEN, message).into_response());
+        }
+        Some(Err(refusal)) => refusal,
+        None => Refusal::Missing,
+    };
+    hub.settings.metrics.auth_refused(refusal.label());
+    info!(run, %refusal, "workflow stream refused");
+    Some(ApiError::new(StatusCode::UNAUTHORIZED, Unauthorized(refusal).to_string()).into_response())
+}
+
 async fn every_run(State(hub): State<Arc<WorkflowHub>>, req: Request) -> Response {
+    if let Some(refused) = forbids(&hub, &req, "*") {
+        return refused;
+    }
     let settings = hub.settings.clone();
     upgrade(req, &settings, move |outbox| {
         hub.every_run
@@ -95,6 +128,9 @@ async fn one_run(
         Ok(run) => run,
         Err(e) => return ApiError::invalid(Invalid::new("runId", e.to_string())).into_response(),
     };
+    if let Some(refused) = forbids(&hub, &req, run.as_str()) {
+        return refused;
+    }
     let settings = hub.settings.clone();
     upgrade(req, &settings, move |outbox| {
         hub.by_run
