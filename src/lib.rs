@@ -482,10 +482,12 @@ where
     let sequencer: Arc<dyn Sequencer> = sequencer;
     realtime.subscribe_through(&sequencer);
     streams.runs.subscribe_through(&sequencer);
-    let socket_routes = socket_routes.merge(streams::routes(
+    // The same browser-origin check as Socket.IO: a WebSocket upgrade is
+    // not stopped by CORS.
+    let socket_routes = socket_routes.merge(settings.origins.guard(streams::routes(
         streams.runs.clone(),
         streams.workflows.clone(),
-    ));
+    )));
     let mut tasks = vec![run];
     tasks.extend(realtime.expire_tokens());
     Wired {

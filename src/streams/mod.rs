@@ -40,7 +40,7 @@ use tokio_tungstenite::{
 };
 use tracing::debug;
 
-use crate::metrics::Metrics;
+use crate::{limits::Admitted, metrics::Metrics};
 
 /// How the plain WebSocket endpoints treat their clients.
 #[derive(Clone)]
@@ -112,7 +112,12 @@ where
     });
     let handler = make(outbox.clone());
     let settings = settings.clone();
+    // The connection's place in MAX_CONNECTIONS and the per-address cap
+    // (taken by the admission layer) lasts as long as the connection, not
+    // the upgrade request.
+    let admitted = req.extensions().get::<Admitted>().cloned();
     tokio::spawn(async move {
+        let _admitted = admitted;
         // On failure the handler is dropped here, which unregisters it.
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
             return;
