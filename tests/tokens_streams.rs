@@ -98,7 +98,7 @@ async fn ws_auth_follows_the_token() {
             .contains("missing token"),
         "{missing}"
     );
-    let mut with = |token: String| {
+    let with = |token: String| {
         let mut p = claims.clone();
         p["token"] = token.into();
         p
