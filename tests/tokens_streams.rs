@@ -239,3 +239,23 @@ async fn ws_connections_count_against_the_per_address_cap() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_client_whose_token_expires_is_closed() {
+    let herald = Herald::start(&["--jwt-secret", SECRET, "--ws-ping-interval-ms", "200"]).await;
+    let soon = token(json!({
+        "sub": "u1", "exp": get_current_timestamp() + 2, "runs": ["*"],
+    }));
+    let mut ws = client(&herald).await;
+    let ok = ask(&mut ws, "auth", json!({ "runId": "run-1", "token": soon })).await;
+    assert_eq!(ok["type"], "auth.success", "{ok}");
+    let path = format!("/ws/workflows/run-1?token={soon}");
+    let mut workflow = RawSocket::open(&ws_url(&herald, &path)).await;
+    for client in [&mut ws, &mut workflow] {
+        assert_eq!(
+            client.recv_within(Duration::from_secs(5)).await,
+            None,
+            "expected the connection closed at the token's exp"
+        );
+    }
+}

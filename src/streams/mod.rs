@@ -90,6 +90,10 @@ pub(crate) trait Handler: Send {
     fn on_text(&mut self, text: &str) -> impl Future<Output = Vec<String>> + Send;
     /// The reply to a binary frame, if any.
     fn on_binary(&mut self) -> Option<String>;
+    /// Until when (Unix seconds) the client's token lets it stay connected;
+    /// checked at every heartbeat tick, which is cheaper than a timer per
+    /// client and late by at most one ping interval.
+    fn until(&self) -> u64;
 }
 
 /// Answers a WebSocket upgrade request and serves the connection with the
@@ -193,6 +197,12 @@ async fn serve<H: Handler>(
                 }
             }
             _ = tick.tick() => {
+                if handler.until() <= crate::auth::unix_now() {
+                    debug!("plain WebSocket client's token expired: closing it");
+                    let close = CloseFrame { code: CloseCode::Policy, reason: "token expired".into() };
+                    let _ = ws.close(Some(close)).await;
+                    break;
+                }
                 if outbox.kicked.load(Ordering::Relaxed) {
                     let close = CloseFrame { code: CloseCode::Again, reason: "too far behind".into() };
                     let _ = ws.close(Some(close)).await;

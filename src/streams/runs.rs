@@ -365,6 +365,15 @@ impl Handler for Connection {
         }
     }
 
+    /// Before auth (`until` 0) the client is not closed: it may still
+    /// authenticate, and it receives nothing meanwhile.
+    fn until(&self) -> u64 {
+        match self.client.until.load(Ordering::Relaxed) {
+            0 => u64::MAX,
+            until => until,
+        }
+    }
+
     fn on_binary(&mut self) -> Option<String> {
         Some(error(
             "Binary frames are not supported",

@@ -84,11 +84,14 @@ pub(crate) fn routes(hub: Arc<WorkflowHub>) -> Router {
 }
 
 /// Refuses the upgrade, before it happens, unless the request's token
-/// grants `run` (a run id, or `*` for every run: only `runs: ["*"]` does).
-fn forbids(hub: &WorkflowHub, req: &Request, run: &str) -> Option<Response> {
-    let verifier = hub.verifier.as_ref()?;
+/// grants `run` (a run id, or `*` for every run: only `runs: ["*"]` does);
+/// else until when the connection may stay open.
+fn admit(hub: &WorkflowHub, req: &Request, run: &str) -> Result<u64, Response> {
+    let Some(verifier) = hub.verifier.as_ref() else {
+        return Ok(u64::MAX);
+    };
     let refusal = match request_token(req.uri(), req.headers()).map(|t| verifier.verify(t)) {
-        Some(Ok(grant)) if grant.covers_run(run) => return None,
+        Some(Ok(grant)) if grant.covers_run(run) => return Ok(grant.exp()),
         Some(Ok(grant)) => {
             hub.settings.metrics.auth_refused("forbidden");
             info!(
@@ -97,25 +100,26 @@ fn forbids(hub: &WorkflowHub, req: &Request, run: &str) -> Option<Response> {
                 "workflow stream refused: the token does not grant the run"
             );
             let message = format!("forbidden: the token's runs claim does not grant run {run}");
-            return Some(ApiError::new(StatusCode::FORBIDDEN, message).into_response());
+            return Err(ApiError::new(StatusCode::FORBIDDEN, message).into_response());
         }
         Some(Err(refusal)) => refusal,
         None => Refusal::Missing,
     };
     hub.settings.metrics.auth_refused(refusal.label());
     info!(run, %refusal, "workflow stream refused");
-    Some(ApiError::new(StatusCode::UNAUTHORIZED, Unauthorized(refusal).to_string()).into_response())
+    Err(ApiError::new(StatusCode::UNAUTHORIZED, Unauthorized(refusal).to_string()).into_response())
 }
 
 async fn every_run(State(hub): State<Arc<WorkflowHub>>, req: Request) -> Response {
-    if let Some(refused) = forbids(&hub, &req, "*") {
-        return refused;
-    }
+    let until = match admit(&hub, &req, "*") {
+        Ok(until) => until,
+        Err(refused) => return refused,
+    };
     let settings = hub.settings.clone();
     upgrade(req, &settings, move |outbox| {
         hub.every_run
             .insert(Arc::as_ptr(&outbox) as usize, outbox.clone());
-        Client::open(hub, outbox, None)
+        Client::open(hub, outbox, None, until)
     })
 }
 
@@ -128,16 +132,17 @@ async fn one_run(
         Ok(run) => run,
         Err(e) => return ApiError::invalid(Invalid::new("runId", e.to_string())).into_response(),
     };
-    if let Some(refused) = forbids(&hub, &req, run.as_str()) {
-        return refused;
-    }
+    let until = match admit(&hub, &req, run.as_str()) {
+        Ok(until) => until,
+        Err(refused) => return refused,
+    };
     let settings = hub.settings.clone();
     upgrade(req, &settings, move |outbox| {
         hub.by_run
             .entry(run.clone())
             .or_default()
             .push(outbox.clone());
-        Client::open(hub, outbox, Some(run))
+        Client::open(hub, outbox, Some(run), until)
     })
 }
 
@@ -146,12 +151,24 @@ struct Client {
     hub: Arc<WorkflowHub>,
     outbox: Arc<Outbox>,
     run: Option<SessionId>,
+    /// When its token expires (Unix seconds).
+    until: u64,
 }
 
 impl Client {
-    fn open(hub: Arc<WorkflowHub>, outbox: Arc<Outbox>, run: Option<SessionId>) -> Self {
+    fn open(
+        hub: Arc<WorkflowHub>,
+        outbox: Arc<Outbox>,
+        run: Option<SessionId>,
+        until: u64,
+    ) -> Self {
         hub.settings.metrics.stream_connections("workflows").inc();
-        Self { hub, outbox, run }
+        Self {
+            hub,
+            outbox,
+            run,
+            until,
+        }
     }
 }
 
@@ -181,6 +198,10 @@ impl Drop for Client {
 impl Handler for Client {
     async fn on_text(&mut self, _text: &str) -> Vec<String> {
         Vec::new()
+    }
+
+    fn until(&self) -> u64 {
+        self.until
     }
 
     fn on_binary(&mut self) -> Option<String> {
