@@ -86,7 +86,7 @@ pub(crate) fn routes(hub: Arc<WorkflowHub>) -> Router {
 /// Refuses the upgrade, before it happens, unless the request's token
 /// grants `run` (a run id, or `*` for every run: only `runs: ["*"]` does);
 /// else until when the connection may stay open.
-fn admit(hub: &WorkflowHub, req: &Request, run: &str) -> Result<u64, Response> {
+fn admit(hub: &WorkflowHub, req: &Request, run: &str) -> Result<u64, ApiError> {
     let Some(verifier) = hub.verifier.as_ref() else {
         return Ok(u64::MAX);
     };
@@ -100,20 +100,23 @@ fn admit(hub: &WorkflowHub, req: &Request, run: &str) -> Result<u64, Response> {
                 "workflow stream refused: the token does not grant the run"
             );
             let message = format!("forbidden: the token's runs claim does not grant run {run}");
-            return Err(ApiError::new(StatusCode::FORBIDDEN, message).into_response());
+            return Err(ApiError::new(StatusCode::FORBIDDEN, message));
         }
         Some(Err(refusal)) => refusal,
         None => Refusal::Missing,
     };
     hub.settings.metrics.auth_refused(refusal.label());
     info!(run, %refusal, "workflow stream refused");
-    Err(ApiError::new(StatusCode::UNAUTHORIZED, Unauthorized(refusal).to_string()).into_response())
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        Unauthorized(refusal).to_string(),
+    ))
 }
 
 async fn every_run(State(hub): State<Arc<WorkflowHub>>, req: Request) -> Response {
     let until = match admit(&hub, &req, "*") {
         Ok(until) => until,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let settings = hub.settings.clone();
     upgrade(req, &settings, move |outbox| {
@@ -134,7 +137,7 @@ async fn one_run(
     };
     let until = match admit(&hub, &req, run.as_str()) {
         Ok(until) => until,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let settings = hub.settings.clone();
     upgrade(req, &settings, move |outbox| {
