@@ -196,7 +196,7 @@ impl Request for Subscribe {
             .as_ref()
             .and_then(|t| t.forbids_run(s.id, request.run().as_str(), token))
         {
-            return forbid(s, rt, request.run(), why, ack);
+            return super::runs::forbid(s, rt, request.run(), why, ack);
         }
         super::runs::subscribe(s.clone(), rt.clone(), request, ack);
     }

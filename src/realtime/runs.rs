@@ -154,6 +154,23 @@ pub(super) fn refuse<A: Adapter>(s: &Socket<A>, why: String, ack: AckSender<A>) 
     let _ = ack.send(&json!({ "ok": false, "error": why, "code": "INVALID_RUN_ID" }));
 }
 
+/// Refuses a run the socket's tokens do not grant, as sessions are refused
+/// (`FORBIDDEN`), naming the run as the other run refusals do.
+pub(super) fn forbid<A: Adapter>(
+    s: &Socket<A>,
+    rt: &Local<A>,
+    run: &SessionId,
+    why: String,
+    ack: AckSender<A>,
+) {
+    rt.metrics.auth_refused("forbidden");
+    info!(socket = %s.id, run = %run, %why, "subscribe forbidden");
+    let reply = json!({ "error": why, "code": "FORBIDDEN", "runId": run.as_ref(), "timestamp": Timestamp::now() });
+    let _ = s.emit("error", &reply);
+    let _ =
+        ack.send(&json!({ "ok": false, "error": why, "code": "FORBIDDEN", "runId": run.as_ref() }));
+}
+
 pub(super) fn subscribe<A: Adapter>(
     s: Arc<Socket<A>>,
     rt: Local<A>,
