@@ -3,7 +3,8 @@
 //! real herald over real sockets: `/ws` `auth` with good, bad, expired and
 //! missing tokens, a run the token does not grant, the workflow stream's
 //! upgrade check, Socket.IO FORBIDDEN for runs, and `/ws` clients counted by
-//! the per-address cap for as long as they are open.
+//! the per-address cap for as long as they are open, and the browser-origin
+//! check on the plain endpoints.
 
 mod common;
 
@@ -257,5 +258,29 @@ async fn a_client_whose_token_expires_is_closed() {
             None,
             "expected the connection closed at the token's exp"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_browser_origin_is_refused_on_the_plain_endpoints() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let herald = Herald::start(&["--cors-origins", "http://app.test"]).await;
+    for path in ["/ws", "/ws/workflows", "/ws/workflows/run-1"] {
+        let upgrade = |origin: &str| {
+            let mut request = ws_url(&herald, path).into_client_request().unwrap();
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+            tokio_tungstenite::connect_async(request)
+        };
+        match upgrade("http://evil.test").await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status(), 403, "{path}")
+            }
+            other => panic!("{path}: expected a 403, got {other:?}"),
+        }
+        upgrade("http://app.test")
+            .await
+            .unwrap_or_else(|e| panic!("{path}: the allowed origin was refused: {e}"));
     }
 }
