@@ -64,7 +64,6 @@ pub use cluster::{Action, LinkProblem, SequencerError};
 pub use config::Config;
 pub use protocol::SessionId;
 pub use publish::{Emitter, Publication, PublishError, Receipt};
-pub use streams::{RunAuth, RunAuthorizer};
 
 use crate::{
     cluster::{
@@ -215,7 +214,7 @@ impl Herald {
                 metrics.clone(),
             )),
         };
-        let streams = Streams::new(config, &metrics, None);
+        let streams = Streams::new(config, &metrics, tokens.clone());
         let wired = match redis {
             None => wire::<LocalAdapter, _>(&settings, (), &metrics, &streams, |fanout| {
                 let limits = memory::Limits {
@@ -369,12 +368,9 @@ struct Streams {
 }
 
 impl Streams {
-    /// `authorizer` is the hook for `/ws` client authentication (JWT).
-    fn new(
-        config: &Config,
-        metrics: &Arc<Metrics>,
-        authorizer: Option<Arc<dyn RunAuthorizer>>,
-    ) -> Self {
+    /// `tokens` is the key `/ws` and workflow clients' tokens are checked
+    /// with, when one is configured.
+    fn new(config: &Config, metrics: &Arc<Metrics>, tokens: Option<Arc<auth::Verifier>>) -> Self {
         let settings = streams::Settings {
             ping_interval: Duration::from_millis(config.ws_ping_interval_ms.max(1)),
             client_timeout: Duration::from_millis(config.ws_client_timeout_ms),
@@ -383,8 +379,8 @@ impl Streams {
             metrics: metrics.clone(),
         };
         Self {
-            runs: Arc::new(streams::runs::RunHub::new(settings.clone(), authorizer)),
-            workflows: Arc::new(streams::workflows::WorkflowHub::new(settings)),
+            runs: Arc::new(streams::runs::RunHub::new(settings.clone(), tokens.clone())),
+            workflows: Arc::new(streams::workflows::WorkflowHub::new(settings, tokens)),
         }
     }
 }
@@ -413,10 +409,12 @@ where
     let sequencer: Arc<dyn Sequencer> = sequencer;
     realtime.subscribe_through(&sequencer);
     streams.runs.subscribe_through(&sequencer);
-    let socket_routes = socket_routes.merge(streams::routes(
+    // The same browser-origin check as Socket.IO: a WebSocket upgrade is
+    // not stopped by CORS.
+    let socket_routes = socket_routes.merge(settings.origins.guard(streams::routes(
         streams.runs.clone(),
         streams.workflows.clone(),
-    ));
+    )));
     let mut tasks = vec![run];
     tasks.extend(realtime.expire_tokens());
     Wired {

@@ -72,6 +72,10 @@ struct Claims {
     sub: Option<String>,
     #[serde(default)]
     sessions: Vec<String>,
+    #[serde(default)]
+    runs: Vec<String>,
+    #[serde(default)]
+    projects: Vec<String>,
 }
 
 impl Verifier {
@@ -124,12 +128,18 @@ impl Verifier {
             // A token is valid before its `exp` (RFC 7519), jsonwebtoken
             // accepts it during that second too.
             Ok(data) => {
-                let Claims { exp, sub, sessions } = data.claims;
+                let Claims {
+                    exp,
+                    sub,
+                    sessions,
+                    runs,
+                    projects,
+                } = data.claims;
                 let exp = exp.unwrap_or_default();
                 if exp <= expiry::unix_now() {
                     return Err(Refusal::Expired);
                 }
-                Ok(Grant::new(sub, exp, &sessions))
+                Ok(Grant::new(sub, exp, &sessions).with_runs(&runs, &projects))
             }
             Err(e) => Err(self.refusal(token, e.kind())),
         }
@@ -285,6 +295,18 @@ pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
+}
+
+/// A token sent with an upgrade request: `?token=` (a JWT needs no
+/// percent-decoding: base64url and dots), or `Authorization: Bearer`.
+pub(crate) fn request_token<'a>(
+    uri: &'a axum::http::Uri,
+    headers: &'a axum::http::HeaderMap,
+) -> Option<&'a str> {
+    uri.query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer(headers))
 }
 
 #[cfg(test)]

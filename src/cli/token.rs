@@ -1,6 +1,7 @@
 //! `herald token`: mints the token a backend would, so that a person or a
 //! script can try a deployment that requires them:
-//! `herald token --sessions 'doc-42,tenant-7:*' --ttl 1h`. Signed with
+//! `herald token --sessions 'doc-42,tenant-7:*' --ttl 1h` (or `--runs`,
+//! `--projects` for the ResearchFlow and workflow streams). Signed with
 //! JWT_SECRET (HS256) or, with `--private-key-file`, the private half of
 //! JWT_PUBLIC_KEY_FILE (the algorithm follows the key type, as on the
 //! server).
@@ -18,8 +19,18 @@ use serde::Serialize;
 pub(crate) struct Args {
     /// Sessions the token may watch, comma-separated: ids, `prefix*`
     /// patterns, or `*` for all.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["runs", "projects"])]
     sessions: Vec<String>,
+
+    /// Runs the token may watch on `/ws`, `/ws/workflows[/{runId}]` and
+    /// Socket.IO `{ runId }`, comma-separated, same patterns (`*` is also
+    /// what `/ws/workflows`, every run, needs).
+    #[arg(long, value_delimiter = ',')]
+    runs: Vec<String>,
+
+    /// Projects a `/ws` client may name in its `auth`, same patterns.
+    #[arg(long, value_delimiter = ',')]
+    projects: Vec<String>,
 
     /// How long the token is valid: seconds, or with a unit (90s, 15m, 1h, 7d).
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
@@ -50,6 +61,10 @@ pub(crate) struct Args {
 #[derive(Serialize)]
 struct Claims<'a> {
     sessions: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    runs: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    projects: &'a [String],
     exp: u64,
     iat: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,6 +96,8 @@ fn mint(args: &Args) -> Result<String, String> {
         .as_secs();
     let claims = Claims {
         sessions: &args.sessions,
+        runs: &args.runs,
+        projects: &args.projects,
         exp: now + args.ttl.as_secs(),
         iat: now,
         sub: args.sub.as_deref(),
@@ -173,6 +190,8 @@ mod tests {
             "s3cret",
             "--aud",
             "herald",
+            "--runs",
+            "run-1,r-*",
         ]);
         let token = mint(&cli.args).unwrap();
         let mut validation = Validation::new(Algorithm::HS256);
@@ -185,6 +204,8 @@ mod tests {
             claims["sessions"],
             serde_json::json!(["doc-42", "tenant-7:*"])
         );
+        assert_eq!(claims["runs"], serde_json::json!(["run-1", "r-*"]));
+        assert!(claims.get("projects").is_none());
         assert_eq!(claims["sub"], "alice");
         let ttl = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
         assert_eq!(ttl, 3600);

@@ -190,6 +190,14 @@ impl Request for Subscribe {
         request: super::runs::RunRequest,
         ack: AckSender<A>,
     ) {
+        let token = request.token();
+        if let Some(why) = rt
+            .tokens
+            .as_ref()
+            .and_then(|t| t.forbids_run(s.id, request.run().as_str(), token))
+        {
+            return super::runs::forbid(s, rt, request.run(), why, ack);
+        }
         super::runs::subscribe(s.clone(), rt.clone(), request, ack);
     }
 }

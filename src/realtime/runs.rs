@@ -100,11 +100,17 @@ impl<A: Adapter> RunWatchers<A> {
 pub(super) struct RunRequest {
     run: SessionId,
     start: Start,
+    /// A subscribe token, for a run the connection's token does not grant.
+    token: Option<String>,
 }
 
 impl RunRequest {
     pub(super) fn run(&self) -> &SessionId {
         &self.run
+    }
+
+    pub(super) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 }
 
@@ -132,7 +138,11 @@ pub(super) fn run_request(payload: Option<&Value>) -> Option<Result<RunRequest, 
                     .map(str::to_owned),
             },
         };
-        Ok(RunRequest { run, start })
+        let token = fields
+            .get("token")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(RunRequest { run, start, token })
     })())
 }
 
@@ -142,6 +152,23 @@ pub(super) fn refuse<A: Adapter>(s: &Socket<A>, why: String, ack: AckSender<A>) 
     let reply = json!({ "error": why, "code": "INVALID_RUN_ID", "timestamp": Timestamp::now() });
     let _ = s.emit("error", &reply);
     let _ = ack.send(&json!({ "ok": false, "error": why, "code": "INVALID_RUN_ID" }));
+}
+
+/// Refuses a run the socket's tokens do not grant, as sessions are refused
+/// (`FORBIDDEN`), naming the run as the other run refusals do.
+pub(super) fn forbid<A: Adapter>(
+    s: &Socket<A>,
+    rt: &Local<A>,
+    run: &SessionId,
+    why: String,
+    ack: AckSender<A>,
+) {
+    rt.metrics.auth_refused("forbidden");
+    info!(socket = %s.id, run = %run, %why, "subscribe forbidden");
+    let reply = json!({ "error": why, "code": "FORBIDDEN", "runId": run.as_ref(), "timestamp": Timestamp::now() });
+    let _ = s.emit("error", &reply);
+    let _ =
+        ack.send(&json!({ "ok": false, "error": why, "code": "FORBIDDEN", "runId": run.as_ref() }));
 }
 
 pub(super) fn subscribe<A: Adapter>(
@@ -157,7 +184,7 @@ pub(super) fn subscribe<A: Adapter>(
         let Some(sequencer) = rt.sequencer.get().and_then(Weak::upgrade) else {
             return;
         };
-        let RunRequest { run, start } = request;
+        let RunRequest { run, start, .. } = request;
         let topic = Topic::run(run.clone());
         let join = Box::new(move |result: Result<Attached, _>| match result {
             Ok(attached) => joined(&s, &rt, run, attached, ack),

@@ -66,21 +66,36 @@ impl Tokens {
     /// or else the request's own token, must cover the session.
     pub(super) fn forbids(&self, id: Sid, request: &SessionRequest) -> Option<String> {
         let session = request.session_id.as_str();
-        if self.grants.get(&id).is_some_and(|g| g.covers(session)) {
+        self.forbids_by(id, request.token.as_deref(), |g| g.covers(session))
+            .map(|why| format!("{why} session {session}"))
+    }
+
+    /// Why a `subscribe { runId }` may not, if it may not: the same rule as
+    /// sessions, with the `runs` claim.
+    pub(super) fn forbids_run(&self, id: Sid, run: &str, token: Option<&str>) -> Option<String> {
+        self.forbids_by(id, token, |g| g.covers_run(run))
+            .map(|why| format!("{why} run {run}"))
+    }
+
+    fn forbids_by(
+        &self,
+        id: Sid,
+        token: Option<&str>,
+        covers: impl Fn(&Grant) -> bool,
+    ) -> Option<String> {
+        if self.grants.get(&id).is_some_and(|g| covers(&g)) {
             return None;
         }
-        let Some(token) = &request.token else {
-            return Some(format!(
-                "forbidden: this connection's token does not grant session {session}"
-            ));
+        let Some(token) = token else {
+            return Some("forbidden: this connection's token does not grant".into());
         };
         match self.verifier.verify(token) {
-            Ok(grant) if grant.covers(session) => None,
-            Ok(_) => Some(format!(
-                "forbidden: neither this connection's token nor the subscribe token grants session {session}"
-            )),
+            Ok(grant) if covers(&grant) => None,
+            Ok(_) => Some(
+                "forbidden: neither this connection's token nor the subscribe token grants".into(),
+            ),
             Err(refusal) => Some(format!(
-                "forbidden: the subscribe token was refused ({refusal})"
+                "forbidden: the subscribe token was refused ({refusal}) for"
             )),
         }
     }
@@ -142,12 +157,7 @@ pub(super) async fn authenticate<A: Adapter>(
     }
 }
 
-/// A token sent with the handshake request itself: `?token=` (a JWT needs
-/// no percent-decoding: base64url and dots), or `Authorization: Bearer`.
+/// A token sent with the handshake request itself.
 fn handshake_token(req: &axum::http::request::Parts) -> Option<&str> {
-    req.uri
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
-        .filter(|t| !t.is_empty())
-        .or_else(|| crate::auth::bearer(&req.headers))
+    crate::auth::request_token(&req.uri, &req.headers)
 }

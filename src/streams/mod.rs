@@ -40,9 +40,7 @@ use tokio_tungstenite::{
 };
 use tracing::debug;
 
-use crate::metrics::Metrics;
-
-pub use runs::{RunAuth, RunAuthorizer};
+use crate::{limits::Admitted, metrics::Metrics};
 
 /// How the plain WebSocket endpoints treat their clients.
 #[derive(Clone)]
@@ -92,6 +90,10 @@ pub(crate) trait Handler: Send {
     fn on_text(&mut self, text: &str) -> impl Future<Output = Vec<String>> + Send;
     /// The reply to a binary frame, if any.
     fn on_binary(&mut self) -> Option<String>;
+    /// Until when (Unix seconds) the client's token lets it stay connected;
+    /// checked at every heartbeat tick, which is cheaper than a timer per
+    /// client and late by at most one ping interval.
+    fn until(&self) -> u64;
 }
 
 /// Answers a WebSocket upgrade request and serves the connection with the
@@ -114,7 +116,12 @@ where
     });
     let handler = make(outbox.clone());
     let settings = settings.clone();
+    // The connection's place in MAX_CONNECTIONS and the per-address cap
+    // (taken by the admission layer) lasts as long as the connection, not
+    // the upgrade request.
+    let admitted = req.extensions().get::<Admitted>().cloned();
     tokio::spawn(async move {
+        let _admitted = admitted;
         // On failure the handler is dropped here, which unregisters it.
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
             return;
@@ -190,6 +197,12 @@ async fn serve<H: Handler>(
                 }
             }
             _ = tick.tick() => {
+                if handler.until() <= crate::auth::unix_now() {
+                    debug!("plain WebSocket client's token expired: closing it");
+                    let close = CloseFrame { code: CloseCode::Policy, reason: "token expired".into() };
+                    let _ = ws.close(Some(close)).await;
+                    break;
+                }
                 if outbox.kicked.load(Ordering::Relaxed) {
                     let close = CloseFrame { code: CloseCode::Again, reason: "too far behind".into() };
                     let _ = ws.close(Some(close)).await;

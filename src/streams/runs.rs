@@ -26,10 +26,11 @@ use futures_util::future::{BoxFuture, FutureExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::debug;
+use tracing::info;
 
 use super::{Handler, Outbox, Settings, client_id, upgrade};
 use crate::{
+    auth::{Grant, Refusal, Unauthorized, Verifier, unix_now},
     cluster::{
         FanOut, Sequenced, Sequencer,
         history::{Attached, Start},
@@ -39,23 +40,14 @@ use crate::{
     },
 };
 
-/// What a `/ws` client claims in its `auth` message (or in a resuming
-/// `subscribe`), for the [`RunAuthorizer`] to accept or refuse.
+/// What a `/ws` client claims in its `auth` message.
 #[derive(Debug, Default)]
-pub struct RunAuth<'a> {
-    pub user_id: Option<&'a str>,
-    pub project_id: Option<&'a str>,
-    pub run_id: Option<&'a str>,
+struct RunAuth<'a> {
+    user_id: Option<&'a str>,
+    project_id: Option<&'a str>,
+    run_id: Option<&'a str>,
     /// The `token` of the payload, when the client sent one.
-    pub token: Option<&'a str>,
-}
-
-/// The hook for authenticating `/ws` clients (PROTOCOL.md section 6: "when
-/// JWT auth is configured the payload also needs `token`, and the token's
-/// claims decide which user, project and runs the client may name").
-/// Without one, every claim is accepted. `Err` is the `auth.failed` message.
-pub trait RunAuthorizer: Send + Sync + 'static {
-    fn authorize(&self, auth: &RunAuth<'_>) -> Result<(), String>;
+    token: Option<&'a str>,
 }
 
 /// A connected `/ws` client.
@@ -70,6 +62,12 @@ struct RunClient {
     sent: AtomicU64,
     /// Who it said it is; changed only by its own requests.
     claims: Mutex<Claims>,
+    /// Until when (Unix seconds) it may receive events: 0 until a token is
+    /// accepted when tokens are required, else forever. Read at every offer,
+    /// so an expired token stops deliveries without a timer.
+    until: AtomicU64,
+    /// What its `auth` token grants, for later `subscribe { runId }`.
+    grant: Mutex<Option<Arc<Grant>>>,
 }
 
 #[derive(Default, Clone)]
@@ -81,6 +79,9 @@ struct Claims {
 
 impl RunClient {
     fn offer(&self, frame: &Utf8Bytes, bit: RunTypes, seq: Option<u64>) -> bool {
+        if self.until.load(Ordering::Relaxed) <= unix_now() {
+            return false;
+        }
         let types = RunTypes(self.types.load(Ordering::Relaxed));
         if !types.is_empty() && !types.contains(bit) {
             return false;
@@ -105,7 +106,7 @@ pub(crate) struct RunHub {
     by_run: Index<SessionId>,
     by_project: Index<Box<str>>,
     by_user: Index<Box<str>>,
-    authorizer: Option<Arc<dyn RunAuthorizer>>,
+    verifier: Option<Arc<Verifier>>,
     sequencer: std::sync::OnceLock<Weak<dyn Sequencer>>,
 }
 
@@ -125,14 +126,14 @@ fn index_remove<K: std::hash::Hash + Eq>(index: &Index<K>, k: &K, client: &Arc<R
 }
 
 impl RunHub {
-    pub(crate) fn new(settings: Settings, authorizer: Option<Arc<dyn RunAuthorizer>>) -> Self {
+    pub(crate) fn new(settings: Settings, verifier: Option<Arc<Verifier>>) -> Self {
         Self {
             settings,
             clients: DashMap::new(),
             by_run: DashMap::new(),
             by_project: DashMap::new(),
             by_user: DashMap::new(),
-            authorizer,
+            verifier,
             sequencer: std::sync::OnceLock::new(),
         }
     }
@@ -263,6 +264,8 @@ async fn connect(State(hub): State<Arc<RunHub>>, req: Request) -> axum::response
             floor: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             claims: Mutex::new(Claims::default()),
+            until: AtomicU64::new(if hub.verifier.is_some() { 0 } else { u64::MAX }),
+            grant: Mutex::new(None),
         });
         hub.clients.insert(key(&client), client.clone());
         hub.settings.metrics.stream_connections("ws").inc();
@@ -362,6 +365,15 @@ impl Handler for Connection {
         }
     }
 
+    /// Before auth (`until` 0) the client is not closed: it may still
+    /// authenticate, and it receives nothing meanwhile.
+    fn until(&self) -> u64 {
+        match self.client.until.load(Ordering::Relaxed) {
+            0 => u64::MAX,
+            until => until,
+        }
+    }
+
     fn on_binary(&mut self) -> Option<String> {
         Some(error(
             "Binary frames are not supported",
@@ -371,10 +383,57 @@ impl Handler for Connection {
 }
 
 impl Connection {
-    fn authorize(&self, auth: &RunAuth<'_>) -> Result<(), String> {
-        match &self.hub.authorizer {
-            Some(authorizer) => authorizer.authorize(auth),
-            None => Ok(()),
+    /// The `auth` rule when tokens are required: a valid token whose `sub`
+    /// is the `userId` and whose `projects` and `runs` claims cover the
+    /// `projectId` and `runId` named.
+    fn authorize(&self, verifier: &Verifier, auth: &RunAuth<'_>) -> Result<Grant, String> {
+        let Some(token) = auth.token else {
+            return Err(Unauthorized(Refusal::Missing).to_string());
+        };
+        let grant = verifier
+            .verify(token)
+            .map_err(|r| Unauthorized(r).to_string())?;
+        if let Some(user) = auth.user_id
+            && grant.sub() != Some(user)
+        {
+            return Err(format!("forbidden: the token's sub is not user {user}"));
+        }
+        if let Some(project) = auth.project_id
+            && !grant.covers_project(project)
+        {
+            return Err(format!(
+                "forbidden: the token's projects claim does not grant project {project}"
+            ));
+        }
+        if let Some(run) = auth.run_id
+            && !grant.covers_run(run)
+        {
+            return Err(format!(
+                "forbidden: the token's runs claim does not grant run {run}"
+            ));
+        }
+        Ok(grant)
+    }
+
+    /// Why this client may not watch `run`, if it may not: it must have
+    /// authenticated, and its `auth` token or `token` must grant the run.
+    fn forbids_run(&self, run: &str, token: Option<&str>) -> Option<String> {
+        let verifier = self.hub.verifier.as_ref()?;
+        let grant = self.client.grant.lock().expect("not poisoned").clone();
+        let Some(grant) = grant else {
+            return Some("authenticate first: send auth with a token".into());
+        };
+        if grant.covers_run(run) {
+            return None;
+        }
+        match token.map(|t| verifier.verify(t)) {
+            Some(Ok(g)) if g.covers_run(run) => None,
+            Some(Err(refusal)) => Some(format!(
+                "forbidden: the subscribe token was refused ({refusal})"
+            )),
+            _ => Some(format!(
+                "forbidden: no token of this client grants run {run}"
+            )),
         }
     }
 
@@ -396,9 +455,17 @@ impl Connection {
             Ok(run) => run,
             Err(e) => return failed(format!("runId: {e}")),
         };
-        if let Err(message) = self.authorize(&auth) {
-            debug!(client = %self.client.id, "auth refused: {message}");
-            return failed(message);
+        if let Some(verifier) = &self.hub.verifier {
+            match self.authorize(verifier, &auth) {
+                Ok(grant) => {
+                    self.client.until.store(grant.exp(), Ordering::Relaxed);
+                    *self.client.grant.lock().expect("not poisoned") = Some(Arc::new(grant));
+                }
+                Err(message) => {
+                    info!(client = %self.client.id, "auth refused: {message}");
+                    return failed(message);
+                }
+            }
         }
         let claims = Claims {
             user: auth.user_id.map(Into::into),
@@ -422,6 +489,12 @@ impl Connection {
 
     /// `subscribe` / `unsubscribe` by `eventType` or `eventCategory`.
     fn filter(&self, payload: &Value, add: bool) -> String {
+        if self.client.until.load(Ordering::Relaxed) == 0 {
+            return error(
+                "Authentication required",
+                "events need auth: send auth with a token first",
+            );
+        }
         let (field, types) = match (text(payload, "eventType"), text(payload, "eventCategory")) {
             (Ok(Some(t)), _) => match RunTypes::of_type(t) {
                 Some(types) => (("eventType", t), types),
@@ -490,12 +563,8 @@ impl Connection {
                 }
             },
         };
-        let auth = RunAuth {
-            run_id: Some(run.as_ref()),
-            token: text(payload, "token").ok().flatten(),
-            ..RunAuth::default()
-        };
-        if let Err(message) = self.authorize(&auth) {
+        if let Some(message) = self.forbids_run(run.as_str(), text(payload, "token").ok().flatten())
+        {
             return Some(error("Forbidden", message));
         }
         let sequencer = self.hub.sequencer.get().and_then(Weak::upgrade)?;
