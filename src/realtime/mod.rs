@@ -12,6 +12,7 @@ mod tokens;
 use std::{
     collections::VecDeque,
     sync::{Arc, OnceLock, Weak},
+    time::Duration,
 };
 
 use axum::Router;
@@ -369,4 +370,23 @@ impl<A: Adapter> Sockets for Realtime<A> {
     fn close_all(&self) -> BoxFuture<'_, ()> {
         self.io.close().boxed()
     }
+}
+
+/// How long a request may wait for its socket to count as connected.
+const CONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether the socket counts as connected, waiting a moment if it does not
+/// yet. socketioxide sends the client its connect packet a moment before it
+/// marks the socket connected, and refuses to emit until then, so a client
+/// that subscribes at once can be heard first: its reply would be lost. A
+/// socket that is not connected within [`CONNECT_WAIT`] was closed.
+async fn connected_soon<A: Adapter>(s: &Socket<A>) -> bool {
+    let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
+    while !s.connected() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
 }

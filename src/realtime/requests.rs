@@ -15,7 +15,6 @@ use std::{
     convert::Infallible,
     marker::PhantomData,
     sync::{Arc, Weak},
-    time::Duration,
 };
 
 use dashmap::Entry;
@@ -206,7 +205,7 @@ impl Request for Unsubscribe {
     const EVENT: &'static str = "unsubscribe";
     /// At once, unless a subscription to the same session is still in the
     /// making (then after it, so that the socket ends unsubscribed) or the
-    /// socket does not count as connected yet (see [`connected_soon`]).
+    /// socket does not count as connected yet (see [`super::connected_soon`]).
     fn take<A: Adapter>(
         s: &Arc<Socket<A>>,
         rt: &Local<A>,
@@ -221,7 +220,7 @@ impl Request for Unsubscribe {
                 key,
                 Box::new(move || {
                     async move {
-                        if connected_soon(&s).await {
+                        if super::connected_soon(&s).await {
                             unsubscribe(&s, &task_rt, &id, ack);
                         }
                     }
@@ -305,25 +304,6 @@ impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
     }
 }
 
-/// How long a request may wait for its socket to count as connected.
-const CONNECT_WAIT: Duration = Duration::from_secs(1);
-
-/// Whether the socket counts as connected, waiting a moment if it does not
-/// yet. socketioxide sends the client its connect packet a moment before it
-/// marks the socket connected, and refuses to emit until then, so a client
-/// that subscribes at once can be heard first: its reply would be lost. A
-/// socket that is not connected within [`CONNECT_WAIT`] was closed.
-pub(super) async fn connected_soon<A: Adapter>(s: &Socket<A>) -> bool {
-    let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
-    while !s.connected() {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    true
-}
-
 /// Asks the sequencer for the snapshot or the replay, and joins with it.
 async fn subscribe<A: Adapter>(
     s: Arc<Socket<A>>,
@@ -331,7 +311,7 @@ async fn subscribe<A: Adapter>(
     request: SessionRequest,
     ack: AckSender<A>,
 ) {
-    if !connected_soon(&s).await {
+    if !super::connected_soon(&s).await {
         return;
     }
     let Some(sequencer) = rt.sequencer.get().and_then(Weak::upgrade) else {

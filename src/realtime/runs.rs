@@ -178,7 +178,7 @@ pub(super) fn subscribe<A: Adapter>(
     ack: AckSender<A>,
 ) {
     tokio::spawn(async move {
-        if !super::requests::connected_soon(&s).await {
+        if !super::connected_soon(&s).await {
             return;
         }
         let Some(sequencer) = rt.sequencer.get().and_then(Weak::upgrade) else {
