@@ -10,23 +10,9 @@
 // host; the path is herald's every-run stream, /ws/workflows.
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { workflowStore } from '../stores/workflowStore';
+import type { WorkflowEvent } from '../types';
 
-// As the backend sends it (pydantic's model, through FastAPI's send_json),
-// an optional field left out arrives as null.
-export interface WorkflowEvent {
-  ts: string;
-  run_id: string;
-  node_name?: string | null;
-  phase: 'start' | 'end' | 'fail';
-  duration_ms?: number | null;
-  data?: {
-    scores?: Record<string, number>;
-    error_message?: string;
-    artifacts?: Record<string, unknown>;
-    [key: string]: unknown;
-  } | null;
-  request_id: string;
-}
+export type { WorkflowEvent } from '../types';
 
 export interface UseWorkflowWebSocketOptions {
   enabled?: boolean;

@@ -3,7 +3,7 @@
 // the example's dependencies at React alone): per run, its status, the
 // node running now, each node's state, and every event received.
 import { useSyncExternalStore } from 'react';
-import type { WorkflowEvent } from '../hooks/useWorkflowWebSocket';
+import type { WorkflowEvent } from '../types';
 
 export type Status = 'pending' | 'running' | 'completed' | 'failed';
 
