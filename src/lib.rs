@@ -439,6 +439,9 @@ async fn serve_connections(
 struct Streams {
     runs: Arc<streams::runs::RunHub>,
     workflows: Arc<streams::workflows::WorkflowHub>,
+    /// Their settings' write linger, given the engine's once it is built.
+    #[cfg(feature = "patched-engine")]
+    linger: Arc<std::sync::OnceLock<engineioxide::coalesce::Linger>>,
 }
 
 impl Streams {
@@ -454,8 +457,12 @@ impl Streams {
             max_payload: config.max_payload_bytes,
             buffer_frames: config.socket_buffer_packets,
             metrics: metrics.clone(),
+            #[cfg(feature = "patched-engine")]
+            linger: Default::default(),
         };
         Self {
+            #[cfg(feature = "patched-engine")]
+            linger: settings.linger.clone(),
             runs: Arc::new(streams::runs::RunHub::new(settings.clone(), authorizer)),
             workflows: Arc::new(streams::workflows::WorkflowHub::new(settings)),
         }
@@ -490,6 +497,9 @@ where
         streams.runs.clone(),
         streams.workflows.clone(),
     ));
+    // /ws and /ws/workflows hold their writes as the engine does.
+    #[cfg(feature = "patched-engine")]
+    let _ = streams.linger.set(realtime.write_linger());
     let mut tasks = vec![run];
     tasks.extend(realtime.expire_tokens());
     Wired {
