@@ -60,8 +60,11 @@ pub(crate) struct Settings {
     pub linger: Arc<std::sync::OnceLock<engineioxide::coalesce::Linger>>,
 }
 
-/// Bytes read at a time: clients send short JSON requests.
-const READ_BUFFER: usize = 512;
+/// Bytes read at a time, as on the Socket.IO path: every idle connection
+/// holds the buffer, and what it reads most is the heartbeat's pongs. A
+/// longer request (an `auth` with a token) takes a few reads; the buffer
+/// grows to fit a frame, so nothing is refused for it.
+const READ_BUFFER: usize = 128;
 
 /// A connection as the rest of herald sees it: where its frames go.
 ///
