@@ -365,6 +365,9 @@ impl Herald {
 struct Streams {
     runs: Arc<streams::runs::RunHub>,
     workflows: Arc<streams::workflows::WorkflowHub>,
+    /// Their settings' write linger, given the engine's once it is built.
+    #[cfg(feature = "patched-engine")]
+    linger: Arc<std::sync::OnceLock<engineioxide::coalesce::Linger>>,
 }
 
 impl Streams {
@@ -377,8 +380,12 @@ impl Streams {
             max_payload: config.max_payload_bytes,
             buffer_frames: config.socket_buffer_packets,
             metrics: metrics.clone(),
+            #[cfg(feature = "patched-engine")]
+            linger: Default::default(),
         };
         Self {
+            #[cfg(feature = "patched-engine")]
+            linger: settings.linger.clone(),
             runs: Arc::new(streams::runs::RunHub::new(settings.clone(), tokens.clone())),
             workflows: Arc::new(streams::workflows::WorkflowHub::new(settings, tokens)),
         }
@@ -415,6 +422,9 @@ where
         streams.runs.clone(),
         streams.workflows.clone(),
     )));
+    // /ws and /ws/workflows hold their writes as the engine does.
+    #[cfg(feature = "patched-engine")]
+    let _ = streams.linger.set(realtime.write_linger());
     let mut tasks = vec![run];
     tasks.extend(realtime.expire_tokens());
     Wired {
@@ -496,5 +506,71 @@ mod tests {
         let held_took = arrival(&held.herald.emitter(), &mut held_client).await;
         assert!(quick_took < Duration::from_millis(200), "{quick_took:?}");
         assert!(held_took >= Duration::from_millis(300), "{held_took:?}");
+    }
+
+    /// `/ws` holds its writes with the engine's linger, and answers its
+    /// client at once: a request during a hold ends it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ws_holds_events_with_the_engine_linger_but_not_answers() {
+        let config = Config::parse_from(["herald"]);
+        let held = Herald::build(&config).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let router = held.herald.router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let (mut ws, _) = connect_async(format!("ws://127.0.0.1:{port}/ws"))
+            .await
+            .unwrap();
+        let mut next = async || ws.next().await.unwrap().unwrap().into_text().unwrap();
+        assert!(next().await.contains("connection.established"));
+        let auth = r#"{"type":"auth","payload":{"runId":"r1"}}"#;
+        ws.send(Message::text(auth)).await.unwrap();
+        let mut next = async || ws.next().await.unwrap().unwrap().into_text().unwrap();
+        assert!(next().await.contains("auth.success"));
+        held.linger.set(Duration::from_millis(400));
+        // Quiet: an answer to a client that just spoke is never held.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let publish = |stage: &'static str| {
+            let url = format!("http://127.0.0.1:{port}/api/v1/runs/r1/events");
+            async move {
+                let body = serde_json::json!({
+                    "type": "stage.progress",
+                    "payload": { "stageId": stage, "stageName": "Ingest", "progress": 1 },
+                });
+                let answer = reqwest::Client::new()
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(answer.status().is_success(), "{}", answer.status());
+            }
+        };
+        let started = Instant::now();
+        publish("a").await;
+        publish("b").await;
+        let first = next().await;
+        let held_took = started.elapsed();
+        assert!(first.contains(r#""stageId":"a""#), "{first}");
+        assert!(
+            next().await.contains(r#""stageId":"b""#),
+            "queued meanwhile, written with it"
+        );
+        assert!(held_took >= Duration::from_millis(300), "{held_took:?}");
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        publish("c").await;
+        let asked = Instant::now();
+        ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+        let mut next = async || ws.next().await.unwrap().unwrap().into_text().unwrap();
+        let frames = [next().await, next().await];
+        let answered = asked.elapsed();
+        assert!(frames.iter().any(|f| f.contains("pong")), "{frames:?}");
+        assert!(
+            frames.iter().any(|f| f.contains(r#""stageId":"c""#)),
+            "{frames:?}"
+        );
+        assert!(answered < Duration::from_millis(200), "{answered:?}");
     }
 }

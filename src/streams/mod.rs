@@ -13,10 +13,10 @@ pub(crate) mod runs;
 pub(crate) mod workflows;
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    collections::VecDeque,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -27,9 +27,8 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt, task::AtomicWaker};
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -53,34 +52,93 @@ pub(crate) struct Settings {
     /// is closed (it resumes with `since`).
     pub buffer_frames: usize,
     pub metrics: Arc<Metrics>,
+    /// The Socket.IO engine's write linger, which `crate::saturation` sets;
+    /// given once the engine is built, after these settings.
+    #[cfg(feature = "patched-engine")]
+    pub linger: Arc<std::sync::OnceLock<engineioxide::coalesce::Linger>>,
 }
 
-/// Bytes read at a time: clients send short JSON requests.
-const READ_BUFFER: usize = 512;
+/// Bytes read at a time, as on the Socket.IO path: every idle connection
+/// holds the buffer, and what it reads most is the heartbeat's pongs. A
+/// longer request (an `auth` with a token) takes a few reads; the buffer
+/// grows to fit a frame, so nothing is refused for it.
+const READ_BUFFER: usize = 128;
 
 /// A connection as the rest of herald sees it: where its frames go.
+///
+/// A queue of its own rather than an mpsc channel: a channel allocates its
+/// first block of slots (a kilobyte for 32 frames) up front, held by every
+/// idle connection, where an empty `VecDeque` holds nothing. And the
+/// connection wakes only when it asked to: while it holds its writes (see
+/// [`serve`]) it does not register, so frames queued meanwhile do not wake
+/// it one by one.
 pub(crate) struct Outbox {
-    frames: mpsc::Sender<Utf8Bytes>,
+    queue: Mutex<Queue>,
+    waker: AtomicWaker,
+    /// Frames a client may have waiting.
+    limit: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Utf8Bytes>,
     /// Its queue overflowed: it gets nothing more and is closed at the next
     /// heartbeat, so it never sees a gap it does not know of.
-    kicked: AtomicBool,
+    kicked: bool,
+    /// Its connection ended: nothing more is kept for it.
+    closed: bool,
 }
 
 impl Outbox {
+    fn new(limit: usize) -> Self {
+        Self {
+            queue: Mutex::default(),
+            waker: AtomicWaker::new(),
+            limit: limit.max(1),
+        }
+    }
+
     /// Queues a frame; false when the client is gone or too far behind.
     pub(crate) fn offer(&self, frame: &Utf8Bytes) -> bool {
-        if self.kicked.load(Ordering::Relaxed) {
+        let mut queue = self.queue.lock().expect("not poisoned");
+        if queue.kicked || queue.closed {
             return false;
         }
-        match self.frames.try_send(frame.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kicked.store(true, Ordering::Relaxed);
-                debug!("plain WebSocket client too far behind: closing it");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if queue.frames.len() >= self.limit {
+            queue.kicked = true;
+            queue.frames = VecDeque::new();
+            debug!("plain WebSocket client too far behind: closing it");
+            return false;
         }
+        queue.frames.push_back(frame.clone());
+        drop(queue);
+        self.waker.wake();
+        true
+    }
+
+    /// Ready when frames are queued; registers to be woken otherwise.
+    fn poll_queued(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.queue.lock().expect("not poisoned").frames.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+
+    /// Everything queued, leaving the queue without an allocation.
+    fn take(&self) -> VecDeque<Utf8Bytes> {
+        std::mem::take(&mut self.queue.lock().expect("not poisoned").frames)
+    }
+
+    fn kicked(&self) -> bool {
+        self.queue.lock().expect("not poisoned").kicked
+    }
+
+    fn close(&self) {
+        let mut queue = self.queue.lock().expect("not poisoned");
+        queue.closed = true;
+        queue.frames = VecDeque::new();
     }
 }
 
@@ -98,7 +156,7 @@ pub(crate) trait Handler: Send {
 
 /// Answers a WebSocket upgrade request and serves the connection with the
 /// handler `make` builds once it is open.
-pub(crate) fn upgrade<H, F>(req: Request, settings: &Settings, make: F) -> Response
+pub(crate) fn upgrade<H, F>(mut req: Request, settings: &Settings, make: F) -> Response
 where
     H: Handler + 'static,
     F: FnOnce(Arc<Outbox>) -> H,
@@ -109,32 +167,26 @@ where
     // The client is registered before the handshake is answered, so an
     // event published once the client sees it open reaches it: frames wait
     // in its queue until the connection is up.
-    let (tx, rx) = mpsc::channel(settings.buffer_frames.max(1));
-    let outbox = Arc::new(Outbox {
-        frames: tx,
-        kicked: AtomicBool::new(false),
-    });
+    let outbox = Arc::new(Outbox::new(settings.buffer_frames));
     let handler = make(outbox.clone());
     let settings = settings.clone();
     // The connection's place in MAX_CONNECTIONS and the per-address cap
     // (taken by the admission layer) lasts as long as the connection, not
     // the upgrade request.
     let admitted = req.extensions().get::<Admitted>().cloned();
-    tokio::spawn(async move {
+    // Taken from the request, which is not kept: whatever the task captures
+    // it holds for the connection's whole life.
+    let upgrading = hyper::upgrade::on(&mut req);
+    let task = async move {
         let _admitted = admitted;
         // On failure the handler is dropped here, which unregisters it.
-        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+        let Ok(upgraded) = upgrading.await else {
             return;
         };
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .max_message_size(Some(settings.max_payload))
-            .max_frame_size(Some(settings.max_payload));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        serve(ws, &outbox, rx, &settings, handler).await;
-    });
+        serve(upgraded, &outbox, &settings, handler).await;
+        outbox.close();
+    };
+    tokio::spawn(task);
     let accept = derive_accept_key(key.as_bytes());
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -151,18 +203,33 @@ where
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// The connection's one loop: frames in, frames out, heartbeat.
+///
+/// Frames queued together are written together, with one flush: each flush
+/// is a `send` whose fixed cost, not the bytes, is most of a delivery's CPU.
+/// While herald is saturated the write linger (see `crate::saturation`)
+/// stretches that: the first frames are held for up to the linger, the
+/// queue is not read meanwhile, and what arrived is flushed at once at its
+/// end, as the Socket.IO transport does (vendor/engineioxide coalesce.rs).
+/// Answers are never held: a client that spoke within the linger may be
+/// waiting for one.
 async fn serve<H: Handler>(
-    mut ws: Ws,
+    upgraded: hyper::upgrade::Upgraded,
     outbox: &Outbox,
-    mut frames: mpsc::Receiver<Utf8Bytes>,
     settings: &Settings,
     mut handler: H,
 ) {
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + settings.ping_interval,
-        settings.ping_interval,
-    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(settings.max_payload))
+        .max_frame_size(Some(settings.max_payload));
+    let mut ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    // A timer in the task rather than an `Interval`, which boxes its own.
+    let beat = tokio::time::sleep(settings.ping_interval);
+    tokio::pin!(beat);
     let mut last_heard = Instant::now();
+    // Boxed: it exists only under load, and every connection holds the slot.
+    let mut hold: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         tokio::select! {
             incoming = ws.next() => {
@@ -185,25 +252,44 @@ async fn serve<H: Handler>(
                     }
                     Some(Err(_)) => break,
                 };
-                for reply in replies {
-                    if ws.send(Message::text(reply)).await.is_err() {
-                        return;
+                // The client may be waiting: what was held goes out at the
+                // next turn, unheld, as `last_heard` is recent.
+                hold = None;
+                let written = async {
+                    for reply in replies {
+                        ws.feed(Message::text(reply)).await?;
                     }
-                }
-            }
-            Some(frame) = frames.recv() => {
-                if ws.send(Message::Text(frame)).await.is_err() {
+                    ws.flush().await
+                };
+                if written.await.is_err() {
                     break;
                 }
             }
-            _ = tick.tick() => {
+            () = std::future::poll_fn(|cx| outbox.poll_queued(cx)), if hold.is_none() => {
+                if feed_queued(&mut ws, outbox).await.is_err() {
+                    break;
+                }
+                match linger(settings, last_heard) {
+                    Some(linger) => hold = Some(Box::pin(tokio::time::sleep(linger))),
+                    None => if ws.flush().await.is_err() { break },
+                }
+            }
+            () = async { hold.as_mut().expect("guarded").await }, if hold.is_some() => {
+                // What waited out a hold is not held again.
+                hold = None;
+                if feed_queued(&mut ws, outbox).await.is_err() || ws.flush().await.is_err() {
+                    break;
+                }
+            }
+            () = &mut beat => {
+                beat.as_mut().reset(tokio::time::Instant::now() + settings.ping_interval);
                 if handler.until() <= crate::auth::unix_now() {
                     debug!("plain WebSocket client's token expired: closing it");
                     let close = CloseFrame { code: CloseCode::Policy, reason: "token expired".into() };
                     let _ = ws.close(Some(close)).await;
                     break;
                 }
-                if outbox.kicked.load(Ordering::Relaxed) {
+                if outbox.kicked() {
                     let close = CloseFrame { code: CloseCode::Again, reason: "too far behind".into() };
                     let _ = ws.close(Some(close)).await;
                     break;
@@ -217,6 +303,30 @@ async fn serve<H: Handler>(
                 }
             }
         }
+    }
+}
+
+/// Hands every queued frame to the socket, unflushed.
+async fn feed_queued(ws: &mut Ws, outbox: &Outbox) -> Result<(), tungstenite::Error> {
+    for frame in outbox.take() {
+        ws.feed(Message::Text(frame)).await?;
+    }
+    Ok(())
+}
+
+/// How long to hold frames just fed, if at all: not while the client may be
+/// waiting for an answer.
+fn linger(settings: &Settings, last_heard: Instant) -> Option<Duration> {
+    #[cfg(feature = "patched-engine")]
+    return settings
+        .linger
+        .get()
+        .and_then(|linger| linger.get())
+        .filter(|linger| last_heard.elapsed() >= *linger);
+    #[cfg(not(feature = "patched-engine"))]
+    {
+        let _ = (settings, last_heard);
+        None
     }
 }
 
