@@ -4,7 +4,7 @@
 //! that keeps flooding past its refusals is disconnected.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -25,20 +25,43 @@ const FLOOD_ENDS_AFTER: Duration = Duration::from_secs(1);
 /// The per-socket limits on requests, and each socket's bucket.
 pub(crate) struct RequestLimits {
     /// Tokens a second; 0 means no limit.
-    rate: f64,
-    burst: f64,
+    rate: f32,
+    burst: f32,
     max_subscriptions: usize,
     buckets: DashMap<Sid, Bucket>,
     metrics: Arc<Metrics>,
 }
 
+/// Sixteen bytes: every socket that has sent a request keeps one, so its
+/// times are milliseconds on a process-wide clock ([`millis`]) rather than
+/// `Instant`s, which would make it 72.
 struct Bucket {
-    tokens: f64,
-    refilled: Instant,
-    /// When the current run of refusals began, and the last refusal.
-    flood: Option<(Instant, Instant)>,
-    /// Told to disconnect: what it sent before the close is only refused.
-    cut: bool,
+    tokens: f32,
+    refilled: u32,
+    /// When the current run of refusals began ([`CALM`]: none), and the
+    /// last refusal.
+    flood_began: u32,
+    flood_last: u32,
+}
+
+/// `flood_began` of a bucket with no refusals running.
+const CALM: u32 = u32::MAX;
+
+/// `tokens` of a socket told to disconnect: what it sent before the close
+/// is only refused.
+const CUT: f32 = f32::NEG_INFINITY;
+
+/// Milliseconds since the clock's first reading, wrapping after 49 days;
+/// only differences of seconds are ever taken.
+fn millis() -> u32 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    Instant::now().duration_since(epoch).as_millis() as u32
+}
+
+/// Milliseconds from `then` to `now` on the [`millis`] clock.
+fn since(now: u32, then: u32) -> Duration {
+    Duration::from_millis(now.wrapping_sub(then).into())
 }
 
 /// What to do with one request.
@@ -62,10 +85,10 @@ pub(crate) enum Verdict {
 
 impl RequestLimits {
     pub(crate) fn new(per_sec: u32, max_subscriptions: usize, metrics: Arc<Metrics>) -> Self {
-        let rate = f64::from(per_sec);
+        let rate = per_sec as f32;
         Self {
             rate,
-            burst: rate.max(max_subscriptions as f64),
+            burst: rate.max(max_subscriptions as f32),
             max_subscriptions,
             buckets: DashMap::new(),
             metrics,
@@ -77,38 +100,36 @@ impl RequestLimits {
         if self.rate == 0.0 {
             return Verdict::Allowed;
         }
-        let now = Instant::now();
+        let now = millis();
         let mut b = self.buckets.entry(socket).or_insert_with(|| Bucket {
             tokens: self.burst,
             refilled: now,
-            flood: None,
-            cut: false,
+            flood_began: CALM,
+            flood_last: now,
         });
-        if b.cut {
+        if b.tokens == CUT {
             return Verdict::Disconnect { first: false };
         }
-        let elapsed = now.duration_since(b.refilled).as_secs_f64();
+        let elapsed = since(now, b.refilled).as_secs_f32();
         b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
         b.refilled = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             return Verdict::Allowed;
         }
-        let first = b.flood.is_none();
-        let began = match b.flood {
-            Some((began, last)) if now.duration_since(last) < FLOOD_ENDS_AFTER => began,
-            _ => now,
-        };
-        b.flood = Some((began, now));
-        if now.duration_since(began) >= FLOOD_GRACE {
-            b.cut = true;
+        let first = b.flood_began == CALM;
+        let new_run = first || since(now, b.flood_last) >= FLOOD_ENDS_AFTER;
+        let began = if new_run { now } else { b.flood_began };
+        (b.flood_began, b.flood_last) = (began, now);
+        if since(now, began) >= FLOOD_GRACE {
+            b.tokens = CUT;
             self.metrics.limit_refused(Limit::RequestFlood);
             return Verdict::Disconnect { first: true };
         }
         self.metrics.limit_refused(Limit::Requests);
         Verdict::Refused {
             first,
-            tell: began == now,
+            tell: new_run,
         }
     }
 
