@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::warn;
 
-use super::{Emitter, Publication, PublishError, Receipt};
+use super::{Emitter, EventFamily, Publication, PublishError, Receipt};
 use crate::{
     cluster::{
         Sequencer, SessionState,
@@ -46,6 +46,21 @@ pub(crate) struct ApiState {
 impl ApiState {
     /// Reads a publish body: its size, its nesting depth (below the
     /// `envelope` levels of the request's own shape), then its JSON.
+    /// The end of every publish, whatever its family: the caller's publish
+    /// rate (its refusal as the `Err` response), then the publish, once per
+    /// `Idempotency-Key`.
+    pub(super) async fn publish_checked<E: EventFamily>(
+        &self,
+        caller: &Caller,
+        publication: Publication<E>,
+        key: Option<&str>,
+    ) -> Result<Result<Receipt, Response>, ApiError> {
+        if let Err(refusal) = self.limit.check(caller, 1) {
+            return Ok(Err(refusal.into_response()));
+        }
+        Ok(Ok(self.emitter.publish_once(publication, key).await?))
+    }
+
     pub(super) async fn read<'a, T: Deserialize<'a>>(
         &self,
         headers: &HeaderMap,
@@ -167,11 +182,10 @@ async fn publish_one(
     let body: EventBody = api.read(&headers, body, 1, &mut bytes).await?;
     let publication = Publication::<SessionEvent>::from_json(session_id, &body.event, body.data)
         .map_err(ApiError::invalid)?;
-    if let Err(refusal) = api.limit.check(&caller, 1) {
-        return Ok(refusal.into_response());
+    match api.publish_checked(&caller, publication, key).await? {
+        Ok(receipt) => Ok((StatusCode::ACCEPTED, Json(receipt)).into_response()),
+        Err(refused) => Ok(refused),
     }
-    let receipt = api.emitter.publish_once(publication, key).await?;
-    Ok((StatusCode::ACCEPTED, Json(receipt)).into_response())
 }
 
 #[derive(Serialize)]

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     http::{ApiError, Caller},
     protocol::{
-        ApprovalDenied, ApprovalGranted, ArtifactCreated, EventFamily, GovernanceRequired, Invalid,
+        ApprovalDenied, ApprovalGranted, ArtifactCreated, GovernanceRequired, Invalid,
         RunCompleted, RunCreated, RunEvent, RunFailed, RunStarted, Scope, SessionId,
         StageCompleted, StageFailed, StageProgress, StageStarted, Timestamp, WorkflowEvent,
         WorkflowFamily,
@@ -117,7 +117,7 @@ async fn publish_run(
         timestamp: body.timestamp,
         to,
     };
-    let receipt = match publish_checked(&api, &caller, publication, key).await? {
+    let receipt = match api.publish_checked(&caller, publication, key).await? {
         Ok(receipt) => RunReceipt::from(receipt),
         Err(refused) => return Ok(refused),
     };
@@ -144,7 +144,7 @@ async fn publish_workflow(
     let body: &RawValue = api.read(&headers, body, 0, &mut bytes).await?;
     let event = WorkflowEvent::from_request(&run, body).map_err(ApiError::invalid)?;
     let publication = Publication::<WorkflowFamily>::new(run, event);
-    let receipt = match publish_checked(&api, &caller, publication, key).await? {
+    let receipt = match api.publish_checked(&caller, publication, key).await? {
         Ok(receipt) => receipt,
         Err(refused) => return Ok(refused),
     };
@@ -153,21 +153,6 @@ async fn publish_workflow(
         seq: receipt.seq,
     };
     Ok((StatusCode::ACCEPTED, Json(receipt)).into_response())
-}
-
-/// The end of every family publish, as of a session's: the caller's
-/// publish rate (its refusal as the `Err` response), then the publish, once
-/// per `Idempotency-Key`.
-async fn publish_checked<E: EventFamily>(
-    api: &ApiState,
-    caller: &Caller,
-    publication: Publication<E>,
-    key: Option<&str>,
-) -> Result<Result<Receipt, Response>, ApiError> {
-    if let Err(refusal) = api.limit.check(caller, 1) {
-        return Ok(Err(refusal.into_response()));
-    }
-    Ok(Ok(api.emitter.publish_once(publication, key).await?))
 }
 
 /// One `Emitter` helper per run event, as seed 001's broadcaster names them.
