@@ -2,7 +2,9 @@
 //! nowhere else. `/health` and `/ready` stay open to every prober;
 //! `/api/v1/` and `/metrics` sit behind the API keys (when set) and refuse
 //! browsers from origins not allowed; `/socket.io/` checks browser origins
-//! itself. CORS, request tracing and the JSON 404 apply to the whole.
+//! itself; `/dashboard` has its own access rule and the same origin check.
+//! CORS, request tracing, the JSON 404 and the list of recent refusals
+//! apply to the whole.
 
 use std::sync::Arc;
 
@@ -21,9 +23,9 @@ use crate::{
         Verifier,
         reads::{self, Reads},
     },
-    http::{self, KeyCheck, KeyRing, Origins},
+    http::{self, KeyCheck, KeyRing, Origins, Refused},
     metrics::{Metrics, StatusLabel},
-    ops::{self, OpsState},
+    ops::{self, OpsState, dashboard::Dashboard},
     publish::{
         api::{self, ApiState},
         families,
@@ -39,6 +41,7 @@ pub(crate) struct Edge {
     pub origins: Origins,
     /// The key tokens are checked with, when configured.
     pub tokens: Option<Arc<Verifier>>,
+    pub dashboard: Dashboard,
 }
 
 pub(crate) fn router(edge: Edge) -> Router {
@@ -49,6 +52,7 @@ pub(crate) fn router(edge: Edge) -> Router {
         keys,
         origins,
         tokens,
+        dashboard,
     } = edge;
     let max_body = api.max_body;
     // The origin check runs first (the outer layer): a foreign browser is
@@ -96,13 +100,44 @@ pub(crate) fn router(edge: Edge) -> Router {
             guard(ops::metrics_routes(ops.clone()))
                 .method_not_allowed_fallback(http::method_not_allowed),
         )
-        .merge(ops::routes(ops).method_not_allowed_fallback(http::method_not_allowed))
+        .merge(
+            origins
+                .guard(ops::dashboard::routes(dashboard))
+                .method_not_allowed_fallback(http::method_not_allowed),
+        )
+        .merge(ops::routes(ops.clone()).method_not_allowed_fallback(http::method_not_allowed))
         .merge(sockets)
         .fallback(http::not_found)
+        .layer(middleware::from_fn_with_state(
+            ops.metrics.clone(),
+            keep_refusals,
+        ))
         .layer(origins.cors())
         // Refusals are answers, not failures of herald: an outage must log
         // one error, not one per request answered 503.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
+}
+
+/// Keeps every 4xx answer among the recent refusals (the dashboard's
+/// list): what herald told the client, never what the client sent.
+async fn keep_refusals(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    // Cheap clones (the URI shares its bytes): formatted only for a refusal.
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let res = next.run(req).await;
+    let status = res.status();
+    if status.is_client_error() {
+        let reason = match res.extensions().get::<Refused>() {
+            Some(Refused(message)) => message.as_str(),
+            None => status.canonical_reason().unwrap_or(""),
+        };
+        metrics.recent_refusals.record(
+            "http",
+            status.as_u16().to_string(),
+            reason,
+            format!("{method} {}", uri.path()),
+        );
+    }
+    res
 }
 
 /// Counts refused publishes by status (`herald_publish_rejections_total`).

@@ -196,6 +196,13 @@ pub struct Config {
     #[arg(long, env = "WS_CLIENT_TIMEOUT_MS", default_value_t = 60_000)]
     pub ws_client_timeout_ms: u64,
 
+    /// The token (or comma-separated tokens) that opens `/dashboard`, which
+    /// shows event contents. Unset: the dashboard is open without a token
+    /// when HOST is a loopback address (only this machine can reach it),
+    /// and off otherwise.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Log filter: a level (`info`) or a tracing directive (`herald=debug,info`).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,

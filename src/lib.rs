@@ -18,7 +18,8 @@
 //!   namespace, subscriptions, delivery;
 //! - `http` and `app`: the HTTP edge (refusals, bodies, API key, origins) and
 //!   every route assembled once;
-//! - `ops`, `metrics`: health, readiness, `/metrics`, stats;
+//! - `ops`, `metrics`: health, readiness, `/metrics`, stats, and the live
+//!   `/dashboard` (its page inside the binary, fed once a second);
 //! - `limits`: what one client may take (connections, requests,
 //!   subscriptions), so that no client takes what the others need;
 //! - `streams`: the plain WebSocket endpoints (`/ws`, `/ws/workflows`),
@@ -263,6 +264,18 @@ impl Herald {
         }
         let emitter = Emitter::new(sequencer.clone(), metrics.clone());
         let running = Arc::new(AtomicBool::new(false));
+        let ops = OpsState {
+            metrics,
+            sequencer: sequencer.clone(),
+            sockets: sockets.clone(),
+            background_running: running.clone(),
+        };
+        // Also what `/api/v1/stats` sums with Redis: it runs whether or
+        // not a dashboard is open.
+        let feed = ops::feed::Feed::new(ops.clone());
+        tasks.push(Box::pin(feed.clone().run()));
+        let access = ops::dashboard::access(config.admin_token.as_deref(), &config.host);
+        info!("{}", access.describe());
         let socket_routes = socket_routes.route_layer(middleware::from_fn_with_state(
             admission,
             limits::admission::admit_handshakes,
@@ -280,12 +293,12 @@ impl Herald {
                     burst: config.publish_burst_per_key,
                 })),
             },
-            ops: OpsState {
-                metrics,
-                sequencer,
-                sockets: sockets.clone(),
-                background_running: running.clone(),
+            dashboard: ops::dashboard::Dashboard {
+                access,
+                feed,
+                ops: ops.clone(),
             },
+            ops,
             keys,
             origins,
             tokens,

@@ -3,6 +3,8 @@
 //! A module of its own, below everything that counts, so counting never
 //! depends on the endpoints that report.
 
+pub(crate) mod recent;
+
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
@@ -81,6 +83,15 @@ pub(crate) struct Metrics {
     pub write_linger: Gauge<f64, AtomicU64>,
     /// Open plain WebSocket connections, by endpoint (`ws`, `workflows`).
     pub stream_connections: Family<EndpointLabel, Gauge>,
+    /// Seconds spent in publishes that succeeded, from the call to the seq
+    /// (in memory: handed to this instance's sockets; with Redis: sequenced
+    /// by Redis, which then sends it to every instance). Divided by
+    /// `published_total`, the mean publish latency.
+    pub publish_seconds: Counter<f64, AtomicU64>,
+    /// The last refusals, for the dashboard.
+    pub recent_refusals: recent::Refusals,
+    /// Publishes per session, while a dashboard is open.
+    pub activity: recent::Activity,
     registry: Registry,
 }
 
@@ -116,6 +127,9 @@ impl Metrics {
             saturated: Gauge::default(),
             write_linger: Gauge::default(),
             stream_connections: Family::default(),
+            publish_seconds: Counter::default(),
+            recent_refusals: Default::default(),
+            activity: Default::default(),
             registry: Registry::with_prefix("herald"),
         };
         m.register(keeps_sessions);
@@ -238,6 +252,11 @@ impl Metrics {
             "cluster_events_dropped",
             "Cluster events this instance dropped because it fell behind (Redis only)",
             self.cluster_events_dropped.clone(),
+        );
+        r.register(
+            "publish_duration_seconds",
+            "Seconds spent in successful publishes, from the call to the seq (divided by the sum of herald_events_published_total: the mean)",
+            self.publish_seconds.clone(),
         );
         r.register(
             "publish_rejections",

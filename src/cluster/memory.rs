@@ -30,7 +30,7 @@ use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 use tracing::{info, warn};
 
 use super::{
-    ClusterFigures, FanOut, Join, LinkProblem, Outbound, Sequenced, Sequencer, SequencerError,
+    FanOut, InstanceReport, Join, LinkProblem, Outbound, Sequenced, Sequencer, SequencerError,
     SessionState,
     history::{Attached, Epoch, Held, Page, Start, ends_session, recover},
 };
@@ -307,7 +307,11 @@ impl Sequencer for MemorySequencer {
         None
     }
 
-    fn cluster_figures(&self) -> BoxFuture<'_, Option<ClusterFigures>> {
+    fn report<'a>(&'a self, _: &'a InstanceReport) -> BoxFuture<'a, ()> {
+        futures_util::future::ready(()).boxed()
+    }
+
+    fn instances(&self) -> BoxFuture<'_, Option<Vec<InstanceReport>>> {
         futures_util::future::ready(None).boxed()
     }
 }

@@ -116,13 +116,45 @@ pub(crate) struct SessionState {
     pub failed: bool,
 }
 
-/// The figures each live instance reports, summed over the cluster.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ClusterFigures {
+/// What one instance says of itself every second: what `/api/v1/stats`
+/// sums and the dashboard lists. Built by `ops::feed` from the metrics;
+/// with Redis, every instance's is kept there for a few seconds, so a
+/// killed instance drops out by itself. Every field defaults, so that
+/// instances of different versions read each other's reports.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub(crate) struct InstanceReport {
+    /// The instance's id: its Socket.IO server's id.
+    pub id: String,
+    pub version: String,
+    /// Open Socket.IO connections.
     pub connections: u64,
+    /// Open plain WebSocket connections (`/ws`, `/ws/workflows`).
+    pub streams: u64,
     pub subscriptions: u64,
-    pub events_published: u64,
-    pub events_delivered: u64,
+    /// Events published through this instance, since it started.
+    pub published: u64,
+    /// Deliveries handed to this instance's sockets, since it started.
+    pub delivered: u64,
+    /// Deliveries dropped (full socket buffers) and cluster events this
+    /// instance fell behind on, since it started.
+    pub dropped: u64,
+    /// Seconds spent in publishes, since it started (see
+    /// `Metrics::publish_seconds`).
+    pub publish_seconds: f64,
+    /// Refusals since it started, by reason (`publish_422`, `limit_requests`...).
+    pub refusals: std::collections::BTreeMap<String, u64>,
+    pub saturated: bool,
+    pub write_linger_ms: f64,
+    /// Why this instance is not ready, if it is not.
+    pub not_ready: Option<String>,
+    /// Its busiest sessions: most subscribers here, most publishes here in
+    /// the last second (counted only while a dashboard watches).
+    pub most_watched: Vec<(String, u64)>,
+    pub most_active: Vec<(String, u64)>,
+    /// A dashboard is open on this instance: every instance counts its
+    /// publishes per session while one is, anywhere.
+    pub dashboard_open: bool,
 }
 
 /// What a Redis request was for, so that its failure says what did not happen.
@@ -202,7 +234,11 @@ pub(crate) trait Sequencer: Send + Sync + 'static {
     /// Why this instance cannot publish cluster-wide right now, if it cannot.
     fn problem(&self) -> Option<LinkProblem>;
 
-    /// The figures of every live instance, summed; `None` when this backend
-    /// has no cluster or cannot say now.
-    fn cluster_figures(&self) -> BoxFuture<'_, Option<ClusterFigures>>;
+    /// Tells the other instances how this one is doing (see
+    /// [`InstanceReport`]); nothing without a cluster.
+    fn report<'a>(&'a self, report: &'a InstanceReport) -> BoxFuture<'a, ()>;
+
+    /// The reports of every live instance; `None` when this backend has no
+    /// cluster or cannot say now.
+    fn instances(&self) -> BoxFuture<'_, Option<Vec<InstanceReport>>>;
 }

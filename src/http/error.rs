@@ -67,6 +67,11 @@ impl ApiError {
     }
 }
 
+/// What a refusal told its client, kept on the response for whoever
+/// records refusals (the dashboard's list of recent ones).
+#[derive(Clone, Debug)]
+pub(crate) struct Refused(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
@@ -75,6 +80,7 @@ impl IntoResponse for ApiError {
             code: self.code,
         };
         let mut res = (self.status, Json(body)).into_response();
+        res.extensions_mut().insert(Refused(self.message));
         if self.close {
             res.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

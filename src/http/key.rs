@@ -181,7 +181,7 @@ impl KeyRing {
 
 /// The key in `Authorization: Bearer <key>`; the scheme is case-insensitive
 /// (RFC 9110), and the key is trimmed as configured keys are.
-fn bearer(req: &Request) -> Option<&str> {
+pub(crate) fn bearer(req: &Request) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = value.trim_start().split_once(char::is_whitespace)?;
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())

@@ -21,9 +21,9 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::warn;
 
 pub(crate) use body::{check_depth, parse_json, read_body};
-pub(crate) use error::ApiError;
+pub(crate) use error::{ApiError, Refused};
 pub use key::KeyFileError;
-pub(crate) use key::{KeyCheck, KeyId, KeyRing, require_key};
+pub(crate) use key::{KeyCheck, KeyId, KeyRing, bearer, require_key};
 use rate::LogEvery;
 pub(crate) use rate::{Caller, PublishLimit, RateSettings};
 

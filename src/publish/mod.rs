@@ -210,9 +210,16 @@ impl Emitter {
                 outcome: event.outcome(),
                 idempotency_key,
             };
+            let started = std::time::Instant::now();
             let seq = self.sequencer.publish(out).await?;
             tracing::Span::current().record("seq", seq);
             self.metrics.published(E::FAMILY, name);
+            self.metrics
+                .publish_seconds
+                .inc_by(started.elapsed().as_secs_f64());
+            if E::FAMILY == crate::protocol::Family::Session {
+                self.metrics.activity.count(topic.id.as_str());
+            }
             let session_id = topic.id;
             debug!("published");
             Ok(Receipt {

@@ -329,9 +329,24 @@ impl<A: Adapter> FanOut for Realtime<A> {
 /// What the rest of herald asks of the Socket.IO side, whichever adapter it
 /// runs on.
 pub(crate) trait Sockets: Send + Sync + 'static {
+    /// This instance's id in the cluster: its Socket.IO server's id.
+    fn instance(&self) -> String;
+
     /// Sockets subscribed to the session on every instance, where the adapter
     /// can say in time; this instance's otherwise.
-    fn subscribers<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, usize>;
+    fn subscribers<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, usize> {
+        async move { self.subscribers_by_instance(id).await.values().sum() }.boxed()
+    }
+
+    /// The session's subscribers, counted per instance id, as
+    /// [`Sockets::subscribers`] finds them.
+    fn subscribers_by_instance<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, std::collections::BTreeMap<String, usize>>;
+
+    /// The `n` sessions with the most subscribers on this instance.
+    fn most_watched(&self, n: usize) -> Vec<(String, u64)>;
 
     /// Sessions with at least one subscriber on any instance; `None` when the
     /// adapter cannot say now.
@@ -343,18 +358,40 @@ pub(crate) trait Sockets: Send + Sync + 'static {
 }
 
 impl<A: Adapter> Sockets for Realtime<A> {
-    fn subscribers<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, usize> {
+    fn instance(&self) -> String {
+        self.io.config().server_id.to_string()
+    }
+
+    fn subscribers_by_instance<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, std::collections::BTreeMap<String, usize>> {
         async move {
             let rooms = [id.room(), id.arriving_room()];
+            let mut counts = std::collections::BTreeMap::new();
             match self.io.to(rooms).fetch_sockets().await {
-                Ok(sockets) => sockets.len(),
+                Ok(sockets) => {
+                    for socket in sockets {
+                        *counts
+                            .entry(socket.data().server_id.to_string())
+                            .or_default() += 1;
+                    }
+                }
                 Err(e) => {
                     debug!("cluster-wide subscriber count unavailable, counting local ones: {e}");
-                    self.local.subscriptions.count(id) as usize
+                    let local = self.local.subscriptions.count(id) as usize;
+                    if local > 0 {
+                        counts.insert(self.instance(), local);
+                    }
                 }
             }
+            counts
         }
         .boxed()
+    }
+
+    fn most_watched(&self, n: usize) -> Vec<(String, u64)> {
+        self.local.subscriptions.most_watched(n)
     }
 
     fn sessions_watched(&self) -> BoxFuture<'_, Option<u64>> {

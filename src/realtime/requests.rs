@@ -34,6 +34,7 @@ use crate::{
         history::{Attached, Start},
     },
     limits::{Admitted, Verdict},
+    metrics::Metrics,
     protocol::{
         Ack, Connected, InvalidRequest, RequestError, SessionId, SessionRequest, Subscribed,
         SubscriptionReply, Timestamp,
@@ -173,7 +174,7 @@ impl Request for Subscribe {
                 rt.limits.max_subscriptions()
             );
             let reply = RequestError::limited(RequestError::TOO_MANY_SUBSCRIPTIONS, why, Some(id));
-            return answer_refusal(s, &reply, ack);
+            return answer_refusal(s, &rt.metrics, &reply, ack);
         }
         let key = (s.id, request.session_id.clone());
         let (s, task_rt) = (s.clone(), rt.clone());
@@ -270,7 +271,7 @@ impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
                     .to_owned();
                 let reply = RequestError::limited(RequestError::RATE_LIMITED, why, None);
                 if tell {
-                    answer_refusal(s, &reply, ack);
+                    answer_refusal(s, &rt.metrics, &reply, ack);
                 } else {
                     ack_refusal(&reply, ack);
                 }
@@ -350,9 +351,7 @@ fn joined<A: Adapter>(
             let why = e.to_string();
             warn!(%why, "subscribe failed");
             let reply = RequestError::unavailable(id, why);
-            if let Err(e) = s.emit("error", &reply) {
-                debug!("could not send error: {e}");
-            }
+            send_error(s, &rt.metrics, &reply);
             let _ = ack.send(&Ack {
                 session_id: Some(id),
                 error: Some(&reply.error),
@@ -459,21 +458,34 @@ fn forbid<A: Adapter>(
     rt.metrics.auth_refused("forbidden");
     let grant = rt.tokens.as_ref().and_then(|t| t.grant(s.id));
     info!(session = %id, sub = grant.as_deref().and_then(|g| g.sub()), "subscribe forbidden");
-    answer_refusal(s, &RequestError::forbidden(id, why), ack);
+    answer_refusal(s, &rt.metrics, &RequestError::forbidden(id, why), ack);
 }
 
 fn refuse<A: Adapter>(s: &Socket<A>, rt: &Local<A>, refusal: InvalidRequest, ack: AckSender<A>) {
     rt.metrics.client_errors.inc();
     info!(%refusal, "refused");
-    answer_refusal(s, &RequestError::new(&refusal), ack);
+    answer_refusal(s, &rt.metrics, &RequestError::new(&refusal), ack);
 }
 
-/// Sends a refused request its `error` and its ack.
-fn answer_refusal<A: Adapter>(s: &Socket<A>, reply: &RequestError<'_>, ack: AckSender<A>) {
+/// Sends a refused request its `error` (kept for the dashboard) and its ack.
+fn answer_refusal<A: Adapter>(
+    s: &Socket<A>,
+    metrics: &Metrics,
+    reply: &RequestError<'_>,
+    ack: AckSender<A>,
+) {
+    send_error(s, metrics, reply);
+    ack_refusal(reply, ack);
+}
+
+/// Sends the socket an `error` event, and keeps it among the recent refusals.
+fn send_error<A: Adapter>(s: &Socket<A>, metrics: &Metrics, reply: &RequestError<'_>) {
+    metrics
+        .recent_refusals
+        .record("socket", reply.code.into(), &reply.error, s.id.to_string());
     if let Err(e) = s.emit("error", reply) {
         debug!("could not send error: {e}");
     }
-    ack_refusal(reply, ack);
 }
 
 /// Sends a refused request its ack, if the client asked for one.

@@ -103,6 +103,16 @@ impl Subscriptions {
     pub(super) fn count(&self, id: &SessionId) -> u32 {
         self.per_session.get(id).map_or(0, |n| *n)
     }
+
+    /// The `n` sessions with the most local subscribers, most first. Walks
+    /// every watched session: for the dashboard's once-a-second report.
+    pub(super) fn most_watched(&self, n: usize) -> Vec<(String, u64)> {
+        let counts = self
+            .per_session
+            .iter()
+            .map(|e| (e.key().to_string(), u64::from(*e.value())));
+        crate::metrics::recent::top(counts, n)
+    }
 }
 
 /// The sessions of one socket: a list while it holds a few, which nearly every

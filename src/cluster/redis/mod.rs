@@ -33,7 +33,6 @@ use std::{
 
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::{AsyncCommands, Script};
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socketioxide::adapter::Emitter;
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
@@ -44,7 +43,7 @@ pub(crate) use link::Link;
 pub use link::LinkProblem;
 
 use super::{
-    Action, ClusterFigures, FanOut, Join, Outbound, Sequenced, Sequencer, SequencerError,
+    Action, FanOut, InstanceReport, Join, Outbound, Sequenced, Sequencer, SequencerError,
     SessionState,
     history::{Attached, Epoch, Held, Page, Start, ends_session, recover},
 };
@@ -186,15 +185,6 @@ impl Keys {
     }
 }
 
-/// One instance's figures, as it reports them to the others.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct InstanceFigures {
-    connections: u64,
-    subscriptions: u64,
-    published: u64,
-    delivered: u64,
-}
-
 /// Where herald's Redis is and how to use it.
 pub(crate) struct Settings<'a> {
     pub urls: &'a [&'a str],
@@ -218,11 +208,9 @@ pub(crate) struct Setup {
     events: queue::EventReceiver<Command>,
     behind: Arc<queue::Behind>,
     keys: Keys,
-    uid: String,
     ttl_ms: u64,
     history_events: usize,
     idempotency_ms: u64,
-    metrics: Arc<Metrics>,
 }
 
 impl Setup {
@@ -236,7 +224,7 @@ impl Setup {
             prefix: settings.prefix.to_string(),
         };
         let uid = format!("{:016x}", random_u64());
-        let (queue, events, behind) = queue::bounded(settings.queue_events, metrics.clone());
+        let (queue, events, behind) = queue::bounded(settings.queue_events, metrics);
         let link = Link::new(
             settings.urls,
             settings.cluster,
@@ -254,11 +242,9 @@ impl Setup {
             events,
             behind,
             keys,
-            uid,
             ttl_ms: settings.session_ttl.as_millis().max(1) as u64,
             history_events: settings.history_events,
             idempotency_ms: settings.idempotency_ttl.as_millis().max(1) as u64,
-            metrics,
         };
         Ok((setup, adapter))
     }
@@ -295,7 +281,6 @@ pub(crate) struct RedisSequencer {
     link: Link,
     behind: Arc<queue::Behind>,
     keys: Keys,
-    uid: String,
     publish_script: Script,
     read_script: Script,
     ttl_ms: u64,
@@ -304,13 +289,12 @@ pub(crate) struct RedisSequencer {
     in_flight: Semaphore,
     commands: queue::EventQueue<Command>,
     next_joiner: AtomicU64,
-    metrics: Arc<Metrics>,
 }
 
 impl RedisSequencer {
     /// The sequencer, and its background work (delivering the cluster's
-    /// events to `fanout`, watching the link, reporting this instance's
-    /// figures), which runs as long as it is polled.
+    /// events to `fanout`, watching the link), which runs as long as it is
+    /// polled.
     pub(crate) fn new(
         setup: Setup,
         fanout: Arc<dyn FanOut>,
@@ -321,17 +305,14 @@ impl RedisSequencer {
             events,
             behind,
             keys,
-            uid,
             ttl_ms,
             history_events,
             idempotency_ms,
-            metrics,
         } = setup;
         let sequencer = Arc::new(Self {
             link,
             behind,
             keys,
-            uid,
             publish_script: Script::new(PUBLISH_SCRIPT),
             read_script: Script::new(READ_SCRIPT),
             ttl_ms,
@@ -340,45 +321,32 @@ impl RedisSequencer {
             in_flight: Semaphore::new(PUBLISHES_IN_FLIGHT),
             commands: queue,
             next_joiner: AtomicU64::new(0),
-            metrics,
         });
         let run = {
             let sequencer = sequencer.clone();
             async move {
-                tokio::join!(
-                    deliver_all(events, fanout),
-                    sequencer.link.watch(),
-                    sequencer.report()
-                );
+                tokio::join!(deliver_all(events, fanout), sequencer.link.watch(),);
             }
         };
         (sequencer, run.boxed())
     }
 
-    async fn report(&self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let figures = InstanceFigures {
-                connections: self.metrics.connections.get().max(0) as u64,
-                subscriptions: self.metrics.subscriptions.get().max(0) as u64,
-                published: self.metrics.published_total.get(),
-                delivered: self.metrics.events_delivered.get(),
-            };
-            let Ok(mut conn) = self.link.connection() else {
-                continue;
-            };
-            let report = serde_json::to_string(&figures).unwrap_or_default();
-            let written: Result<(), _> = redis::pipe()
-                .set_ex(self.keys.instance(&self.uid), report, INSTANCE_TTL_SECS)
-                .ignore()
-                .sadd(self.keys.instances(), &self.uid)
-                .ignore()
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = written {
-                debug!("could not report this instance's figures: {e}");
-            }
+    /// Keeps this instance's report for [`INSTANCE_TTL_SECS`]: the
+    /// registry lists only instances that reported lately.
+    async fn write_report(&self, report: &InstanceReport) {
+        let Ok(mut conn) = self.link.connection() else {
+            return;
+        };
+        let text = serde_json::to_string(report).unwrap_or_default();
+        let written: Result<(), _> = redis::pipe()
+            .set_ex(self.keys.instance(&report.id), text, INSTANCE_TTL_SECS)
+            .ignore()
+            .sadd(self.keys.instances(), &report.id)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = written {
+            debug!("could not report this instance's figures: {e}");
         }
     }
 
@@ -595,8 +563,8 @@ impl RedisSequencer {
         })
     }
 
-    /// Sums the figures the live instances reported; `None` when Redis cannot say.
-    async fn figures(&self) -> Option<ClusterFigures> {
+    /// The reports of the live instances; `None` when Redis cannot say.
+    async fn reports(&self) -> Option<Vec<InstanceReport>> {
         let mut conn = self.link.connection().ok()?;
         let uids: Vec<String> = conn.smembers(self.keys.instances()).await.ok()?;
         let keys: Vec<String> = uids.iter().map(|uid| self.keys.instance(uid)).collect();
@@ -609,14 +577,13 @@ impl RedisSequencer {
                 .await
                 .ok()?
         };
-        let mut totals = ClusterFigures::default();
+        let mut live = Vec::with_capacity(reports.len());
         for (uid, report) in uids.iter().zip(reports) {
-            match report.and_then(|r| serde_json::from_str::<InstanceFigures>(&r).ok()) {
-                Some(f) => {
-                    totals.connections += f.connections;
-                    totals.subscriptions += f.subscriptions;
-                    totals.events_published += f.published;
-                    totals.events_delivered += f.delivered;
+            match report.and_then(|r| serde_json::from_str::<InstanceReport>(&r).ok()) {
+                Some(mut report) => {
+                    // Reports of older versions carry no id.
+                    report.id.clone_from(uid);
+                    live.push(report);
                 }
                 // Its report expired: the instance is gone.
                 None => {
@@ -624,7 +591,8 @@ impl RedisSequencer {
                 }
             }
         }
-        Some(totals)
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        Some(live)
     }
 }
 
@@ -734,8 +702,12 @@ impl Sequencer for RedisSequencer {
         })
     }
 
-    fn cluster_figures(&self) -> BoxFuture<'_, Option<ClusterFigures>> {
-        self.figures().boxed()
+    fn report<'a>(&'a self, report: &'a InstanceReport) -> BoxFuture<'a, ()> {
+        self.write_report(report).boxed()
+    }
+
+    fn instances(&self) -> BoxFuture<'_, Option<Vec<InstanceReport>>> {
+        self.reports().boxed()
     }
 }
 

@@ -1,5 +1,9 @@
 //! What operators look at: `/health`, `/ready`, `/metrics` (Prometheus text)
-//! and `/api/v1/stats`.
+//! and `/api/v1/stats` here; the live `/dashboard` in [`dashboard`], fed
+//! once a second by [`feed`].
+
+pub(crate) mod dashboard;
+pub(crate) mod feed;
 
 use std::sync::{
     Arc,
@@ -50,13 +54,36 @@ pub(crate) fn api_routes(state: OpsState) -> Router {
     Router::new().route("/stats", get(stats)).with_state(state)
 }
 
+impl OpsState {
+    /// Why this instance cannot publish to the whole cluster now, if it
+    /// cannot: what `/ready` answers and the dashboard shows.
+    pub(crate) fn not_ready(&self) -> Option<String> {
+        if self.background_running.load(Ordering::Acquire) {
+            self.sequencer.problem().map(|p| p.to_string())
+        } else {
+            Some(
+                "background work not running (an embedding app must run herald's Background)"
+                    .into(),
+            )
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Health {
     status: &'static str,
+    /// herald's version, for `herald check` and upgrades in progress.
+    version: &'static str,
+    /// This instance's id, as the dashboard and the cluster name it.
+    instance: String,
 }
 
-async fn health() -> Json<Health> {
-    Json(Health { status: "ok" })
+async fn health(State(ops): State<OpsState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        instance: ops.sockets.instance(),
+    })
 }
 
 #[derive(Serialize)]
@@ -72,11 +99,7 @@ struct Ready {
 /// subscription is live and this instance keeps up), 503 with the reason
 /// otherwise.
 async fn ready(State(ops): State<OpsState>) -> (StatusCode, Json<Ready>) {
-    let reason = if ops.background_running.load(Ordering::Acquire) {
-        ops.sequencer.problem().map(|p| p.to_string())
-    } else {
-        Some("background work not running (an embedding app must run herald's Background)".into())
-    };
+    let reason = ops.not_ready();
     let status = if reason.is_none() {
         StatusCode::OK
     } else {
@@ -144,19 +167,18 @@ impl Endpoints {
 }
 
 /// `GET /api/v1/stats`: the whole cluster's figures where Redis can give
-/// them (`scope: "cluster"`), this instance's otherwise (`"instance"`).
+/// them (`scope: "cluster"`, from the instances' reports), this instance's
+/// otherwise (`"instance"`).
 async fn stats(State(ops): State<OpsState>) -> Json<Stats> {
-    let (figures, sessions) = tokio::join!(
-        ops.sequencer.cluster_figures(),
-        ops.sockets.sessions_watched()
-    );
-    let stats = match (figures, sessions) {
-        (Some(t), Some(sessions)) => Stats {
-            connections: t.connections,
+    let (reports, sessions) =
+        tokio::join!(ops.sequencer.instances(), ops.sockets.sessions_watched());
+    let stats = match (reports, sessions) {
+        (Some(reports), Some(sessions)) => Stats {
+            connections: reports.iter().map(|r| r.connections).sum(),
             sessions,
-            subscriptions: t.subscriptions,
-            events_published: t.events_published,
-            events_delivered: t.events_delivered,
+            subscriptions: reports.iter().map(|r| r.subscriptions).sum(),
+            events_published: reports.iter().map(|r| r.published).sum(),
+            events_delivered: reports.iter().map(|r| r.delivered).sum(),
             scope: "cluster",
             endpoints: Endpoints::of(&ops.metrics),
         },
