@@ -275,7 +275,9 @@ impl Herald {
         let feed = ops::feed::Feed::new(ops.clone());
         tasks.push(Box::pin(feed.clone().run()));
         let access = ops::dashboard::access(config.admin_token.as_deref(), &config.host);
-        info!("{}", access.describe());
+        // With the start line's target: a quiet log still says whether the
+        // dashboard is open, and to whom.
+        info!(target: "herald::start", "{}", access.describe());
         let socket_routes = socket_routes.route_layer(middleware::from_fn_with_state(
             admission,
             limits::admission::admit_handshakes,

@@ -1,0 +1,88 @@
+//! Who may open `/dashboard`, through the real router: herald configured
+//! for a non-loopback HOST (here only configured: the listener is still
+//! 127.0.0.1, as every test's) keeps it off without ADMIN_TOKEN, and with
+//! one asks for it. The page itself, live, is the browser suite's
+//! (tests/interop/browser/dashboard.test.mjs).
+
+use clap::Parser;
+use herald::{Config, Herald};
+use tokio::net::TcpListener;
+
+/// A herald built from `args`, served on 127.0.0.1; its base URL.
+async fn serve(args: &[&str]) -> String {
+    let config = Config::parse_from(["herald"].iter().chain(args));
+    let (herald, background) = Herald::new(&config).unwrap();
+    background.spawn();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(herald.serve(listener, std::future::pending()));
+    url
+}
+
+async fn get(url: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    // An event stream never ends: its first bytes are enough.
+    let mut res = res;
+    let first = res.chunk().await.unwrap().unwrap_or_default();
+    (status, String::from_utf8_lossy(&first).into_owned())
+}
+
+#[tokio::test]
+async fn beyond_loopback_without_a_token_the_dashboard_is_off() {
+    let url = serve(&["--host", "0.0.0.0"]).await;
+    for path in [
+        "/dashboard",
+        "/dashboard/dashboard.js",
+        "/dashboard/api/feed",
+    ] {
+        let (status, body) = get(&format!("{url}{path}"), Some("anything")).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body.contains("DASHBOARD_OFF"), "{body}");
+        assert!(body.contains("ADMIN_TOKEN"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn with_a_token_the_dashboard_asks_for_it() {
+    let url = serve(&["--host", "0.0.0.0", "--admin-token", "open-sesame"]).await;
+    let (status, page) = get(&format!("{url}/dashboard"), None).await;
+    assert_eq!(status, 200, "the page holds no data: it asks for the token");
+    assert!(page.contains("Admin token"), "{page}");
+    for wrong in [None, Some("open-sesam"), Some("open-sesame2")] {
+        let (status, body) = get(&format!("{url}/dashboard/api/feed"), wrong).await;
+        assert_eq!(status, 401, "{wrong:?}: {body}");
+        assert!(body.contains("wrong admin token"), "{body}");
+    }
+    let (status, body) = get(&format!("{url}/dashboard/api/feed"), Some("open-sesame")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("event: history"), "{body}");
+    let (status, body) = get(
+        &format!("{url}/dashboard/api/sessions/doc-1"),
+        Some("open-sesame"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""seq":0"#), "{body}");
+}
+
+#[tokio::test]
+async fn health_says_the_version_and_the_instance() {
+    let url = serve(&[]).await;
+    let health: serde_json::Value = reqwest::get(format!("{url}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        health["instance"].as_str().is_some_and(|id| !id.is_empty()),
+        "{health}"
+    );
+}
