@@ -96,6 +96,11 @@ impl Activity {
         self.on.store(on, Ordering::Relaxed);
     }
 
+    /// Whether a dashboard is open somewhere (see `ops::feed`).
+    pub(crate) fn counting(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
     /// The `n` sessions published to most since the last call, most first;
     /// starts counting afresh.
     pub(crate) fn take(&self, n: usize) -> Vec<(String, u64)> {

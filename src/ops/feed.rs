@@ -156,7 +156,12 @@ impl Feed {
             saturated: m.saturated.get() > 0,
             write_linger_ms: m.write_linger.get() * 1000.0,
             not_ready: ops.not_ready(),
-            most_watched: ops.sockets.most_watched(TOP),
+            // Lists only a dashboard shows: nobody pays for them otherwise.
+            most_watched: if m.activity.counting() {
+                ops.sockets.most_watched(TOP)
+            } else {
+                Vec::new()
+            },
             most_active: m.activity.take(TOP),
             // The sampler holds no receiver: each is an open dashboard.
             dashboard_open: self.latest.receiver_count() > 0,

@@ -105,13 +105,21 @@ impl Subscriptions {
     }
 
     /// The `n` sessions with the most local subscribers, most first. Walks
-    /// every watched session: for the dashboard's once-a-second report.
+    /// every watched session (for the report, once a second while a
+    /// dashboard is open), keeping only the `n` best so far.
     pub(super) fn most_watched(&self, n: usize) -> Vec<(String, u64)> {
-        let counts = self
-            .per_session
-            .iter()
-            .map(|e| (e.key().to_string(), u64::from(*e.value())));
-        crate::metrics::recent::top(counts, n)
+        use std::{cmp::Reverse, collections::BinaryHeap};
+        let mut best = BinaryHeap::with_capacity(n + 1);
+        for entry in &self.per_session {
+            best.push(Reverse((*entry.value(), entry.key().clone())));
+            if best.len() > n {
+                best.pop();
+            }
+        }
+        let best = best
+            .into_iter()
+            .map(|Reverse((count, id))| (id.to_string(), u64::from(count)));
+        crate::metrics::recent::top(best, n)
     }
 }
 
@@ -219,6 +227,20 @@ mod tests {
         assert_eq!(subs.remove_socket(a).len(), 2);
         assert_eq!(subs.remove_socket(a).len(), 0);
         assert_eq!(levels(), (0, 0));
+    }
+
+    #[test]
+    fn the_most_watched_sessions_come_first() {
+        let subs = Subscriptions::new(Arc::new(Metrics::default()));
+        for (id, watchers) in [("a", 1), ("b", 3), ("c", 2), ("d", 3)] {
+            for _ in 0..watchers {
+                subs.add(Sid::new(), &session(id));
+            }
+        }
+        let top: Vec<(String, u64)> = [("b", 3), ("d", 3), ("c", 2)]
+            .map(|(id, n)| (id.to_string(), n))
+            .into();
+        assert_eq!(subs.most_watched(3), top);
     }
 
     #[test]
