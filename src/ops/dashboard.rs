@@ -8,7 +8,7 @@
 //! constant time, as the API keys are); without, only when herald listens
 //! on loopback (only this machine can reach it); otherwise it is off.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -26,9 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{OpsState, feed::Feed};
 use crate::{
-    cluster::{SessionState, history::Page},
+    cluster::history::Page,
     http::{ApiError, KeyRing, bearer},
     protocol::{SessionId, Topic},
+    publish::{PublishError, api::SessionReport},
 };
 
 const PAGE: &str = include_str!("assets/index.html");
@@ -181,54 +182,21 @@ async fn feed(State(d): State<Dashboard>) -> Sse<impl Stream<Item = Result<Event
         .keep_alive(KeepAlive::default())
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SessionView {
-    session_id: SessionId,
-    seq: u64,
-    epoch: Option<String>,
-    progress: Option<Arc<serde_json::value::RawValue>>,
-    completed: bool,
-    failed: bool,
-    /// Subscribers, by instance id.
-    subscribers: std::collections::BTreeMap<String, usize>,
-}
-
 fn session_id(text: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
-}
-
-fn unavailable(e: crate::cluster::SequencerError) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 /// One session: its state and who watches it where.
 async fn session(
     State(d): State<Dashboard>,
     Path(id): Path<String>,
-) -> Result<Json<SessionView>, ApiError> {
+) -> Result<Json<SessionReport<BTreeMap<String, usize>>>, ApiError> {
     let id = session_id(&id)?;
-    let topic = Topic::session(id.clone());
-    let (state, subscribers) = tokio::join!(
-        d.ops.sequencer.state(&topic),
-        d.ops.sockets.subscribers_by_instance(&id)
-    );
-    let SessionState {
-        seq,
-        epoch,
-        progress,
-        completed,
-        failed,
-    } = state.map_err(unavailable)?;
-    Ok(Json(SessionView {
-        session_id: id,
-        seq,
-        epoch: epoch.map(|e| e.to_string()),
-        progress,
-        completed,
-        failed,
-        subscribers,
-    }))
+    let subscribers = d.ops.sockets.subscribers_by_instance(&id);
+    let report = SessionReport::read(d.ops.sequencer.as_ref(), id.clone(), subscribers)
+        .await
+        .map_err(PublishError::from)?;
+    Ok(Json(report))
 }
 
 #[derive(Deserialize)]

@@ -23,7 +23,7 @@ use tracing::warn;
 use super::{Emitter, EventFamily, Publication, PublishError, Receipt};
 use crate::{
     cluster::{
-        Sequencer, SessionState,
+        Sequencer, SequencerError, SessionState,
         history::{Epoch, Page},
     },
     http::{ApiError, Caller, PublishLimit, check_depth, parse_json, read_body},
@@ -261,44 +261,58 @@ async fn publish_batch(
     Ok((StatusCode::ACCEPTED, Json(BatchReceipt { results })).into_response())
 }
 
+/// A session as its readers see it: its state, and its subscribers (a count
+/// for the API, per instance for the dashboard).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct SessionReport {
+pub(crate) struct SessionReport<N> {
     session_id: SessionId,
     seq: u64,
     epoch: Option<Epoch>,
     progress: Option<Arc<RawValue>>,
     completed: bool,
     failed: bool,
-    subscribers: usize,
+    subscribers: N,
+}
+
+impl<N> SessionReport<N> {
+    /// Reads the session's state while `subscribers` counts who watches it.
+    pub(crate) async fn read(
+        sequencer: &dyn Sequencer,
+        session_id: SessionId,
+        subscribers: impl Future<Output = N>,
+    ) -> Result<Self, SequencerError> {
+        let topic = Topic::session(session_id.clone());
+        let (state, subscribers) = tokio::join!(sequencer.state(&topic), subscribers);
+        let SessionState {
+            seq,
+            epoch,
+            progress,
+            completed,
+            failed,
+        } = state?;
+        Ok(Self {
+            session_id,
+            seq,
+            epoch,
+            progress,
+            completed,
+            failed,
+            subscribers,
+        })
+    }
 }
 
 async fn session_state(
     State(api): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<SessionReport>, ApiError> {
+) -> Result<Json<SessionReport<usize>>, ApiError> {
     let session_id = path_session(path)?;
-    let topic = Topic::session(session_id.clone());
-    let (state, subscribers) = tokio::join!(
-        api.sequencer.state(&topic),
-        api.sockets.subscribers(&session_id)
-    );
-    let SessionState {
-        seq,
-        epoch,
-        progress,
-        completed,
-        failed,
-    } = state.map_err(PublishError::from)?;
-    Ok(Json(SessionReport {
-        session_id,
-        seq,
-        epoch,
-        progress,
-        completed,
-        failed,
-        subscribers,
-    }))
+    let subscribers = api.sockets.subscribers(&session_id);
+    let report = SessionReport::read(api.sequencer.as_ref(), session_id.clone(), subscribers)
+        .await
+        .map_err(PublishError::from)?;
+    Ok(Json(report))
 }
 
 /// `?since=N&limit=L` of a history request.

@@ -18,12 +18,11 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { chromium } from 'playwright-core';
+import { CHROMIUM_BIN, launchChromium } from './chromium.mjs';
 import { REPO_ROOT } from '../../fixtures/fixtures.mjs';
 import { startHerald, connect, subscribe, closeAll, sample, HERALD_BIN } from '../node/lib/herald.mjs';
 import { startRedis } from '../node/lib/redis.mjs';
 
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const TOKEN = 'dashboard-test-token';
 const BUSY = `dash-busy-${process.pid}`;
 const QUIET = `dash-quiet-${process.pid}`;
@@ -58,12 +57,7 @@ before(async () => {
     await startHerald({ args, env: { ADMIN_TOKEN: TOKEN } }),
     await startHerald({ args, env: { ADMIN_TOKEN: TOKEN } }),
   ];
-  browser = await chromium.launch({
-    executablePath: CHROMIUM_BIN,
-    headless: true,
-    timeout: 20000,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-sync'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

@@ -21,14 +21,13 @@ import { existsSync, mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { chromium } from 'playwright-core';
+import { CHROMIUM_BIN, launchChromium } from './chromium.mjs';
 import { REPO_ROOT } from '../../fixtures/fixtures.mjs';
 import { startHerald, spawnTracked, freePort, HERALD_BIN, HOST } from '../node/lib/herald.mjs';
 import { fastApiFrame } from '../node/lib/ws.mjs';
 import { runSteps, STAGES, publishRunEvent } from '../../../client-examples/research-flow/publish-run.mjs';
 import { workflowSteps, publishWorkflowEvent, NODES } from '../../../client-examples/workflow/publish-workflow.mjs';
 
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const EXAMPLES = {
   researchFlow: path.join(REPO_ROOT, 'client-examples/research-flow'),
   workflow: path.join(REPO_ROOT, 'client-examples/workflow'),
@@ -146,12 +145,7 @@ before(async () => {
     previews[name] = await startPreview(dir);
     urls[name] = previews[name].url;
   }
-  browser = await chromium.launch({
-    executablePath: CHROMIUM_BIN,
-    headless: true,
-    timeout: 20000,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-sync'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {
