@@ -71,6 +71,23 @@ async fn with_a_token_the_dashboard_asks_for_it() {
 }
 
 #[tokio::test]
+async fn a_foreign_origin_is_refused_as_on_the_rest_of_herald() {
+    let url = serve(&["--cors-origins", "http://ops.test", "--admin-token", "t"]).await;
+    let feed = format!("{url}/dashboard/api/feed");
+    let from = |origin: &'static str| {
+        reqwest::Client::new()
+            .get(&feed)
+            .bearer_auth("t")
+            .header("origin", origin)
+            .send()
+    };
+    let foreign = from("http://evil.test").await.unwrap();
+    assert_eq!(foreign.status(), 403);
+    assert!(foreign.text().await.unwrap().contains("CORS_ORIGINS"));
+    assert_eq!(from("http://ops.test").await.unwrap().status(), 200);
+}
+
+#[tokio::test]
 async fn health_says_the_version_and_the_instance() {
     let url = serve(&[]).await;
     let health: serde_json::Value = reqwest::get(format!("{url}/health"))

@@ -37,7 +37,9 @@ describe('harness', () => {
     assert.match(herald.url, /^http:\/\/127\.0\.0\.1:\d+$/);
     const health = await herald.request('GET', '/health');
     assert.equal(health.status, 200);
-    assert.deepEqual(health.body, { status: 'ok' });
+    assert.deepEqual(Object.keys(health.body).sort(), ['instance', 'status', 'version']);
+    assert.equal(health.body.status, 'ok');
+    assert.match(health.body.version, /^\d+\.\d+\.\d+/);
     assert.match(herald.logs(), new RegExp(`listening on http://127\\.0\\.0\\.1:${herald.port}`));
     const code = await herald.stop('SIGTERM');
     assert.equal(code, 0, herald.logTail());
