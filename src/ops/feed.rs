@@ -21,6 +21,9 @@ use crate::{cluster::InstanceReport, metrics::Metrics};
 /// Samples kept: ten minutes at one a second.
 const KEPT: usize = 600;
 
+/// How long the sampler waits for Redis each second.
+const CLUSTER_WAIT: Duration = Duration::from_millis(800);
+
 /// Sessions listed as most watched and most active, per instance and in all.
 const TOP: usize = 10;
 
@@ -58,7 +61,8 @@ struct InstanceRow {
 struct Snapshot<'a> {
     /// The instance serving this dashboard.
     instance: &'a str,
-    /// `cluster` when the instances' reports came from Redis.
+    /// `cluster` when the instances' reports came from Redis, `instance`
+    /// without Redis, `unreachable` when Redis could not give them now.
     scope: &'static str,
     instances: &'a [InstanceRow],
     sample: &'a Sample,
@@ -104,9 +108,16 @@ impl Feed {
         loop {
             tick.tick().await;
             let own = self.report();
-            self.ops.sequencer.report(&own).await;
-            let (scope, reports) = match self.ops.sequencer.instances().await {
-                Some(reports) if !reports.is_empty() => ("cluster", reports),
+            // A stalled Redis must not stall the dashboard, which is when it
+            // is needed most: this instance is then shown alone.
+            let sequencer = &self.ops.sequencer;
+            let gathered = tokio::time::timeout(CLUSTER_WAIT, async {
+                sequencer.report(&own).await;
+                sequencer.instances().await
+            });
+            let (scope, reports) = match gathered.await {
+                Ok(Some(reports)) if !reports.is_empty() => ("cluster", reports),
+                _ if sequencer.adapter() == "redis" => ("unreachable", vec![own.clone()]),
                 _ => ("instance", vec![own.clone()]),
             };
             // Every instance counts its publishes per session while a

@@ -105,7 +105,12 @@ async function connectFeed() {
 function render(snapshot) {
   samples.push(snapshot.sample);
   if (samples.length > 600) samples.shift();
-  $("scope").textContent = `${snapshot.scope === "cluster" ? "cluster through Redis" : "single instance"} · served by ${snapshot.instance}`;
+  const scopes = {
+    cluster: "cluster through Redis",
+    instance: "single instance",
+    unreachable: "this instance only: Redis cannot give the cluster's reports now",
+  };
+  $("scope").textContent = `${scopes[snapshot.scope] ?? snapshot.scope} · served by ${snapshot.instance}`;
   const sum = (field) => snapshot.instances.reduce((n, i) => n + (i[field] || 0), 0);
   $("total-connections").textContent = sum("connections");
   $("total-subscriptions").textContent = sum("subscriptions");

@@ -191,6 +191,15 @@ test('the dashboard shows the cluster, its figures, charts and a live session ta
     page.evaluate(() => document.getElementById('session-state').textContent).then((t) => ({ ok: /seq8/.test(t), t })));
   await page.screenshot({ path: SCREENSHOT, fullPage: true });
   console.log(`screenshot: ${SCREENSHOT}`);
+
+  // Redis gone: the page goes on, with this instance alone, not ready, and why.
+  await redis.kill();
+  const down = await until('the instance shown not ready, with the reason', () =>
+    page.evaluate(() => ({
+      scope: document.getElementById('scope').textContent,
+      rows: [...document.querySelectorAll('#instances tbody tr')].map((tr) => tr.textContent),
+    })).then((v) => ({ ok: v.rows.length === 1 && /no: .*Redis/.test(v.rows[0]), ...v })));
+  assert.match(down.scope, /Redis cannot give the cluster's reports now/);
   await page.close();
   for (const socket of watchers) socket.disconnect();
 });
