@@ -24,6 +24,9 @@ const KEPT: usize = 600;
 /// How long the sampler waits for Redis each second.
 const CLUSTER_WAIT: Duration = Duration::from_millis(800);
 
+/// The seconds over which the most active sessions are counted.
+const ACTIVE_SECONDS: usize = 10;
+
 /// Sessions listed as most watched and most active, per instance and in all.
 const TOP: usize = 10;
 
@@ -105,6 +108,9 @@ impl Feed {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut previous: HashMap<String, InstanceReport> = HashMap::new();
+        // Each second's busiest sessions, over the cluster, for the last
+        // ACTIVE_SECONDS: one second alone flickers.
+        let mut active: VecDeque<Vec<(String, u64)>> = VecDeque::with_capacity(ACTIVE_SECONDS);
         loop {
             tick.tick().await;
             let own = self.report();
@@ -125,6 +131,10 @@ impl Feed {
             let watched = reports.iter().any(|r| r.dashboard_open);
             self.ops.metrics.activity.set_counting(watched);
             let (rows, sample) = combine(&reports, &previous, now_ms());
+            if active.len() == ACTIVE_SECONDS {
+                active.pop_front();
+            }
+            active.push_back(merge_top(rows.iter().map(|r| &r.report.most_active)));
             previous = reports.into_iter().map(|r| (r.id.clone(), r)).collect();
             {
                 let mut samples = self.samples.lock().unwrap();
@@ -137,7 +147,7 @@ impl Feed {
                 instance: &own.id,
                 scope,
                 most_watched: merge_top(rows.iter().map(|r| &r.report.most_watched)),
-                most_active: merge_top(rows.iter().map(|r| &r.report.most_active)),
+                most_active: merge_top(active.iter()),
                 instances: &rows,
                 sample: &sample,
                 refusals: self.ops.metrics.recent_refusals.latest(),
