@@ -23,7 +23,7 @@ use tracing::warn;
 use super::{Emitter, EventFamily, Publication, PublishError, Receipt};
 use crate::{
     cluster::{
-        Sequencer, SessionState,
+        Fingerprint, Keyed, Sequencer, SessionState,
         history::{Epoch, Page},
     },
     http::{ApiError, Caller, PublishLimit, check_depth, parse_json, read_body},
@@ -68,17 +68,14 @@ impl ApiState {
     pub(super) async fn publish_single<E: EventFamily, R: Serialize>(
         &self,
         caller: &Caller,
-        single: &Single,
+        keyed: Option<Keyed<'_>>,
         publication: Publication<E>,
         receipt: impl FnOnce(Receipt) -> R,
     ) -> Result<Response, ApiError> {
         if let Err(refusal) = self.limit.check(caller, 1) {
             return Ok(refusal.into_response());
         }
-        let published = self
-            .emitter
-            .publish_once(publication, single.key.as_deref())
-            .await?;
+        let published = self.emitter.publish_keyed(publication, keyed).await?;
         Ok((StatusCode::ACCEPTED, Json(receipt(published))).into_response())
     }
 
@@ -107,6 +104,25 @@ impl Single {
     pub(super) fn body<'a, T: Deserialize<'a>>(&'a self) -> Result<T, ApiError> {
         parse_json(&self.bytes)
     }
+
+    /// Its idempotency key, if it has one, with what a retry must repeat:
+    /// `sent` (the whole body when `None`).
+    pub(super) fn keyed(&self, sent: Option<Fingerprint>) -> Option<Keyed<'_>> {
+        let key = self.key.as_deref()?;
+        Some(Keyed {
+            key,
+            fingerprint: sent.unwrap_or_else(|| Fingerprint::of(&self.bytes)),
+        })
+    }
+}
+
+/// What a retry of a session event must repeat, alone or in a batch: its
+/// event and data.
+fn session_fingerprint(event: &str, data: &RawValue) -> Fingerprint {
+    let mut sent = event.as_bytes().to_vec();
+    sent.push(b'\n');
+    sent.extend_from_slice(data.get().as_bytes());
+    Fingerprint::of(&sent)
 }
 
 /// The publish routes, which `app` mounts under `/api/v1` (and counts the
@@ -137,20 +153,32 @@ const PAGE_MAX: usize = 1000;
 /// delivered, and only a retry with the same idempotency key is safe.
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
-        if e.outcome_unknown() {
-            Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("{e}; retry with the same Idempotency-Key to publish it exactly once"),
-            )
-            .with_code(OUTCOME_UNKNOWN)
-        } else {
-            Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).with_code(UNAVAILABLE)
+        let (status, code) = e.answer();
+        let message = match code {
+            OUTCOME_UNKNOWN => {
+                format!("{e}; retry with the same Idempotency-Key to publish it exactly once")
+            }
+            _ => e.to_string(),
+        };
+        Self::new(status, message).with_code(code)
+    }
+}
+
+impl PublishError {
+    /// The status and code a refused publish is answered with, alone or in
+    /// a batch.
+    fn answer(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::KeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, KEY_REUSED),
+            e if e.outcome_unknown() => (StatusCode::GATEWAY_TIMEOUT, OUTCOME_UNKNOWN),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
         }
     }
 }
 
 const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
 const UNAVAILABLE: &str = "UNAVAILABLE";
+const KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
 
 /// The longest idempotency key accepted.
 const IDEMPOTENCY_KEY_MAX: usize = 255;
@@ -219,7 +247,8 @@ async fn publish_one(
     let publication =
         Publication::<SessionEvent>::from_json(single.id.clone(), &body.event, body.data)
             .map_err(ApiError::invalid)?;
-    api.publish_single(&caller, &single, publication, |receipt| receipt)
+    let keyed = single.keyed(Some(session_fingerprint(&body.event, body.data)));
+    api.publish_single(&caller, keyed, publication, |receipt| receipt)
         .await
 }
 
@@ -260,7 +289,11 @@ async fn publish_batch(
                 .idempotency_key
                 .as_deref()
                 .map(|key| idempotency_key(key, &format!("[{i}].idempotencyKey")))
-                .transpose()?;
+                .transpose()?
+                .map(|key| Keyed {
+                    key,
+                    fingerprint: session_fingerprint(&item.event, item.data),
+                });
             Publication::<SessionEvent>::from_json(item.session_id.clone(), &item.event, item.data)
                 .map(|publication| (publication, key))
                 .map_err(|e| ApiError::invalid(e.within(&format!("[{i}]"))))
@@ -272,16 +305,13 @@ async fn publish_batch(
     }
     let mut results = Vec::with_capacity(total);
     for (publication, key) in publications {
-        match api.emitter.publish_once(publication, key).await {
+        match api.emitter.publish_keyed(publication, key).await {
             Ok(receipt) => results.push(receipt),
             Err(e) => {
                 warn!(published = results.len(), total, "batch stopped: {e}");
                 let at = results.len();
                 let unknown = e.outcome_unknown();
-                let (status, code) = match unknown {
-                    true => (StatusCode::GATEWAY_TIMEOUT, OUTCOME_UNKNOWN),
-                    false => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
-                };
+                let (status, code) = e.answer();
                 let stopped = BatchStopped {
                     error: e.to_string(),
                     code,

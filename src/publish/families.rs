@@ -107,7 +107,7 @@ async fn publish_run(
         timestamp: body.timestamp,
         to,
     };
-    api.publish_single(&caller, &single, publication, RunReceipt::from)
+    api.publish_single(&caller, single.keyed(None), publication, RunReceipt::from)
         .await
 }
 
@@ -129,9 +129,11 @@ async fn publish_workflow(
     let event =
         WorkflowEvent::from_request(&single.id, single.body()?).map_err(ApiError::invalid)?;
     let publication = Publication::<WorkflowFamily>::new(single.id.clone(), event);
-    api.publish_single(&caller, &single, publication, |receipt| WorkflowReceipt {
-        run_id: receipt.session_id,
-        seq: receipt.seq,
+    api.publish_single(&caller, single.keyed(None), publication, |receipt| {
+        WorkflowReceipt {
+            run_id: receipt.session_id,
+            seq: receipt.seq,
+        }
     })
     .await
 }
