@@ -103,7 +103,8 @@ async function connectFeed() {
 }
 
 function render(snapshot) {
-  samples.push(snapshot.sample);
+  // The first snapshot repeats the history's last sample.
+  if (!samples.length || snapshot.sample.t > samples[samples.length - 1].t) samples.push(snapshot.sample);
   if (samples.length > 600) samples.shift();
   const scopes = {
     cluster: "cluster through Redis",
