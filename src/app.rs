@@ -6,15 +6,21 @@
 //! CORS, request tracing, the JSON 404 and the list of recent refusals
 //! apply to the whole.
 
-use std::sync::Arc;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use axum::{
     Router,
     extract::{Request, State},
-    http::Method,
+    http::{Method, Uri},
     middleware::{self, Next},
     response::Response,
 };
+use tower::{Layer, Service};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
@@ -108,10 +114,7 @@ pub(crate) fn router(edge: Edge) -> Router {
         .merge(ops::routes(ops.clone()).method_not_allowed_fallback(http::method_not_allowed))
         .merge(sockets)
         .fallback(http::not_found)
-        .layer(middleware::from_fn_with_state(
-            ops.metrics.clone(),
-            keep_refusals,
-        ))
+        .layer(KeepRefusals(ops.metrics.clone()))
         .layer(origins.cors())
         // Refusals are answers, not failures of herald: an outage must log
         // one error, not one per request answered 503.
@@ -120,24 +123,92 @@ pub(crate) fn router(edge: Edge) -> Router {
 
 /// Keeps every 4xx answer among the recent refusals (the dashboard's
 /// list): what herald told the client, never what the client sent.
-async fn keep_refusals(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    // Cheap clones (the URI shares its bytes): formatted only for a refusal.
-    let (method, uri) = (req.method().clone(), req.uri().clone());
-    let res = next.run(req).await;
-    let status = res.status();
-    if status.is_client_error() {
-        let reason = match res.extensions().get::<Refused>() {
-            Some(Refused(message)) => message.as_str(),
-            None => status.canonical_reason().unwrap_or(""),
-        };
-        metrics.recent_refusals.record(
-            "http",
-            status.as_u16().to_string(),
-            reason,
-            format!("{method} {}", uri.path()),
-        );
+///
+/// A layer of its own rather than `middleware::from_fn`, because it wraps
+/// every request (Socket.IO polling included): `from_fn` clones the inner
+/// service and boxes a future per request. Measured with callgrind over
+/// HTTP publishes, the dashboard's additions cost 4.0% more instructions
+/// per publish with `from_fn` here, 1.7% with this layer, which clones only
+/// the method and the URI (whose bytes are shared).
+#[derive(Clone)]
+struct KeepRefusals(Arc<Metrics>);
+
+impl<S> Layer<S> for KeepRefusals {
+    type Service = KeptRefusals<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeptRefusals {
+            inner,
+            metrics: self.0.clone(),
+        }
     }
-    res
+}
+
+#[derive(Clone)]
+struct KeptRefusals<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Service<Request> for KeptRefusals<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Answering<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The URI shares its bytes: formatted only for a refusal.
+        let asked = (req.method().clone(), req.uri().clone());
+        Answering {
+            answer: self.inner.call(req),
+            asked: Some(asked),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer on its way, and what was asked.
+    struct Answering<F> {
+        #[pin]
+        answer: F,
+        asked: Option<(Method, Uri)>,
+        metrics: Arc<Metrics>,
+    }
+}
+
+impl<F, E> Future for Answering<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answered = std::task::ready!(this.answer.poll(cx));
+        if let (Ok(res), Some((method, uri))) = (&answered, this.asked.take())
+            && res.status().is_client_error()
+        {
+            let status = res.status();
+            let reason = match res.extensions().get::<Refused>() {
+                Some(Refused(message)) => message.as_str(),
+                None => status.canonical_reason().unwrap_or(""),
+            };
+            this.metrics.recent_refusals.record(
+                "http",
+                status.as_u16().to_string(),
+                reason,
+                format!("{method} {}", uri.path()),
+            );
+        }
+        Poll::Ready(answered)
+    }
 }
 
 /// Counts refused publishes by status (`herald_publish_rejections_total`).
