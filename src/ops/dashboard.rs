@@ -8,11 +8,11 @@
 //! constant time, as the API keys are); without, only when herald listens
 //! on loopback (only this machine can reach it); otherwise it is off.
 
-use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, Request, State},
+    extract::{ConnectInfo, Path, Query, Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{
@@ -23,11 +23,13 @@ use axum::{
 };
 use futures_util::{Stream, StreamExt, stream};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use super::{OpsState, feed::Feed};
 use crate::{
     cluster::history::Page,
     http::{ApiError, KeyRing, bearer},
+    limits::Throttle,
     protocol::{SessionId, Topic},
     publish::{PublishError, api::SessionReport},
 };
@@ -154,6 +156,20 @@ async fn require_admin(State(access): State<Access>, req: Request, next: Next) -
     if let Access::Token(ring) = &access
         && bearer(&req).and_then(|given| ring.find(given)).is_none()
     {
+        // Someone guessing tokens would write a line per guess.
+        static LOG: Throttle = Throttle::new(Duration::from_secs(10));
+        if let Some(held_back) = LOG.pass() {
+            let client = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(peer)| peer.to_string());
+            warn!(
+                client = client.as_deref().unwrap_or("unknown"),
+                path = req.uri().path(),
+                lines_held_back = held_back,
+                "dashboard refused: missing or wrong admin token"
+            );
+        }
         let mut res = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong admin token: send the ADMIN_TOKEN as Authorization: Bearer <token>",

@@ -101,6 +101,7 @@ test('the dashboard shows the cluster, its figures, charts and a live session ta
   const direct = await fetch(`${a.url}/dashboard/api/feed`, { headers: { authorization: 'Bearer wrong-token' } });
   assert.equal(direct.status, 401);
   assert.match((await direct.json()).error, /wrong admin token/);
+  assert.match(a.logs(), /dashboard refused: missing or wrong admin token client="127\.0\.0\.1:\d+"/);
 
   await page.fill('#token', TOKEN);
   await page.click('#login button');
