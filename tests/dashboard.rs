@@ -87,6 +87,56 @@ async fn a_foreign_origin_is_refused_as_on_the_rest_of_herald() {
     assert_eq!(from("http://ops.test").await.unwrap().status(), 200);
 }
 
+/// The tail sends the held history first, in order and page after page
+/// without waiting, then what is published next.
+#[tokio::test]
+async fn a_tail_sends_the_history_then_new_events() {
+    let url = serve(&[]).await;
+    let http = reqwest::Client::new();
+    let publish = |n: u64| {
+        let body = serde_json::json!({ "event": "error", "data": { "error": format!("e{n}") } });
+        http.post(format!("{url}/api/v1/sessions/tailed/events"))
+            .json(&body)
+            .send()
+    };
+    for n in 1..=1000 {
+        assert_eq!(publish(n).await.unwrap().status(), 202);
+    }
+    let started = std::time::Instant::now();
+    let mut tail = http
+        .get(format!("{url}/dashboard/api/sessions/tailed/tail?since=0"))
+        .send()
+        .await
+        .unwrap();
+    let mut seqs = Vec::new();
+    let mut text = String::new();
+    while seqs.len() < 1001 {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), tail.chunk())
+            .await
+            .expect("the tail went quiet")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                let event: serde_json::Value = serde_json::from_str(data).unwrap();
+                seqs.push(event["seq"].as_u64().unwrap());
+            }
+        }
+        if seqs.len() == 1000 {
+            let took = started.elapsed();
+            // Five pages: waiting between them would take a second.
+            assert!(
+                took < std::time::Duration::from_millis(750),
+                "history took {took:?}"
+            );
+            assert_eq!(publish(1001).await.unwrap().status(), 202);
+        }
+    }
+    assert_eq!(seqs, (1..=1001).collect::<Vec<u64>>());
+}
+
 #[tokio::test]
 async fn health_says_the_version_and_the_instance() {
     let url = serve(&[]).await;

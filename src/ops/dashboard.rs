@@ -230,7 +230,8 @@ struct TailEvent<'a> {
 
 /// The session's held events after `since` (its history), then each new
 /// one as it is published: an `event` per event, and a `gap` when events
-/// were published faster than the history keeps them.
+/// were published faster than the history keeps them or the session
+/// started again at seq 1 (a new epoch).
 async fn tail(
     State(d): State<Dashboard>,
     Path(id): Path<String>,
@@ -238,26 +239,35 @@ async fn tail(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let topic = Topic::session(session_id(&id)?);
     let sequencer = d.ops.sequencer.clone();
-    let pages = stream::unfold((q.since, true), move |(since, first)| {
+    // (since, wait): a full page is followed at once by the next.
+    let pages = stream::unfold((q.since, false), move |(since, wait)| {
         let (sequencer, topic) = (sequencer.clone(), topic.clone());
         async move {
-            if !first {
+            if wait {
                 tokio::time::sleep(TAIL_EVERY).await;
             }
-            let events = match sequencer.history(&topic, since, TAIL_PAGE).await {
-                Ok(page) => page_events(page, since),
-                Err(e) => vec![(None, Event::default().event("problem").data(e.to_string()))],
+            let (events, since) = match sequencer.history(&topic, since, TAIL_PAGE).await {
+                Ok(page) if page.seq < since => {
+                    let again = format!("the session started again (epoch {})", epoch_of(&page));
+                    (vec![(None, Event::default().event("gap").data(again))], 0)
+                }
+                Ok(page) => (page_events(page, since), since),
+                Err(e) => {
+                    let problem = Event::default().event("problem").data(e.to_string());
+                    (vec![(None, problem)], since)
+                }
             };
-            let next = events
-                .iter()
-                .filter_map(|(seq, _)| *seq)
-                .max()
-                .unwrap_or(since);
+            let read: Vec<u64> = events.iter().filter_map(|(seq, _)| *seq).collect();
+            let next = read.iter().copied().max().unwrap_or(since);
             let events: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
-            Some((stream::iter(events), (next, false)))
+            Some((stream::iter(events), (next, read.len() < TAIL_PAGE)))
         }
     });
     Ok(Sse::new(pages.flatten().map(Ok)).keep_alive(KeepAlive::default()))
+}
+
+fn epoch_of(page: &Page) -> String {
+    page.epoch.map_or_else(|| "none".into(), |e| e.to_string())
 }
 
 /// A page of history as tail events, each with its seq.
