@@ -348,3 +348,24 @@ async fn check_exits_zero_when_ready_and_not_when_redis_is_down() {
     assert!(stdout.contains("NOT READY"), "{stdout}");
     assert!(stdout.contains(reason), "the reason /ready gives: {stdout}");
 }
+
+#[tokio::test]
+async fn tail_presents_a_token_and_stops_when_refused() {
+    let herald = Herald::start(&["--jwt-secret", "cli-secret"]).await;
+    publish_progress(&herald, "cli-jwt", 5..=5).await;
+    let url = herald.url("");
+
+    let refused = run(&mut herald_cli(&["tail", "cli-jwt", "--url", &url]), "");
+    assert_eq!(refused.status.code(), Some(1), "refused, not retried");
+    let stderr = text(&refused.stderr);
+    assert!(stderr.contains("unauthorized: missing token"), "{stderr}");
+
+    let minted = herald_cli(&["token", "--sessions", "cli-*", "--secret", "cli-secret"])
+        .output()
+        .expect("herald token");
+    let token = text(&minted.stdout).trim().to_string();
+    let tail = Tail::start(&["cli-jwt", "--json", "--url", &url, "--token", &token]);
+    let events = tail.events(1);
+    assert_eq!(events[0]["data"]["progress"], 5);
+    tail.stop();
+}
