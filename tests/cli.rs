@@ -369,3 +369,24 @@ async fn tail_presents_a_token_and_stops_when_refused() {
     assert_eq!(events[0]["data"]["progress"], 5);
     tail.stop();
 }
+
+#[tokio::test]
+async fn tail_says_which_seqs_history_no_longer_holds() {
+    let herald = Herald::start(&["--history-max-events", "3"]).await;
+    publish_progress(&herald, "cli-gap", 1..=10).await;
+    let tail = Tail::start(&[
+        "cli-gap",
+        "--since",
+        "2",
+        "--json",
+        "--url",
+        &herald.url(""),
+    ]);
+    assert_eq!(
+        seqs(&tail.events(3)),
+        [8, 9, 10],
+        "what history still holds"
+    );
+    let stderr = tail.stop();
+    assert!(stderr.contains("missed seq 3 to 7"), "{stderr}");
+}
