@@ -390,3 +390,41 @@ async fn tail_says_which_seqs_history_no_longer_holds() {
     let stderr = tail.stop();
     assert!(stderr.contains("missed seq 3 to 7"), "{stderr}");
 }
+
+#[tokio::test]
+async fn publish_batch_waits_out_the_rate_limit() {
+    let herald = Herald::start(&[
+        "--publish-rate-per-key",
+        "2",
+        "--publish-burst-per-key",
+        "2",
+    ])
+    .await;
+    let input: String = (1..=4)
+        .map(|percent| {
+            let item = serde_json::json!({ "sessionId": "b-rate", "event": "progress", "data": progress(percent) });
+            format!("{item}\n")
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let batch = run(
+        &mut herald_cli(&[
+            "publish",
+            "--batch",
+            "--chunk",
+            "2",
+            "--url",
+            &herald.url(""),
+        ]),
+        &input,
+    );
+    assert!(batch.status.success(), "{}", text(&batch.stderr));
+    let stdout = text(&batch.stdout);
+    let published: Vec<&str> = stdout.lines().collect();
+    assert_eq!(published.len(), 4, "{stdout}");
+    assert_eq!(published[3], "b-rate progress seq 4");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the second chunk waited"
+    );
+}

@@ -280,7 +280,8 @@ impl Publisher {
                 .and_then(|i| items.get(i as usize))
                 .map_or_else(|| index.to_string(), |(line, _)| line.to_string())
         };
-        for attempt in 0.. {
+        let mut retries = 0;
+        loop {
             let answer = match self.send(self.post("api/v1/events", body.clone())).await {
                 Ok(answer) => answer,
                 Err(why) => {
@@ -304,7 +305,8 @@ impl Publisher {
                     retry_after,
                 } => (status, message, body, retry_after),
             };
-            if status == StatusCode::TOO_MANY_REQUESTS && attempt < RATE_LIMIT_RETRIES {
+            if status == StatusCode::TOO_MANY_REQUESTS && retries < RATE_LIMIT_RETRIES {
+                retries += 1;
                 tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await;
                 continue;
             }
@@ -336,7 +338,6 @@ impl Publisher {
             eprintln!("{text}");
             return Exit::Refused;
         }
-        unreachable!("the loop returns")
     }
 
     fn print_results(&self, body: &Value) {

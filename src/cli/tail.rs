@@ -187,6 +187,8 @@ fn subscribe_refused(ack: &Value) -> Failure {
 
 /// Takes in a `subscribed`: says what resuming could not recover.
 fn subscribed_to(position: &mut Position, subscribed: Subscribed) {
+    // A snapshot still arriving on the connection before is over.
+    position.snapshot_until = None;
     let changed = position
         .epoch
         .as_ref()
@@ -346,6 +348,7 @@ mod tests {
     fn a_new_epoch_starts_over() {
         let mut p = position(Some(40));
         p.epoch = Some("0123456789ab".into());
+        p.snapshot_until = Some(40);
         subscribed_to(
             &mut p,
             Subscribed {
@@ -356,6 +359,7 @@ mod tests {
             },
         );
         assert!(p.admits(1) && p.admits(2));
+        assert_eq!(p.seen, Some(2), "counted from the new sequence's start");
     }
 
     #[test]
