@@ -428,3 +428,26 @@ async fn publish_batch_waits_out_the_rate_limit() {
         "the second chunk waited"
     );
 }
+
+#[tokio::test]
+async fn tail_notices_a_frozen_herald_and_resumes_when_it_thaws() {
+    let herald = Herald::start(&["--ping-interval-ms", "200", "--ping-timeout-ms", "200"]).await;
+    publish_progress(&herald, "cli-frozen", 1..=1).await;
+    let tail = Tail::start(&[
+        "cli-frozen",
+        "--since",
+        "0",
+        "--json",
+        "--url",
+        &herald.url(""),
+    ]);
+    assert_eq!(seqs(&tail.events(1)), [1]);
+    // Frozen with its connections open: no close, no ping.
+    herald.signal("STOP");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    herald.signal("CONT");
+    publish_progress(&herald, "cli-frozen", 2..=3).await;
+    assert_eq!(seqs(&tail.events(2)), [2, 3]);
+    let stderr = tail.stop();
+    assert!(stderr.contains("not even a ping"), "{stderr}");
+}

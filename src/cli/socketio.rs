@@ -142,8 +142,8 @@ impl Socket {
                 .await
                 .map_err(|_| {
                     Failure::Lost(format!(
-                        "herald sent nothing for {} s",
-                        self.silence.as_secs()
+                        "herald sent nothing, not even a ping, for {} ms",
+                        self.silence.as_millis()
                     ))
                 })?;
             match frame {
