@@ -73,17 +73,15 @@ pub(crate) fn client(timeout: Duration) -> reqwest::Client {
         .expect("a plain-http client always builds")
 }
 
-/// A transport error worded for a person: reqwest's own text names the URL
-/// but hides the cause (connection refused, timeout) in its source chain.
+/// A transport error worded for a person: its root cause (connection
+/// refused, timed out, no such host), which reqwest's own text hides behind
+/// the URL (callers say which URL).
 pub(crate) fn describe(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+    let mut root: &dyn std::error::Error = err;
+    while let Some(cause) = root.source() {
+        root = cause;
     }
-    text
+    root.to_string()
 }
 
 /// The readable part of a refusal body (`{ error, field?, code? }`, see

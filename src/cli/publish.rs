@@ -122,7 +122,10 @@ pub(crate) fn run(args: &Args) -> Exit {
                 Exit::Refused
             }
             Err(why) => {
-                eprintln!("herald publish: cannot reach herald: {why}");
+                eprintln!(
+                    "herald publish: cannot reach herald at {}: {why}",
+                    publisher.base
+                );
                 Exit::Unreachable
             }
         }
@@ -286,7 +289,8 @@ impl Publisher {
                 Ok(answer) => answer,
                 Err(why) => {
                     eprintln!(
-                        "herald publish: cannot reach herald: {why}; lines {} to {} may not be published",
+                        "herald publish: cannot reach herald at {}: {why}; lines {} to {} are not confirmed published",
+                        self.base,
                         items[0].0,
                         items[items.len() - 1].0
                     );
