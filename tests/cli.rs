@@ -330,6 +330,11 @@ async fn check_exits_zero_when_ready_and_not_when_redis_is_down() {
         stdout.contains("  ready") && stdout.contains("adapter redis"),
         "{stdout}"
     );
+    // Once /health says which version it is, so does check.
+    let (_, health) = herald.get("/health").await;
+    if let Some(version) = health.get("version").and_then(Value::as_str) {
+        assert!(stdout.contains(&format!("herald {version}")), "{stdout}");
+    }
 
     let dead = format!("http://127.0.0.1:{}", free_port());
     let one_unreachable = check(&[herald.url(""), dead.clone()]);

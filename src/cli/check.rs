@@ -58,11 +58,12 @@ async fn check(client: &reqwest::Client, base: &Url) -> State {
     };
     // `version` and `instance` came with the dashboard; older herald lacks them.
     let mut about = String::new();
-    if let Some(version) = health.get("version").and_then(Value::as_str) {
-        about.push_str(&format!("  herald {version}"));
-    }
-    if let Some(instance) = health.get("instance").and_then(Value::as_str) {
-        about.push_str(&format!("  instance {instance}"));
+    for (field, label) in [("version", "herald"), ("instance", "instance")] {
+        match health.get(field) {
+            Some(Value::String(text)) => about.push_str(&format!("  {label} {text}")),
+            Some(other @ Value::Number(_)) => about.push_str(&format!("  {label} {other}")),
+            _ => {}
+        }
     }
     let (status, ready) = match get(client, base, "ready").await {
         Ok(answer) => answer,
