@@ -164,6 +164,22 @@ async fn sighup_rereads_the_key_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `systemctl reload` and logrotate send SIGHUP; without a key file to
+/// re-read it must not stop the server (its default action would).
+#[tokio::test]
+async fn sighup_without_a_key_file_keeps_serving() {
+    let mut herald = Herald::start_logged(&["--api-key", "k"]).await;
+    herald.signal("HUP");
+    wait_for(|| async { herald.log().contains("nothing to reload") }).await;
+    assert!(herald.alive(), "SIGHUP stopped herald:\n{}", herald.log());
+    assert_eq!(
+        publish_as(&herald, "hup", Some("Bearer k"), None, progress_body())
+            .await
+            .0,
+        202
+    );
+}
+
 async fn wait_for<F: std::future::Future<Output = bool>>(check: impl Fn() -> F) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !check().await {

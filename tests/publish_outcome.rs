@@ -92,6 +92,60 @@ async fn a_retry_with_the_same_key_publishes_once() {
     );
 }
 
+/// A key names one publish: the same key with a different event is a
+/// publisher's bug (a key per job instead of per step, say), refused 422
+/// rather than answered 202 for an event that was never sent. A retry of
+/// the same request still answers the first receipt, and counts once in
+/// the published metric. In memory and through Redis alike.
+#[tokio::test]
+async fn a_key_reused_for_a_different_event_is_refused() {
+    let redis = Redis::start().await;
+    let memory = Herald::start(&[]).await;
+    let clustered = Herald::start(&["--redis-url", &redis.url()]).await;
+    clustered.wait_ready(200, Duration::from_secs(10)).await;
+    for herald in [&memory, &clustered] {
+        let mut watcher = RawSocket::subscribed(herald, "reuse").await;
+        assert_eq!(publish_keyed(herald, "reuse", 1, "job-9").await.0, 202);
+        let (status, reused) = publish_keyed(herald, "reuse", 2, "job-9").await;
+        assert_eq!(status, 422, "{reused}");
+        assert_eq!(reused["code"], "IDEMPOTENCY_KEY_REUSED", "{reused}");
+        assert!(
+            reused["error"].as_str().unwrap().contains("(seq 1)"),
+            "names what the key published: {reused}"
+        );
+        let (status, retry) = publish_keyed(herald, "reuse", 1, "job-9").await;
+        assert_eq!((status, retry["seq"].as_u64()), (202, Some(1)), "{retry}");
+        // In a batch: the reused item stops it, with what was published.
+        let mut data = sample("progress");
+        data["clarificationCount"] = json!(3);
+        let fresh = json!({ "sessionId": "reuse", "event": "progress", "data": data, "idempotencyKey": "job-10" });
+        let mut data = sample("progress");
+        data["clarificationCount"] = json!(4);
+        let reusing = json!({ "sessionId": "reuse", "event": "progress", "data": data, "idempotencyKey": "job-9" });
+        let (status, batch) = herald
+            .post("/api/v1/events", &json!([fresh, reusing]).to_string())
+            .await;
+        assert_eq!(status, 422, "{batch}");
+        assert_eq!(batch["code"], "IDEMPOTENCY_KEY_REUSED", "{batch}");
+        assert_eq!(batch["results"][0]["seq"], 2, "{batch}");
+        assert_eq!(batch["unpublished"], json!([1]), "{batch}");
+        assert_eq!(
+            arrivals(&mut watcher, Duration::from_millis(500)).await,
+            [(1, 1), (2, 3)],
+            "only the first publish of each key arrived"
+        );
+        let metrics = herald.metrics_text().await;
+        let published = metrics
+            .lines()
+            .find(|l| l.starts_with("herald_events_published_total") && l.contains("\"progress\""))
+            .unwrap_or_else(|| panic!("no published metric:\n{metrics}"));
+        assert!(
+            published.ends_with(" 2"),
+            "a retry is not a publish: {published}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_redis_stall_answers_504_or_503_truthfully_and_a_keyed_retry_publishes_once() {
     let redis = Redis::start().await;

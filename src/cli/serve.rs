@@ -69,7 +69,9 @@ pub(crate) async fn run(
         },
     );
     let background = background.spawn();
-    let served = herald.serve(listener, shutdown_signal()).await;
+    let served = herald
+        .serve(listener, shutdown_signal(config.api_key_file().is_some()))
+        .await;
     background.abort();
     match served {
         Ok(()) => {
@@ -143,17 +145,31 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn shutdown_signal() {
+/// Ends on Ctrl-C or SIGTERM. SIGHUP is caught too: operators send it to
+/// reload (`systemctl reload`, logrotate), and its default action would stop
+/// the server. With `API_KEY_FILE` the key ring re-reads on it; without, it
+/// only says so.
+async fn shutdown_signal(reloads_keys: bool) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => break,
+                _ = term.recv() => break,
+                _ = hangup.recv() => if !reloads_keys {
+                    info!("SIGHUP: nothing to reload (no API_KEY_FILE); still serving");
+                },
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        let _ = reloads_keys;
+        let _ = ctrl_c.await;
+    }
 }

@@ -30,8 +30,8 @@ use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 use tracing::{info, warn};
 
 use super::{
-    ClusterFigures, FanOut, Join, LinkProblem, Outbound, Sequenced, Sequencer, SequencerError,
-    SessionState,
+    ClusterFigures, FanOut, Fingerprint, Join, Keyed, LinkProblem, Outbound, Published, Sequenced,
+    Sequencer, SequencerError, SessionState,
     history::{Attached, Epoch, Held, Page, Start, ends_session, recover},
 };
 use crate::{metrics::Metrics, protocol::Topic};
@@ -137,19 +137,19 @@ impl SessionRecord {
 /// window, oldest forgotten first.
 const IDEMPOTENCY_KEYS_PER_SESSION: usize = 1024;
 
-/// The seqs of a session's recent publishes that carried an idempotency key,
-/// for as long as the window lasts (at most
+/// The seqs (and fingerprints) of a session's recent publishes that carried
+/// an idempotency key, for as long as the window lasts (at most
 /// [`IDEMPOTENCY_KEYS_PER_SESSION`] of them).
 #[derive(Debug, Default)]
 struct Idempotency {
-    seqs: std::collections::HashMap<Box<str>, u64>,
+    seqs: std::collections::HashMap<Box<str>, (u64, Fingerprint)>,
     /// The keys in the order they were first used, with when.
     order: VecDeque<(Instant, Box<str>)>,
 }
 
 impl Idempotency {
-    /// The seq of the publish that used `key`, if it is still remembered.
-    fn seq(&mut self, key: &str, window: Duration) -> Option<u64> {
+    /// What the publish that used `key` was, if it is still remembered.
+    fn seq(&mut self, key: &str, window: Duration) -> Option<(u64, Fingerprint)> {
         while let Some((at, old)) = self.order.front() {
             if at.elapsed() < window {
                 break;
@@ -160,13 +160,14 @@ impl Idempotency {
         self.seqs.get(key).copied()
     }
 
-    fn remember(&mut self, key: &str, seq: u64) {
+    fn remember(&mut self, keyed: Keyed<'_>, seq: u64) {
+        let key = keyed.key;
         if self.order.len() >= IDEMPOTENCY_KEYS_PER_SESSION
             && let Some((_, old)) = self.order.pop_front()
         {
             self.seqs.remove(&old);
         }
-        self.seqs.insert(key.into(), seq);
+        self.seqs.insert(key.into(), (seq, keyed.fingerprint));
         self.order.push_back((Instant::now(), key.into()));
     }
 }
@@ -216,17 +217,22 @@ impl Sequencer for MemorySequencer {
         "memory"
     }
 
-    fn publish<'a>(&'a self, out: Outbound<'a>) -> BoxFuture<'a, Result<u64, SequencerError>> {
+    fn publish<'a>(
+        &'a self,
+        out: Outbound<'a>,
+    ) -> BoxFuture<'a, Result<Published, SequencerError>> {
         async move {
             // The lock is held until the event is handed to the fan-out: the
             // next publish to this session cannot overtake it.
             let mut record = self.sessions.lock(out.topic).await;
             let window = self.sessions.limits.idempotency_ttl;
-            if let Some(first) = out
-                .idempotency_key
-                .and_then(|key| record.idempotency.seq(key, window))
+            if let Some(keyed) = out.idempotency
+                && let Some((first, fingerprint)) = record.idempotency.seq(keyed.key, window)
             {
-                return Ok(first);
+                return Ok(match fingerprint == keyed.fingerprint {
+                    true => Published::Repeat(first),
+                    false => Published::KeyReused(first),
+                });
             }
             let seq = record.seq + 1;
             let payload: Arc<RawValue> = Arc::from(out.encoded.with_seq(seq));
@@ -245,10 +251,10 @@ impl Sequencer for MemorySequencer {
                 payload,
             };
             self.sessions.commit(&mut record, held, out.outcome);
-            if let Some(key) = out.idempotency_key {
-                record.idempotency.remember(key, seq);
+            if let Some(keyed) = out.idempotency {
+                record.idempotency.remember(keyed, seq);
             }
-            Ok(seq)
+            Ok(Published::Sent(seq))
         }
         .boxed()
     }
@@ -545,18 +551,25 @@ mod tests {
     #[test]
     fn idempotency_keys_are_kept_for_the_window_and_within_the_bound() {
         let mut keys = Idempotency::default();
-        keys.remember("a", 1);
-        assert_eq!(keys.seq("a", Duration::from_secs(60)), Some(1));
+        let print = Fingerprint::of(b"sent");
+        fn keyed(key: &str) -> Keyed<'_> {
+            Keyed {
+                key,
+                fingerprint: Fingerprint::of(b"sent"),
+            }
+        }
+        keys.remember(keyed("a"), 1);
+        assert_eq!(keys.seq("a", Duration::from_secs(60)), Some((1, print)));
         assert_eq!(keys.seq("b", Duration::from_secs(60)), None);
         for n in 0..IDEMPOTENCY_KEYS_PER_SESSION {
-            keys.remember(&n.to_string(), n as u64 + 2);
+            keys.remember(keyed(&n.to_string()), n as u64 + 2);
         }
         assert_eq!(
             keys.seq("a", Duration::from_secs(60)),
             None,
             "the oldest went first"
         );
-        assert_eq!(keys.seq("0", Duration::from_secs(60)), Some(2));
+        assert_eq!(keys.seq("0", Duration::from_secs(60)), Some((2, print)));
         assert_eq!(keys.seq("0", Duration::ZERO), None, "past the window");
         assert!(keys.seqs.is_empty() && keys.order.is_empty());
     }

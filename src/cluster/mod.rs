@@ -36,10 +36,51 @@ pub(crate) struct Outbound<'a> {
     pub scope: Scope,
     pub encoded: Encoded,
     pub outcome: Outcome,
-    /// The publisher's idempotency key: a publish to the same session with a
-    /// key already used (within the sequencer's window) publishes nothing
-    /// and answers the first one's seq.
-    pub idempotency_key: Option<&'a str>,
+    /// The publisher's idempotency key, if any: see [`Keyed`].
+    pub idempotency: Option<Keyed<'a>>,
+}
+
+/// A publish's idempotency key and the fingerprint of the request that
+/// carries it. A publish to the same session with a key already used
+/// (within the sequencer's window) publishes nothing: with the same
+/// fingerprint it is a retry, answered with the first one's seq; with
+/// another it is a different event under a used key, which would otherwise
+/// vanish without a word.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Keyed<'a> {
+    pub key: &'a str,
+    pub fingerprint: Fingerprint,
+}
+
+/// 64 bits of the SHA-256 of what a publisher sent: the same on every
+/// instance and every build, as a cluster's shared idempotency records need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fingerprint(u64);
+
+impl Fingerprint {
+    pub(crate) fn of(sent: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(sent);
+        Self(u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")))
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// What a sequencer did with a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// Sequenced with this seq and handed to the fan-out.
+    Sent(u64),
+    /// A retry of the publish that got this seq: nothing sent again.
+    Repeat(u64),
+    /// The key already published a different event, with this seq: nothing
+    /// sent.
+    KeyReused(u64),
 }
 
 /// An event with its seq, as the fan-out receives it.
@@ -178,7 +219,8 @@ pub(crate) trait Sequencer: Send + Sync + 'static {
     /// Gives the event the session's next seq and hands it to the fan-out:
     /// at once in memory, through Redis to every instance otherwise. Returns
     /// the seq.
-    fn publish<'a>(&'a self, out: Outbound<'a>) -> BoxFuture<'a, Result<u64, SequencerError>>;
+    fn publish<'a>(&'a self, out: Outbound<'a>)
+    -> BoxFuture<'a, Result<Published, SequencerError>>;
 
     /// The session's seq and last state (defaults for a session never
     /// published to).

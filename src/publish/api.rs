@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    body::Body,
+    body::{Body, Bytes},
     extract::{
         Path, Query, State,
         rejection::{PathRejection, QueryRejection},
@@ -23,7 +23,7 @@ use tracing::warn;
 use super::{Emitter, EventFamily, Publication, PublishError, Receipt};
 use crate::{
     cluster::{
-        Sequencer, SessionState,
+        Fingerprint, Keyed, Sequencer, SessionState,
         history::{Epoch, Page},
     },
     http::{ApiError, Caller, PublishLimit, check_depth, parse_json, read_body},
@@ -44,34 +44,85 @@ pub(crate) struct ApiState {
 }
 
 impl ApiState {
-    /// Reads a publish body: its size, its nesting depth (below the
-    /// `envelope` levels of the request's own shape), then its JSON.
-    /// The end of every publish, whatever its family: the caller's publish
-    /// rate (its refusal as the `Err` response), then the publish, once per
-    /// `Idempotency-Key`.
-    pub(super) async fn publish_checked<E: EventFamily>(
+    /// Reads one event's publish request as every family's route does, in
+    /// the same order: the id in the path (`field` names it in a refusal),
+    /// the `Idempotency-Key` header, then the body's size and nesting depth
+    /// (below the `envelope` levels of the request's own shape).
+    pub(super) async fn single(
         &self,
-        caller: &Caller,
-        publication: Publication<E>,
-        key: Option<&str>,
-    ) -> Result<Result<Receipt, Response>, ApiError> {
-        if let Err(refusal) = self.limit.check(caller, 1) {
-            return Ok(Err(refusal.into_response()));
-        }
-        Ok(Ok(self.emitter.publish_once(publication, key).await?))
+        field: &'static str,
+        path: Result<Path<String>, PathRejection>,
+        headers: &HeaderMap,
+        body: Body,
+        envelope: usize,
+    ) -> Result<Single, ApiError> {
+        let id = path_id(path, field)?;
+        let key = header_key(headers)?.map(str::to_owned);
+        let bytes = self.checked_body(headers, body, envelope).await?;
+        Ok(Single { id, key, bytes })
     }
 
-    pub(super) async fn read<'a, T: Deserialize<'a>>(
+    /// The end of every single publish, whatever its family: the caller's
+    /// publish rate, then the publish, once per `Idempotency-Key`, answered
+    /// 202 with the family's own shape of the receipt.
+    pub(super) async fn publish_single<E: EventFamily, R: Serialize>(
+        &self,
+        caller: &Caller,
+        keyed: Option<Keyed<'_>>,
+        publication: Publication<E>,
+        receipt: impl FnOnce(Receipt) -> R,
+    ) -> Result<Response, ApiError> {
+        if let Err(refusal) = self.limit.check(caller, 1) {
+            return Ok(refusal.into_response());
+        }
+        let published = self.emitter.publish_keyed(publication, keyed).await?;
+        Ok((StatusCode::ACCEPTED, Json(receipt(published))).into_response())
+    }
+
+    /// A publish body within `MAX_PAYLOAD_BYTES` and `MAX_JSON_DEPTH`.
+    async fn checked_body(
         &self,
         headers: &HeaderMap,
         body: Body,
         envelope: usize,
-        bytes: &'a mut axum::body::Bytes,
-    ) -> Result<T, ApiError> {
-        *bytes = read_body(headers, body, self.max_body).await?;
-        check_depth(bytes, envelope, self.max_depth)?;
-        parse_json(bytes)
+    ) -> Result<Bytes, ApiError> {
+        let bytes = read_body(headers, body, self.max_body).await?;
+        check_depth(&bytes, envelope, self.max_depth)?;
+        Ok(bytes)
     }
+}
+
+/// One event's publish request, read but not yet parsed: its JSON is the
+/// family's to parse, borrowing from the body.
+pub(super) struct Single {
+    pub id: SessionId,
+    key: Option<String>,
+    bytes: Bytes,
+}
+
+impl Single {
+    pub(super) fn body<'a, T: Deserialize<'a>>(&'a self) -> Result<T, ApiError> {
+        parse_json(&self.bytes)
+    }
+
+    /// Its idempotency key, if it has one, with what a retry must repeat:
+    /// `sent` (the whole body when `None`).
+    pub(super) fn keyed(&self, sent: Option<Fingerprint>) -> Option<Keyed<'_>> {
+        let key = self.key.as_deref()?;
+        Some(Keyed {
+            key,
+            fingerprint: sent.unwrap_or_else(|| Fingerprint::of(&self.bytes)),
+        })
+    }
+}
+
+/// What a retry of a session event must repeat, alone or in a batch: its
+/// event and data.
+fn session_fingerprint(event: &str, data: &RawValue) -> Fingerprint {
+    let mut sent = event.as_bytes().to_vec();
+    sent.push(b'\n');
+    sent.extend_from_slice(data.get().as_bytes());
+    Fingerprint::of(&sent)
 }
 
 /// The publish routes, which `app` mounts under `/api/v1` (and counts the
@@ -102,20 +153,32 @@ const PAGE_MAX: usize = 1000;
 /// delivered, and only a retry with the same idempotency key is safe.
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
-        if e.outcome_unknown() {
-            Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("{e}; retry with the same Idempotency-Key to publish it exactly once"),
-            )
-            .with_code(OUTCOME_UNKNOWN)
-        } else {
-            Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).with_code(UNAVAILABLE)
+        let (status, code) = e.answer();
+        let message = match code {
+            OUTCOME_UNKNOWN => {
+                format!("{e}; retry with the same Idempotency-Key to publish it exactly once")
+            }
+            _ => e.to_string(),
+        };
+        Self::new(status, message).with_code(code)
+    }
+}
+
+impl PublishError {
+    /// The status and code a refused publish is answered with, alone or in
+    /// a batch.
+    fn answer(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::KeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, KEY_REUSED),
+            e if e.outcome_unknown() => (StatusCode::GATEWAY_TIMEOUT, OUTCOME_UNKNOWN),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
         }
     }
 }
 
 const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
 const UNAVAILABLE: &str = "UNAVAILABLE";
+const KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
 
 /// The longest idempotency key accepted.
 const IDEMPOTENCY_KEY_MAX: usize = 255;
@@ -136,7 +199,7 @@ fn idempotency_key<'a>(key: &'a str, field: &str) -> Result<&'a str, ApiError> {
 }
 
 /// The `Idempotency-Key` header of a single publish, if any.
-pub(super) fn header_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+fn header_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -144,10 +207,13 @@ pub(super) fn header_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> 
     idempotency_key(text.trim(), "Idempotency-Key").map(Some)
 }
 
-fn path_session(path: Result<Path<String>, PathRejection>) -> Result<SessionId, ApiError> {
-    let Path(raw) =
-        path.map_err(|e| ApiError::invalid(Invalid::new("sessionId", e.body_text())))?;
-    SessionId::parse(&raw).map_err(|e| ApiError::invalid(Invalid::new("sessionId", e.to_string())))
+/// The session or run id in a route's path; `field` names it in a refusal.
+fn path_id(
+    path: Result<Path<String>, PathRejection>,
+    field: &'static str,
+) -> Result<SessionId, ApiError> {
+    let Path(raw) = path.map_err(|e| ApiError::invalid(Invalid::new(field, e.body_text())))?;
+    SessionId::parse(&raw).map_err(|e| ApiError::invalid(Invalid::new(field, e.to_string())))
 }
 
 #[derive(Deserialize)]
@@ -176,16 +242,14 @@ async fn publish_one(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let session_id = path_session(path)?;
-    let key = header_key(&headers)?;
-    let mut bytes = Default::default();
-    let body: EventBody = api.read(&headers, body, 1, &mut bytes).await?;
-    let publication = Publication::<SessionEvent>::from_json(session_id, &body.event, body.data)
-        .map_err(ApiError::invalid)?;
-    match api.publish_checked(&caller, publication, key).await? {
-        Ok(receipt) => Ok((StatusCode::ACCEPTED, Json(receipt)).into_response()),
-        Err(refused) => Ok(refused),
-    }
+    let single = api.single("sessionId", path, &headers, body, 1).await?;
+    let body: EventBody = single.body()?;
+    let publication =
+        Publication::<SessionEvent>::from_json(single.id.clone(), &body.event, body.data)
+            .map_err(ApiError::invalid)?;
+    let keyed = single.keyed(Some(session_fingerprint(&body.event, body.data)));
+    api.publish_single(&caller, keyed, publication, |receipt| receipt)
+        .await
 }
 
 #[derive(Serialize)]
@@ -215,8 +279,8 @@ async fn publish_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut bytes = Default::default();
-    let items: Vec<BatchItem> = api.read(&headers, body, 2, &mut bytes).await?;
+    let bytes = api.checked_body(&headers, body, 2).await?;
+    let items: Vec<BatchItem> = parse_json(&bytes)?;
     let publications = items
         .iter()
         .enumerate()
@@ -225,7 +289,11 @@ async fn publish_batch(
                 .idempotency_key
                 .as_deref()
                 .map(|key| idempotency_key(key, &format!("[{i}].idempotencyKey")))
-                .transpose()?;
+                .transpose()?
+                .map(|key| Keyed {
+                    key,
+                    fingerprint: session_fingerprint(&item.event, item.data),
+                });
             Publication::<SessionEvent>::from_json(item.session_id.clone(), &item.event, item.data)
                 .map(|publication| (publication, key))
                 .map_err(|e| ApiError::invalid(e.within(&format!("[{i}]"))))
@@ -237,16 +305,13 @@ async fn publish_batch(
     }
     let mut results = Vec::with_capacity(total);
     for (publication, key) in publications {
-        match api.emitter.publish_once(publication, key).await {
+        match api.emitter.publish_keyed(publication, key).await {
             Ok(receipt) => results.push(receipt),
             Err(e) => {
                 warn!(published = results.len(), total, "batch stopped: {e}");
                 let at = results.len();
                 let unknown = e.outcome_unknown();
-                let (status, code) = match unknown {
-                    true => (StatusCode::GATEWAY_TIMEOUT, OUTCOME_UNKNOWN),
-                    false => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
-                };
+                let (status, code) = e.answer();
                 let stopped = BatchStopped {
                     error: e.to_string(),
                     code,
@@ -277,7 +342,7 @@ async fn session_state(
     State(api): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SessionReport>, ApiError> {
-    let session_id = path_session(path)?;
+    let session_id = path_id(path, "sessionId")?;
     let topic = Topic::session(session_id.clone());
     let (state, subscribers) = tokio::join!(
         api.sequencer.state(&topic),
@@ -360,7 +425,7 @@ async fn session_events(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let session_id = path_session(path)?;
+    let session_id = path_id(path, "sessionId")?;
     let Query(query) = query.map_err(|e| ApiError::invalid(Invalid::new("", e.body_text())))?;
     let (since, limit) = query.read()?;
     let Page {

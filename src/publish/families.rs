@@ -5,20 +5,17 @@
 //! validation style, sequencing (one seq per run), cluster path and history.
 
 use axum::{
-    Json, Router,
+    Router,
     body::Body,
     extract::{Path, State, rejection::PathRejection},
-    http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
+    http::HeaderMap,
+    response::Response,
     routing::post,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{
-    Emitter, Publication, PublishError, Receipt,
-    api::{ApiState, header_key},
-};
+use super::{Emitter, Publication, PublishError, Receipt, api::ApiState};
 use crate::{
     http::{ApiError, Caller},
     protocol::{
@@ -36,11 +33,6 @@ pub(crate) fn routes(state: ApiState) -> Router {
         .route("/runs/{run_id}/events", post(publish_run))
         .route("/workflows/{run_id}/events", post(publish_workflow))
         .with_state(state)
-}
-
-fn path_run(path: Result<Path<String>, PathRejection>) -> Result<SessionId, ApiError> {
-    let Path(raw) = path.map_err(|e| ApiError::invalid(Invalid::new("runId", e.body_text())))?;
-    SessionId::parse(&raw).map_err(|e| ApiError::invalid(Invalid::new("runId", e.to_string())))
 }
 
 /// `{ type, payload, to?, timestamp? }`.
@@ -85,10 +77,8 @@ async fn publish_run(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let run = path_run(path)?;
-    let key = header_key(&headers)?;
-    let mut bytes = Default::default();
-    let body: RunBody = api.read(&headers, body, 1, &mut bytes).await?;
+    let single = api.single("runId", path, &headers, body, 1).await?;
+    let body: RunBody = single.body()?;
     let to = match body.to.as_deref() {
         None => Scope::Topic,
         Some(to) => Scope::parse(to).ok_or_else(|| {
@@ -99,7 +89,7 @@ async fn publish_run(
         })?,
     };
     let event =
-        RunEvent::from_request(&run, &body.kind, body.payload).map_err(ApiError::invalid)?;
+        RunEvent::from_request(&single.id, &body.kind, body.payload).map_err(ApiError::invalid)?;
     let named = match to {
         Scope::Project => event.project().is_some().then_some(()).ok_or("projectId"),
         Scope::User => event.user().is_some().then_some(()).ok_or("userId"),
@@ -112,16 +102,13 @@ async fn publish_run(
         )));
     }
     let publication = Publication {
-        session_id: run,
+        session_id: single.id.clone(),
         event,
         timestamp: body.timestamp,
         to,
     };
-    let receipt = match api.publish_checked(&caller, publication, key).await? {
-        Ok(receipt) => RunReceipt::from(receipt),
-        Err(refused) => return Ok(refused),
-    };
-    Ok((StatusCode::ACCEPTED, Json(receipt)).into_response())
+    api.publish_single(&caller, single.keyed(None), publication, RunReceipt::from)
+        .await
 }
 
 #[derive(Serialize)]
@@ -138,21 +125,17 @@ async fn publish_workflow(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let run = path_run(path)?;
-    let key = header_key(&headers)?;
-    let mut bytes = Default::default();
-    let body: &RawValue = api.read(&headers, body, 0, &mut bytes).await?;
-    let event = WorkflowEvent::from_request(&run, body).map_err(ApiError::invalid)?;
-    let publication = Publication::<WorkflowFamily>::new(run, event);
-    let receipt = match api.publish_checked(&caller, publication, key).await? {
-        Ok(receipt) => receipt,
-        Err(refused) => return Ok(refused),
-    };
-    let receipt = WorkflowReceipt {
-        run_id: receipt.session_id,
-        seq: receipt.seq,
-    };
-    Ok((StatusCode::ACCEPTED, Json(receipt)).into_response())
+    let single = api.single("runId", path, &headers, body, 0).await?;
+    let event =
+        WorkflowEvent::from_request(&single.id, single.body()?).map_err(ApiError::invalid)?;
+    let publication = Publication::<WorkflowFamily>::new(single.id.clone(), event);
+    api.publish_single(&caller, single.keyed(None), publication, |receipt| {
+        WorkflowReceipt {
+            run_id: receipt.session_id,
+            seq: receipt.seq,
+        }
+    })
+    .await
 }
 
 /// One `Emitter` helper per run event, as seed 001's broadcaster names them.

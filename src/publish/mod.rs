@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use tracing::{Instrument, debug, info_span};
 
 use crate::{
-    cluster::{Outbound, Sequencer, SequencerError},
+    cluster::{Fingerprint, Keyed, Outbound, Published, Sequencer, SequencerError},
     metrics::Metrics,
     protocol::{
         Clarification, Completed, EventFamily, Fields, Invalid, ModelResult, Progress, Scope,
@@ -96,6 +96,13 @@ pub enum PublishError {
     /// Redis may have published it (retry with the same idempotency key).
     #[error(transparent)]
     Unavailable(#[from] SequencerError),
+    /// The idempotency key already published a different event to the
+    /// session (it got `seq`), within `IDEMPOTENCY_TTL_SECS`: nothing was
+    /// published. A new event needs a new key.
+    #[error(
+        "this idempotency key already published a different event to {session:?} (seq {seq}); a new event needs a new key"
+    )]
+    KeyReused { session: SessionId, seq: u64 },
 }
 
 impl PublishError {
@@ -180,12 +187,33 @@ impl Emitter {
 
     /// Like [`Emitter::publish`], with an idempotency key: a publish to the
     /// same session with a key already used (within `IDEMPOTENCY_TTL_SECS`)
-    /// publishes nothing and answers the first one's seq, so that a publish
-    /// whose outcome was unknown can be retried safely.
+    /// publishes nothing. The same event again is a retry, answered with the
+    /// first one's seq, so that a publish whose outcome was unknown can be
+    /// retried safely; a different event is refused with
+    /// [`PublishError::KeyReused`].
     pub async fn publish_once<E: EventFamily>(
         &self,
         publication: Publication<E>,
         idempotency_key: Option<&str>,
+    ) -> Result<Receipt, PublishError> {
+        let keyed = idempotency_key.map(|key| {
+            let mut sent = publication.event.name().as_bytes().to_vec();
+            sent.push(b'\n');
+            serde_json::to_writer(&mut sent, &publication.event).expect("events serialize");
+            Keyed {
+                key,
+                fingerprint: Fingerprint::of(&sent),
+            }
+        });
+        self.publish_keyed(publication, keyed).await
+    }
+
+    /// [`Emitter::publish_once`] with the fingerprint of what the publisher
+    /// sent (the HTTP API's request), so that a retry is judged by its bytes.
+    pub(crate) async fn publish_keyed<E: EventFamily>(
+        &self,
+        publication: Publication<E>,
+        idempotency: Option<Keyed<'_>>,
     ) -> Result<Receipt, PublishError> {
         let Publication {
             session_id,
@@ -208,15 +236,28 @@ impl Emitter {
                 scope: to,
                 encoded: encode(&topic.id, &timestamp, &event),
                 outcome: event.outcome(),
-                idempotency_key,
+                idempotency,
             };
-            let seq = self.sequencer.publish(out).await?;
+            let seq = match self.sequencer.publish(out).await? {
+                Published::Sent(seq) => {
+                    self.metrics.published(E::FAMILY, name);
+                    debug!(seq, "published");
+                    seq
+                }
+                Published::Repeat(seq) => {
+                    debug!(seq, "a retry of an idempotent publish: nothing sent again");
+                    seq
+                }
+                Published::KeyReused(seq) => {
+                    return Err(PublishError::KeyReused {
+                        session: topic.id,
+                        seq,
+                    });
+                }
+            };
             tracing::Span::current().record("seq", seq);
-            self.metrics.published(E::FAMILY, name);
-            let session_id = topic.id;
-            debug!("published");
             Ok(Receipt {
-                session_id,
+                session_id: topic.id,
                 event: name,
                 seq,
             })

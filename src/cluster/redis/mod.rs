@@ -44,8 +44,8 @@ pub(crate) use link::Link;
 pub use link::LinkProblem;
 
 use super::{
-    Action, ClusterFigures, FanOut, Join, Outbound, Sequenced, Sequencer, SequencerError,
-    SessionState,
+    Action, ClusterFigures, FanOut, Join, Outbound, Published, Sequenced, Sequencer,
+    SequencerError, SessionState,
     history::{Attached, Epoch, Held, Page, Start, ends_session, recover},
 };
 use crate::{
@@ -83,15 +83,25 @@ const INSTANCE_TTL_SECS: u64 = 5;
 /// the braces). ARGV: payload head, payload tail, event channel, message
 /// header, flags (progress, completed, failed, ended as "0"/"1"), TTL in ms,
 /// an epoch for a new sequence, history length, event name, idempotency
-/// window in ms. Returns the seq and the epoch. A new sequence (seq 1) starts
+/// window in ms, the request's fingerprint. Returns the seq, the epoch and
+/// what happened (below). A new sequence (seq 1) starts
 /// with an empty history. With a third key (the publish's idempotency key,
 /// in the session's slot), a key already recorded answers its seq and
 /// publishes nothing: the check and the record are in the same atomic step
-/// as the publish, so a retry racing its original publishes once.
+/// as the publish, so a retry racing its original publishes once. The key
+/// records `seq:fingerprint`: a different fingerprint under it is a
+/// different event, answered `reused` (a bare seq, recorded by a herald
+/// before fingerprints, counts as a repeat); otherwise `repeat`, or `sent`
+/// for a publish.
 const PUBLISH_SCRIPT: &str = r#"
 if KEYS[3] then
   local first = redis.call('GET', KEYS[3])
-  if first then return {tonumber(first), redis.call('HGET', KEYS[1], 'epoch') or ''} end
+  if first then
+    local seq, print = string.match(first, '^(%d+):?(%x*)$')
+    local verdict = 'repeat'
+    if print ~= '' and print ~= ARGV[11] then verdict = 'reused' end
+    return {tonumber(seq), redis.call('HGET', KEYS[1], 'epoch') or '', verdict}
+  end
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -111,9 +121,9 @@ if tonumber(ARGV[8]) > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
-if KEYS[3] then redis.call('SET', KEYS[3], seq, 'PX', ARGV[10]) end
+if KEYS[3] then redis.call('SET', KEYS[3], seq .. ':' .. ARGV[11], 'PX', ARGV[10]) end
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. seq .. '\n' .. payload)
-return {seq, epoch}
+return {seq, epoch, 'sent'}
 "#;
 
 /// Reads what a subscription or the history endpoint needs, at one moment.
@@ -382,7 +392,7 @@ impl RedisSequencer {
         }
     }
 
-    async fn publish(&self, out: Outbound<'_>) -> Result<u64, SequencerError> {
+    async fn publish(&self, out: Outbound<'_>) -> Result<Published, SequencerError> {
         // A publish this instance could not receive back would reach the
         // other instances' subscribers but not its own: refuse it instead.
         if let Some(problem) = self.link.problem() {
@@ -409,11 +419,12 @@ impl RedisSequencer {
         }
         let mut script = self.publish_script.key(self.keys.session(out.topic));
         script.key(self.keys.history(out.topic));
-        if let Some(key) = out.idempotency_key {
-            script.key(self.keys.idempotency(out.topic, key));
+        if let Some(keyed) = out.idempotency {
+            script.key(self.keys.idempotency(out.topic, keyed.key));
         }
+        let fingerprint = out.idempotency.map(|k| k.fingerprint.to_string());
         let mut conn = self.link.connection().map_err(&failed)?;
-        let (seq, _epoch): (u64, String) = script
+        let (seq, _epoch, verdict): (u64, String, String) = script
             .arg(&out.encoded.head)
             .arg(&out.encoded.tail)
             .arg(self.keys.events())
@@ -424,10 +435,15 @@ impl RedisSequencer {
             .arg(self.history_events)
             .arg(out.name)
             .arg(self.idempotency_ms)
+            .arg(fingerprint.as_deref().unwrap_or(""))
             .invoke_async(&mut conn)
             .await
             .map_err(sent_failed)?;
-        Ok(seq)
+        Ok(match verdict.as_str() {
+            "repeat" => Published::Repeat(seq),
+            "reused" => Published::KeyReused(seq),
+            _ => Published::Sent(seq),
+        })
     }
 
     async fn state(&self, id: &Topic) -> Result<SessionState, SequencerError> {
@@ -705,7 +721,10 @@ impl Sequencer for RedisSequencer {
         "redis"
     }
 
-    fn publish<'a>(&'a self, out: Outbound<'a>) -> BoxFuture<'a, Result<u64, SequencerError>> {
+    fn publish<'a>(
+        &'a self,
+        out: Outbound<'a>,
+    ) -> BoxFuture<'a, Result<Published, SequencerError>> {
         RedisSequencer::publish(self, out).boxed()
     }
 
