@@ -71,6 +71,12 @@ impl Tail {
         Self { child, lines }
     }
 
+    /// `herald tail <session> --json` against `herald`, plus `extra` flags.
+    fn json(herald: &Herald, session: &str, extra: &[&str]) -> Self {
+        let url = herald.url("");
+        Self::start(&[&[session, "--json", "--url", &url], extra].concat())
+    }
+
     /// The next `n` events it prints (`--json` lines), or a panic after 15 s.
     fn events(&self, n: usize) -> Vec<Value> {
         (0..n)
@@ -138,7 +144,7 @@ async fn tail_prints_events_in_order_and_resumes_after_a_restart() {
     let b = Herald::start(&redis_args).await;
     publish_progress(&a, "cli-tail", 1..=3).await;
 
-    let tail = Tail::start(&["cli-tail", "--since", "0", "--json", "--url", &a.url("")]);
+    let tail = Tail::json(&a, "cli-tail", &["--since", "0"]);
     let first = tail.events(3);
     assert_eq!(seqs(&first), [1, 2, 3]);
     assert_eq!(first[0]["event"], "progress");
@@ -170,7 +176,7 @@ async fn tail_reports_a_sequence_that_started_over() {
     // In memory, a restart loses the session: its epoch changes.
     let mut herald = Herald::start(&[]).await;
     publish_progress(&herald, "cli-epoch", 1..=2).await;
-    let tail = Tail::start(&["cli-epoch", "--json", "--url", &herald.url("")]);
+    let tail = Tail::json(&herald, "cli-epoch", &[]);
     // A plain tail starts from the snapshot: the latest progress.
     assert_eq!(seqs(&tail.events(1)), [2]);
     herald.restart(&[]).await;
@@ -369,7 +375,7 @@ async fn tail_presents_a_token_and_stops_when_refused() {
         .output()
         .expect("herald token");
     let token = text(&minted.stdout).trim().to_string();
-    let tail = Tail::start(&["cli-jwt", "--json", "--url", &url, "--token", &token]);
+    let tail = Tail::json(&herald, "cli-jwt", &["--token", &token]);
     let events = tail.events(1);
     assert_eq!(events[0]["data"]["progress"], 5);
     tail.stop();
@@ -379,14 +385,7 @@ async fn tail_presents_a_token_and_stops_when_refused() {
 async fn tail_says_which_seqs_history_no_longer_holds() {
     let herald = Herald::start(&["--history-max-events", "3"]).await;
     publish_progress(&herald, "cli-gap", 1..=10).await;
-    let tail = Tail::start(&[
-        "cli-gap",
-        "--since",
-        "2",
-        "--json",
-        "--url",
-        &herald.url(""),
-    ]);
+    let tail = Tail::json(&herald, "cli-gap", &["--since", "2"]);
     assert_eq!(
         seqs(&tail.events(3)),
         [8, 9, 10],
@@ -438,14 +437,7 @@ async fn publish_batch_waits_out_the_rate_limit() {
 async fn tail_notices_a_frozen_herald_and_resumes_when_it_thaws() {
     let herald = Herald::start(&["--ping-interval-ms", "200", "--ping-timeout-ms", "200"]).await;
     publish_progress(&herald, "cli-frozen", 1..=1).await;
-    let tail = Tail::start(&[
-        "cli-frozen",
-        "--since",
-        "0",
-        "--json",
-        "--url",
-        &herald.url(""),
-    ]);
+    let tail = Tail::json(&herald, "cli-frozen", &["--since", "0"]);
     assert_eq!(seqs(&tail.events(1)), [1]);
     // Frozen with its connections open: no close, no ping.
     herald.signal("STOP");
