@@ -20,7 +20,7 @@ use serde_json::Value;
 fn herald_cli(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
     command.args(args).current_dir(std::env::temp_dir());
-    for var in ["API_KEY", "HERALD_URL", "HERALD_TOKEN"] {
+    for var in ["API_KEY", "API_KEY_FILE", "HERALD_URL", "HERALD_TOKEN"] {
         command.env_remove(var);
     }
     command
@@ -251,10 +251,15 @@ async fn publish_prints_the_seq_and_fails_with_the_servers_message() {
     std::fs::remove_file(&file).ok();
     let receipt: Value = serde_json::from_slice(&from_file.stdout).expect("a JSON receipt");
     assert_eq!(receipt["seq"], 2);
+    // The key may come from API_KEY_FILE, as herald reads it.
+    let keys = std::env::temp_dir().join(format!("herald-cli-{}.keys", std::process::id()));
+    std::fs::write(&keys, "# publish keys\n\nk2\n").expect("write the key file");
     let from_stdin = run(
-        herald_cli(&["publish", "cli-pub", "progress", "-", "--url", &url]).env("API_KEY", "k1"),
+        herald_cli(&["publish", "cli-pub", "progress", "-", "--url", &url])
+            .env("API_KEY_FILE", &keys),
         &data,
     );
+    std::fs::remove_file(&keys).ok();
     assert_eq!(text(&from_stdin.stdout), "cli-pub progress seq 3\n");
 
     // Nothing was published by the refusals: seq went on from 3.

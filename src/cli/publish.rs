@@ -58,6 +58,11 @@ pub(crate) struct Args {
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     api_key: Option<String>,
 
+    /// Without a key, the first key of this file (one a line, `#` comments),
+    /// as herald reads API_KEY_FILE.
+    #[arg(long, env = "API_KEY_FILE")]
+    api_key_file: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     target: Target,
 
@@ -78,14 +83,17 @@ struct Publish<'a> {
 const RATE_LIMIT_RETRIES: u32 = 10;
 
 pub(crate) fn run(args: &Args) -> Exit {
+    let key = match publish_key(args) {
+        Ok(key) => key,
+        Err(why) => {
+            eprintln!("herald publish: {why}");
+            return Exit::Usage;
+        }
+    };
     let publisher = Publisher {
         client: http::client(Duration::from_secs(args.timeout)),
         base: args.target.url.clone(),
-        key: args
-            .api_key
-            .as_deref()
-            .and_then(|keys| keys.split(',').map(str::trim).find(|k| !k.is_empty()))
-            .map(str::to_string),
+        key,
         json: args.json,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -130,6 +138,26 @@ pub(crate) fn run(args: &Args) -> Exit {
             }
         }
     })
+}
+
+/// The key to publish with: the first of `--api-key` (API_KEY), else the
+/// first of `--api-key-file` (API_KEY_FILE), else none.
+fn publish_key(args: &Args) -> Result<Option<String>, String> {
+    let first = |keys: &str, separator: char| {
+        keys.split(separator)
+            .map(str::trim)
+            .find(|k| !k.is_empty() && !k.starts_with('#'))
+            .map(str::to_string)
+    };
+    if let Some(key) = args.api_key.as_deref().and_then(|keys| first(keys, ',')) {
+        return Ok(Some(key));
+    }
+    match &args.api_key_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|keys| first(&keys, '\n'))
+            .map_err(|e| format!("cannot read the key file {}: {e}", path.display())),
+        None => Ok(None),
+    }
 }
 
 /// The data argument as JSON: the text itself, `@file`, or `-` (stdin).
