@@ -2,8 +2,16 @@
 //! environment variable, see `herald::Config`); subcommands are tools around
 //! a running deployment, each in a module of its own:
 //! - `token`: mint a JWT for testing and scripts.
+//! - `tail`, `publish`, `check`: watch a session, publish to it, and probe
+//!   an instance's readiness, against a running herald (`http`: what they
+//!   share; `socketio`: the client `tail` speaks).
 
+mod check;
+mod http;
+mod publish;
 mod serve;
+mod socketio;
+mod tail;
 mod token;
 
 use std::process::ExitCode;
@@ -34,6 +42,14 @@ enum Command {
     /// Print a token (JWT) signed with JWT_SECRET or a private key, for
     /// testing and scripts.
     Token(token::Args),
+    /// Watch a session's events, one line each, resuming after reconnects.
+    Tail(tail::Args),
+    /// Publish a session event (or, with --batch, lines of items from stdin)
+    /// through the HTTP API; prints the seq.
+    Publish(publish::Args),
+    /// Probe instances' health, readiness and version; exit 0 when all are
+    /// ready, 1 when one is not, 3 when one is unreachable.
+    Check(check::Args),
 }
 
 /// Runs what the command line asks for.
@@ -43,6 +59,9 @@ pub(crate) fn run(dotenv: Result<std::path::PathBuf, dotenvy::Error>) -> ExitCod
         None => serve::run(cli.serve, dotenv),
         Some(Command::Serve(config)) => serve::run(*config, dotenv),
         Some(Command::Token(args)) => token::run(&args),
+        Some(Command::Tail(args)) => tail::run(&args).into(),
+        Some(Command::Publish(args)) => publish::run(&args).into(),
+        Some(Command::Check(args)) => check::run(&args).into(),
     }
 }
 

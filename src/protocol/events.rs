@@ -314,6 +314,12 @@ impl<'a> Fields<'a> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }
 
+    /// The fields in the order they were written (for `herald tail`,
+    /// which shows them as herald sent them).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &'a RawValue)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
     /// Adds a field that was absent.
     pub fn insert(&mut self, name: &str, value: &'a RawValue) {
         self.0.push((name.to_string(), value));

@@ -59,7 +59,14 @@ impl Herald {
     /// `/health` answers. Its log (warnings and errors) goes to this
     /// process's stderr.
     pub async fn start(args: &[&str]) -> Self {
-        Self::spawn(args, None).await
+        Self::spawn(args, None, 0).await
+    }
+
+    /// Kills it and starts it again with `args` on the same port, as a
+    /// restarted deployment comes back where its clients look for it.
+    pub async fn restart(&mut self, args: &[&str]) {
+        self.kill();
+        *self = Self::spawn(args, None, self.port).await;
     }
 
     /// Like [`Herald::start`], with its log (at info level) kept for [`Herald::log`].
@@ -67,10 +74,10 @@ impl Herald {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("herald-test-{}-{n}.log", std::process::id()));
-        Self::spawn(args, Some(path)).await
+        Self::spawn(args, Some(path), 0).await
     }
 
-    async fn spawn(args: &[&str], log: Option<PathBuf>) -> Self {
+    async fn spawn(args: &[&str], log: Option<PathBuf>, port: u16) -> Self {
         let (stderr, level) = match &log {
             Some(path) => (
                 Stdio::from(std::fs::File::create(path).expect("log file")),
@@ -80,7 +87,8 @@ impl Herald {
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
         command
-            .args(["--host", "127.0.0.1", "--port", "0", "--log-level", level])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--log-level", level])
             .args(args)
             .current_dir(herald_cwd())
             .stdout(Stdio::null())
