@@ -20,7 +20,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CHROMIUM_BIN, launchChromium } from './chromium.mjs';
 import { REPO_ROOT } from '../../fixtures/fixtures.mjs';
-import { startHerald, connect, subscribe, closeAll, sample, HERALD_BIN } from '../node/lib/herald.mjs';
+import { startHerald, connect, subscribe, emitAck, closeAll, sample, HERALD_BIN } from '../node/lib/herald.mjs';
 import { startRedis } from '../node/lib/redis.mjs';
 
 const TOKEN = 'dashboard-test-token';
@@ -81,6 +81,8 @@ test('the dashboard shows the cluster, its figures, charts and a live session ta
   // A refusal, which the page lists (without the payload).
   const refused = await a.publish(BUSY, 'no_such_event', { secret: 'never-shown' });
   assert.equal(refused.status, 422);
+  const badSubscribe = await emitAck(watchers[0], 'subscribe', 'not a session id!');
+  assert.equal(badSubscribe.code, 'INVALID_SESSION_ID');
 
   const page = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
   const res = await page.goto(`${a.url}/dashboard`);
@@ -149,8 +151,11 @@ test('the dashboard shows the cluster, its figures, charts and a live session ta
   assert.ok(points.connections >= 2, JSON.stringify(points));
 
   // The refusal is listed, without what the client sent.
-  await until('the refusal listed', () =>
-    page.evaluate(() => document.querySelector('#refusals tbody').textContent).then((t) => ({ ok: /422/.test(t), t })));
+  await until('the refusals listed', () =>
+    page.evaluate(() => document.querySelector('#refusals tbody').textContent).then((t) => ({
+      ok: /422/.test(t) && /socketINVALID_SESSION_ID/.test(t),
+      t,
+    })));
   assert.doesNotMatch(await page.evaluate(() => document.body.textContent), /never-shown/);
 
   // The busiest session is listed; opening it shows its state and history.
