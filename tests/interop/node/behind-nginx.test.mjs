@@ -171,6 +171,23 @@ describe('behind docker/nginx.conf', () => {
     assert.ok(other.connected, 'another client is still let in');
   });
 
+  test('the dashboard: its live feed (Server-Sent Events) passes at once, not when a buffer fills', async () => {
+    const res = await fetch(`${nginx.url}/dashboard/api/feed`, { signal: AbortSignal.timeout(5000) });
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /text\/event-stream/);
+    const reader = res.body.getReader();
+    let text = '';
+    const deadline = Date.now() + 3000;
+    while (!text.includes('event: snapshot') && Date.now() < deadline) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    await reader.cancel();
+    assert.match(text, /event: history/, 'the history came first');
+    assert.match(text, /event: snapshot/, 'a snapshot followed within 3 s');
+  });
+
   test('a body over the limit: 413 with herald-shaped JSON from nginx, and nginx keeps serving', async () => {
     const res = await front.request('POST', '/api/v1/sessions/too-big/events', {
       json: { event: 'progress', data: { pad: 'x'.repeat(1024 * 1024 + 1) } },
