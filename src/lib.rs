@@ -374,7 +374,8 @@ impl Streams {
     /// `tokens` is the key `/ws` and workflow clients' tokens are checked
     /// with, when one is configured.
     fn new(config: &Config, metrics: &Arc<Metrics>, tokens: Option<Arc<auth::Verifier>>) -> Self {
-        let settings = streams::Settings {
+        // Shared: each connection's task keeps a pointer, not a copy.
+        let settings = Arc::new(streams::Settings {
             ping_interval: Duration::from_millis(config.ws_ping_interval_ms.max(1)),
             client_timeout: Duration::from_millis(config.ws_client_timeout_ms),
             max_payload: config.max_payload_bytes,
@@ -382,7 +383,7 @@ impl Streams {
             metrics: metrics.clone(),
             #[cfg(feature = "patched-engine")]
             linger: Default::default(),
-        };
+        });
         Self {
             #[cfg(feature = "patched-engine")]
             linger: settings.linger.clone(),

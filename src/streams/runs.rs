@@ -101,7 +101,7 @@ type Index<K> = DashMap<K, Vec<Arc<RunClient>>>;
 
 /// Every `/ws` client of this instance, indexed by what events address.
 pub(crate) struct RunHub {
-    settings: Settings,
+    settings: Arc<Settings>,
     clients: DashMap<usize, Arc<RunClient>>,
     by_run: Index<SessionId>,
     by_project: Index<Box<str>>,
@@ -126,7 +126,7 @@ fn index_remove<K: std::hash::Hash + Eq>(index: &Index<K>, k: &K, client: &Arc<R
 }
 
 impl RunHub {
-    pub(crate) fn new(settings: Settings, verifier: Option<Arc<Verifier>>) -> Self {
+    pub(crate) fn new(settings: Arc<Settings>, verifier: Option<Arc<Verifier>>) -> Self {
         Self {
             settings,
             clients: DashMap::new(),
