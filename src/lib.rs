@@ -250,6 +250,13 @@ impl Herald {
             #[cfg(feature = "patched-engine")]
             linger,
         } = wired;
+        // Idle sockets keep no request bucket (limits::requests).
+        tasks.push(Box::pin(
+            settings
+                .requests
+                .clone()
+                .sweep_every(Duration::from_secs(1)),
+        ));
         #[cfg(feature = "patched-engine")]
         tasks.push(Box::pin(saturation::watch(
             config.write_linger(),

@@ -33,7 +33,7 @@ use crate::{
         SequencerError,
         history::{Attached, Start},
     },
-    limits::{Admitted, Verdict},
+    limits::Verdict,
     protocol::{
         Ack, Connected, InvalidRequest, RequestError, SessionId, SessionRequest, Subscribed,
         SubscriptionReply, Timestamp,
@@ -166,7 +166,7 @@ impl Request for Subscribe {
             && !rt.limits.may_subscribe(rt.subscriptions.held(s.id))
         {
             if let Some(held_back) = rt.limit_log.pass() {
-                warn!(client = %client_of(s), session = %id, max = rt.limits.max_subscriptions(), refused_since_last_line = held_back, "subscribe refused: MAX_SUBSCRIPTIONS_PER_SOCKET");
+                warn!(socket = %s.id, session = %id, max = rt.limits.max_subscriptions(), refused_since_last_line = held_back, "subscribe refused: MAX_SUBSCRIPTIONS_PER_SOCKET");
             }
             let why = format!(
                 "this socket already holds {} subscriptions (MAX_SUBSCRIPTIONS_PER_SOCKET); unsubscribe from one first",
@@ -264,7 +264,7 @@ impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
             Verdict::Allowed => {}
             Verdict::Refused { first, tell } => {
                 if first {
-                    warn!(client = %client_of(s), "requests refused: over CLIENT_REQUESTS_PER_SEC (logged once per socket)");
+                    warn!(socket = %s.id, "requests refused: over CLIENT_REQUESTS_PER_SEC (logged once per socket)");
                 }
                 let why = "too many requests from this socket (CLIENT_REQUESTS_PER_SEC); slow down"
                     .to_owned();
@@ -278,7 +278,7 @@ impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
             }
             Verdict::Disconnect { first } => {
                 if first {
-                    warn!(client = %client_of(s), "disconnecting a socket that kept flooding past CLIENT_REQUESTS_PER_SEC");
+                    warn!(socket = %s.id, "disconnecting a socket that kept flooding past CLIENT_REQUESTS_PER_SEC");
                     let s = s.clone();
                     // Not from inside the packet read: closing runs the disconnect handlers.
                     tokio::spawn(async move {
@@ -484,18 +484,4 @@ fn ack_refusal<A: Adapter>(reply: &RequestError<'_>, ack: AckSender<A>) {
         code: Some(reply.code),
         ..Ack::default()
     });
-}
-
-/// The socket and the client address it was admitted for, for log lines
-/// about a client over a limit.
-fn client_of<A: Adapter>(s: &Socket<A>) -> String {
-    match s
-        .req_parts()
-        .extensions
-        .get::<Admitted>()
-        .and_then(Admitted::address)
-    {
-        Some(address) => format!("{} from {address}", s.id),
-        None => s.id.to_string(),
-    }
 }
