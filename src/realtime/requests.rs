@@ -21,7 +21,7 @@ use dashmap::Entry;
 use futures_util::future::{BoxFuture, FutureExt};
 use socketioxide::{
     adapter::Adapter,
-    extract::{AckSender, SocketRef, State, TryData},
+    extract::{AckSender, Event, SocketRef, State, TryData},
     handler::{FromMessageParts, Value},
     socket::{DisconnectReason, Sid, Socket},
 };
@@ -84,9 +84,12 @@ impl<A: Adapter> Local<A> {
 
 /// Runs before the client is told it is connected, so the handlers are in
 /// place before its first event can arrive.
+///
+/// One fallback handler rather than one handler per event: socketioxide keeps
+/// named handlers in a map on every socket (0.2 KiB each), where the fallback
+/// is a single slot, and [`Requested`] tells the events apart.
 pub(super) async fn prepare<A: Adapter>(s: SocketRef<A>) -> Result<(), Infallible> {
-    s.on("subscribe", async |_: InOrder<Subscribe>| {});
-    s.on("unsubscribe", async |_: InOrder<Unsubscribe>| {});
+    s.on_fallback(async |_: Requested| {});
     s.on_disconnect(on_disconnect::<A>);
     Ok(())
 }
@@ -245,6 +248,32 @@ impl Request for Unsubscribe {
 /// An extractor that takes the request `C` as the packet is read: see the
 /// module comment for why this happens here and not in the handler.
 struct InOrder<C>(PhantomData<C>);
+
+/// Takes `subscribe` and `unsubscribe` with [`InOrder`]; any other event is
+/// ignored, as socketioxide ignores an event no handler is named for.
+struct Requested;
+
+impl<A: Adapter> FromMessageParts<A> for Requested {
+    type Error = Infallible;
+
+    fn from_message_parts(
+        s: &Arc<Socket<A>>,
+        v: &mut Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        let event = Event::from_message_parts(s, v, ack_id);
+        match event.as_deref() {
+            Ok(Subscribe::EVENT) => {
+                InOrder::<Subscribe>::from_message_parts(s, v, ack_id)?;
+            }
+            Ok(Unsubscribe::EVENT) => {
+                InOrder::<Unsubscribe>::from_message_parts(s, v, ack_id)?;
+            }
+            _ => debug!(socket = %s.id, "event with no handler ignored"),
+        }
+        Ok(Self)
+    }
+}
 
 impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
     type Error = Infallible;
