@@ -4,7 +4,7 @@
 //! socketioxide runs every event handler in a task of its own, so two events
 //! from one socket may run in either order, and a `subscribe` sent just before
 //! an `unsubscribe` could win. Requests must take effect in the client's
-//! order, so they are taken by the [`InOrder`] extractor, which socketioxide
+//! order, so they are taken by the [`Requested`] extractor, which socketioxide
 //! calls while it reads the packet, in the order the packets arrived. A
 //! subscription waits for its snapshot or replay; requests about the same
 //! session that follow it wait behind it (in [`Local::queue`]), everything
@@ -13,7 +13,6 @@
 use std::{
     collections::VecDeque,
     convert::Infallible,
-    marker::PhantomData,
     sync::{Arc, Weak},
 };
 
@@ -86,7 +85,7 @@ impl<A: Adapter> Local<A> {
 /// place before its first event can arrive.
 ///
 /// One fallback handler rather than one handler per event: socketioxide keeps
-/// named handlers in a map on every socket (0.2 KiB each), where the fallback
+/// named handlers in a map on every socket (0.2 KiB for two), where the fallback
 /// is a single slot, and [`Requested`] tells the events apart.
 pub(super) async fn prepare<A: Adapter>(s: SocketRef<A>) -> Result<(), Infallible> {
     s.on_fallback(async |_: Requested| {});
@@ -245,12 +244,10 @@ impl Request for Unsubscribe {
     }
 }
 
-/// An extractor that takes the request `C` as the packet is read: see the
-/// module comment for why this happens here and not in the handler.
-struct InOrder<C>(PhantomData<C>);
-
-/// Takes `subscribe` and `unsubscribe` with [`InOrder`]; any other event is
-/// ignored, as socketioxide ignores an event no handler is named for.
+/// The extractor that takes `subscribe` and `unsubscribe` as the packet is
+/// read (see the module comment for why this happens here and not in the
+/// handler); any other event is ignored, as socketioxide ignores an event no
+/// handler is named for.
 struct Requested;
 
 impl<A: Adapter> FromMessageParts<A> for Requested {
@@ -263,73 +260,61 @@ impl<A: Adapter> FromMessageParts<A> for Requested {
     ) -> Result<Self, Infallible> {
         let event = Event::from_message_parts(s, v, ack_id);
         match event.as_deref() {
-            Ok(Subscribe::EVENT) => {
-                InOrder::<Subscribe>::from_message_parts(s, v, ack_id)?;
-            }
-            Ok(Unsubscribe::EVENT) => {
-                InOrder::<Unsubscribe>::from_message_parts(s, v, ack_id)?;
-            }
+            Ok(Subscribe::EVENT) => in_order::<A, Subscribe>(s, v, ack_id),
+            Ok(Unsubscribe::EVENT) => in_order::<A, Unsubscribe>(s, v, ack_id),
             _ => debug!(socket = %s.id, "event with no handler ignored"),
         }
         Ok(Self)
     }
 }
 
-impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
-    type Error = Infallible;
-
-    fn from_message_parts(
-        s: &Arc<Socket<A>>,
-        v: &mut Value,
-        ack_id: &Option<i64>,
-    ) -> Result<Self, Infallible> {
-        let ack = AckSender::from_message_parts(s, v, ack_id)?;
-        let TryData(payload) = TryData::<serde_json::Value>::from_message_parts(s, v, ack_id)?;
-        let Ok(State(rt)) = State::<Local<A>>::from_message_parts(s, v, ack_id) else {
-            unreachable!("the Socket.IO server is always built with its state");
-        };
-        let _span = info_span!("request", socket = %s.id, event = C::EVENT).entered();
-        match rt.limits.request(s.id) {
-            Verdict::Allowed => {}
-            Verdict::Refused { first, tell } => {
-                if first {
-                    warn!(socket = %s.id, "requests refused: over CLIENT_REQUESTS_PER_SEC (logged once per socket)");
-                }
-                let why = "too many requests from this socket (CLIENT_REQUESTS_PER_SEC); slow down"
-                    .to_owned();
-                let reply = RequestError::limited(RequestError::RATE_LIMITED, why, None);
-                if tell {
-                    answer_refusal(s, &reply, ack);
-                } else {
-                    ack_refusal(&reply, ack);
-                }
-                return Ok(Self(PhantomData));
+/// Takes the request `C`, in the order the packets arrived.
+fn in_order<A: Adapter, C: Request>(s: &Arc<Socket<A>>, v: &mut Value, ack_id: &Option<i64>) {
+    let Ok(ack) = AckSender::from_message_parts(s, v, ack_id);
+    let Ok(TryData(payload)) = TryData::<serde_json::Value>::from_message_parts(s, v, ack_id);
+    let Ok(State(rt)) = State::<Local<A>>::from_message_parts(s, v, ack_id) else {
+        unreachable!("the Socket.IO server is always built with its state");
+    };
+    let _span = info_span!("request", socket = %s.id, event = C::EVENT).entered();
+    match rt.limits.request(s.id) {
+        Verdict::Allowed => {}
+        Verdict::Refused { first, tell } => {
+            if first {
+                warn!(socket = %s.id, "requests refused: over CLIENT_REQUESTS_PER_SEC (logged once per socket)");
             }
-            Verdict::Disconnect { first } => {
-                if first {
-                    warn!(socket = %s.id, "disconnecting a socket that kept flooding past CLIENT_REQUESTS_PER_SEC");
-                    let s = s.clone();
-                    // Not from inside the packet read: closing runs the disconnect handlers.
-                    tokio::spawn(async move {
-                        let _ = s.disconnect();
-                    });
-                }
-                return Ok(Self(PhantomData));
+            let why = "too many requests from this socket (CLIENT_REQUESTS_PER_SEC); slow down"
+                .to_owned();
+            let reply = RequestError::limited(RequestError::RATE_LIMITED, why, None);
+            if tell {
+                answer_refusal(s, &reply, ack);
+            } else {
+                ack_refusal(&reply, ack);
             }
+            return;
         }
-        let payload = payload.ok();
-        if let Some(run) = super::runs::run_request(payload.as_ref()) {
-            match run {
-                Ok(request) => C::take_run(s, &rt, request, ack),
-                Err(why) => super::runs::refuse(s, why, ack),
+        Verdict::Disconnect { first } => {
+            if first {
+                warn!(socket = %s.id, "disconnecting a socket that kept flooding past CLIENT_REQUESTS_PER_SEC");
+                let s = s.clone();
+                // Not from inside the packet read: closing runs the disconnect handlers.
+                tokio::spawn(async move {
+                    let _ = s.disconnect();
+                });
             }
-            return Ok(Self(PhantomData));
+            return;
         }
-        match SessionRequest::parse(payload.as_ref()) {
-            Ok(request) => C::take(s, &rt, request, ack),
-            Err(refusal) => refuse(s, &rt, refusal, ack),
+    }
+    let payload = payload.ok();
+    if let Some(run) = super::runs::run_request(payload.as_ref()) {
+        match run {
+            Ok(request) => C::take_run(s, &rt, request, ack),
+            Err(why) => super::runs::refuse(s, why, ack),
         }
-        Ok(Self(PhantomData))
+        return;
+    }
+    match SessionRequest::parse(payload.as_ref()) {
+        Ok(request) => C::take(s, &rt, request, ack),
+        Err(refusal) => refuse(s, &rt, refusal, ack),
     }
 }
 
