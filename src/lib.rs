@@ -251,6 +251,13 @@ impl Herald {
             #[cfg(feature = "patched-engine")]
             linger,
         } = wired;
+        // Idle sockets keep no request bucket (limits::requests).
+        tasks.push(Box::pin(
+            settings
+                .requests
+                .clone()
+                .sweep_every(Duration::from_secs(1)),
+        ));
         #[cfg(feature = "patched-engine")]
         tasks.push(Box::pin(saturation::watch(
             config.write_linger(),
@@ -389,7 +396,8 @@ impl Streams {
     /// `tokens` is the key `/ws` and workflow clients' tokens are checked
     /// with, when one is configured.
     fn new(config: &Config, metrics: &Arc<Metrics>, tokens: Option<Arc<auth::Verifier>>) -> Self {
-        let settings = streams::Settings {
+        // Shared: each connection's task keeps a pointer, not a copy.
+        let settings = Arc::new(streams::Settings {
             ping_interval: Duration::from_millis(config.ws_ping_interval_ms.max(1)),
             client_timeout: Duration::from_millis(config.ws_client_timeout_ms),
             max_payload: config.max_payload_bytes,
@@ -397,7 +405,7 @@ impl Streams {
             metrics: metrics.clone(),
             #[cfg(feature = "patched-engine")]
             linger: Default::default(),
-        };
+        });
         Self {
             #[cfg(feature = "patched-engine")]
             linger: settings.linger.clone(),

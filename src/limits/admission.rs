@@ -4,8 +4,9 @@
 //! with a JSON refusal a stock client reports as a connect error.
 //!
 //! An admitted connection holds an [`Admitted`] slot; the slot travels in the
-//! handshake request's extensions, which the engine keeps with the socket,
-//! so the counts go down when the socket is dropped, however it ends. The
+//! handshake request's extensions, and the engine keeps it with the socket
+//! (apart from the request head, with the patched engine), so the counts go
+//! down when the socket is dropped, however it ends. The
 //! same [`Admission`] is the handle any other transport (plain WebSockets)
 //! takes its slots from, so one cap covers every kind of connection.
 
@@ -105,7 +106,9 @@ pub(crate) struct Admission {
 
 /// A connection's place in the counts, given back when the last clone drops.
 #[derive(Clone)]
-pub(crate) struct Admitted(#[allow(dead_code)] Arc<Slot>);
+pub(crate) struct Admitted(
+    #[cfg_attr(not(feature = "patched-engine"), allow(dead_code))] Arc<Slot>,
+);
 
 struct Slot {
     admission: Arc<Admission>,
@@ -113,9 +116,11 @@ struct Slot {
 }
 
 impl Admitted {
-    /// The client address the connection was admitted for.
-    pub(crate) fn address(&self) -> Option<IpAddr> {
-        self.0.address
+    /// The slot as the engine keeps it with a session, apart from the
+    /// request head (see `realtime::endpoint`).
+    #[cfg(feature = "patched-engine")]
+    pub(crate) fn into_guard(self) -> engineioxide::socket::SessionGuard {
+        engineioxide::socket::SessionGuard(self.0)
     }
 }
 

@@ -2,6 +2,11 @@
 //! token bucket whose burst fits a reconnecting client subscribing to all it
 //! may hold at once), and MAX_SUBSCRIPTIONS_PER_SOCKET sessions. A socket
 //! that keeps flooding past its refusals is disconnected.
+//!
+//! A socket's bucket is kept only while it is in debt: a full bucket is what
+//! a socket without one gets, so [`RequestLimits::sweep`] drops the buckets
+//! that have filled again. Nearly every socket sends a few requests when it
+//! connects and then none, and keeps nothing here once idle.
 
 use std::{
     sync::{Arc, OnceLock},
@@ -32,9 +37,9 @@ pub(crate) struct RequestLimits {
     metrics: Arc<Metrics>,
 }
 
-/// Sixteen bytes: every socket that has sent a request keeps one, so its
-/// times are milliseconds on a process-wide clock ([`millis`]) rather than
-/// `Instant`s, which would make it 72.
+/// Sixteen bytes: every socket that sent a request in the last sweep period
+/// keeps one, so its times are milliseconds on a process-wide clock
+/// ([`millis`]) rather than `Instant`s, which would make it 72.
 struct Bucket {
     tokens: f32,
     refilled: u32,
@@ -151,6 +156,37 @@ impl RequestLimits {
     pub(crate) fn forget(&self, socket: Sid) {
         self.buckets.remove(&socket);
     }
+
+    /// Drops the buckets that are full again, which a socket without one
+    /// gets on its next request anyway, and gives back the room they took.
+    /// A socket ever refused keeps its bucket: its refusal is logged once,
+    /// and a cut socket stays cut.
+    pub(crate) fn sweep(&self) {
+        let now = millis();
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets.retain(|_, b| {
+            let full = b.tokens + since(now, b.refilled).as_secs_f32() * rate >= burst;
+            !(full && b.flood_began == CALM)
+        });
+        // The connects of a busy second can leave a table sized for
+        // thousands of sockets that now hold nothing.
+        if self.buckets.capacity() > 4 * self.buckets.len() + 1024 {
+            self.buckets.shrink_to_fit();
+        }
+    }
+
+    /// Sweeps every `period`, for ever (with the server's tasks).
+    pub(crate) async fn sweep_every(self: Arc<Self>, period: Duration) {
+        if self.rate == 0.0 {
+            return std::future::pending().await;
+        }
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.sweep();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -176,5 +212,33 @@ mod tests {
         );
         assert!(limits.may_subscribe(19));
         assert!(!limits.may_subscribe(20));
+    }
+
+    #[test]
+    fn a_bucket_is_kept_only_while_in_debt_or_once_refused() {
+        let limits = RequestLimits::new(10, 3, Arc::new(Metrics::default()));
+        let (light, refused) = (Sid::new(), Sid::new());
+        assert_eq!(limits.request(light), Verdict::Allowed);
+        for _ in 0..10 {
+            assert_eq!(limits.request(refused), Verdict::Allowed);
+        }
+        assert!(matches!(
+            limits.request(refused),
+            Verdict::Refused { first: true, .. }
+        ));
+        limits.sweep();
+        assert_eq!(limits.buckets.len(), 2, "both in debt");
+        std::thread::sleep(Duration::from_millis(1100));
+        limits.sweep();
+        assert!(!limits.buckets.contains_key(&light), "full again: dropped");
+        assert!(limits.buckets.contains_key(&refused), "refused once: kept");
+        // Swept, the light socket has its whole burst again.
+        for _ in 0..10 {
+            assert_eq!(limits.request(light), Verdict::Allowed);
+        }
+        assert!(matches!(
+            limits.request(light),
+            Verdict::Refused { first: true, .. }
+        ));
     }
 }

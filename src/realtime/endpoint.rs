@@ -34,6 +34,12 @@ where
 /// handle, and the connection's slot in the limits (which must live as long
 /// as the socket). Every socket keeps its request's extensions for as long
 /// as it lives, and axum's routing data in them cost 0.2 KiB per socket.
+///
+/// With the patched engine the slot goes as a `SessionGuard`, which the
+/// engine keeps in a field of the socket (vendor patch 16): the engine takes
+/// the upgrade handle out too, so the socket keeps no extension map at all,
+/// which alone is about as much as the slot, the request bucket and the
+/// outbox's bound together (0.2 KiB).
 async fn only_upgrade_extension(mut req: Request) -> Request {
     let upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
     let admitted = req.extensions_mut().remove::<Admitted>();
@@ -42,6 +48,9 @@ async fn only_upgrade_extension(mut req: Request) -> Request {
         req.extensions_mut().insert(upgrade);
     }
     if let Some(admitted) = admitted {
+        #[cfg(feature = "patched-engine")]
+        req.extensions_mut().insert(admitted.into_guard());
+        #[cfg(not(feature = "patched-engine"))]
         req.extensions_mut().insert(admitted);
     }
     req

@@ -4,7 +4,7 @@
 //! socketioxide runs every event handler in a task of its own, so two events
 //! from one socket may run in either order, and a `subscribe` sent just before
 //! an `unsubscribe` could win. Requests must take effect in the client's
-//! order, so they are taken by the [`InOrder`] extractor, which socketioxide
+//! order, so they are taken by the [`Requested`] extractor, which socketioxide
 //! calls while it reads the packet, in the order the packets arrived. A
 //! subscription waits for its snapshot or replay; requests about the same
 //! session that follow it wait behind it (in [`Local::queue`]), everything
@@ -13,7 +13,6 @@
 use std::{
     collections::VecDeque,
     convert::Infallible,
-    marker::PhantomData,
     sync::{Arc, Weak},
 };
 
@@ -21,7 +20,7 @@ use dashmap::Entry;
 use futures_util::future::{BoxFuture, FutureExt};
 use socketioxide::{
     adapter::Adapter,
-    extract::{AckSender, SocketRef, State, TryData},
+    extract::{AckSender, Event, SocketRef, State, TryData},
     handler::{FromMessageParts, Value},
     socket::{DisconnectReason, Sid, Socket},
 };
@@ -33,7 +32,7 @@ use crate::{
         SequencerError,
         history::{Attached, Start},
     },
-    limits::{Admitted, Verdict},
+    limits::Verdict,
     metrics::Metrics,
     protocol::{
         Ack, Connected, InvalidRequest, RequestError, SessionId, SessionRequest, Subscribed,
@@ -85,9 +84,12 @@ impl<A: Adapter> Local<A> {
 
 /// Runs before the client is told it is connected, so the handlers are in
 /// place before its first event can arrive.
+///
+/// One fallback handler rather than one handler per event: socketioxide keeps
+/// named handlers in a map on every socket (0.2 KiB for two), where the fallback
+/// is a single slot, and [`Requested`] tells the events apart.
 pub(super) async fn prepare<A: Adapter>(s: SocketRef<A>) -> Result<(), Infallible> {
-    s.on("subscribe", async |_: InOrder<Subscribe>| {});
-    s.on("unsubscribe", async |_: InOrder<Unsubscribe>| {});
+    s.on_fallback(async |_: Requested| {});
     s.on_disconnect(on_disconnect::<A>);
     Ok(())
 }
@@ -167,7 +169,7 @@ impl Request for Subscribe {
             && !rt.limits.may_subscribe(rt.subscriptions.held(s.id))
         {
             if let Some(held_back) = rt.limit_log.pass() {
-                warn!(client = %client_of(s), session = %id, max = rt.limits.max_subscriptions(), refused_since_last_line = held_back, "subscribe refused: MAX_SUBSCRIPTIONS_PER_SOCKET");
+                warn!(socket = %s.id, session = %id, max = rt.limits.max_subscriptions(), refused_since_last_line = held_back, "subscribe refused: MAX_SUBSCRIPTIONS_PER_SOCKET");
             }
             let why = format!(
                 "this socket already holds {} subscriptions (MAX_SUBSCRIPTIONS_PER_SOCKET); unsubscribe from one first",
@@ -243,11 +245,13 @@ impl Request for Unsubscribe {
     }
 }
 
-/// An extractor that takes the request `C` as the packet is read: see the
-/// module comment for why this happens here and not in the handler.
-struct InOrder<C>(PhantomData<C>);
+/// The extractor that takes `subscribe` and `unsubscribe` as the packet is
+/// read (see the module comment for why this happens here and not in the
+/// handler); any other event is ignored, as socketioxide ignores an event no
+/// handler is named for.
+struct Requested;
 
-impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
+impl<A: Adapter> FromMessageParts<A> for Requested {
     type Error = Infallible;
 
     fn from_message_parts(
@@ -255,53 +259,63 @@ impl<A: Adapter, C: Request> FromMessageParts<A> for InOrder<C> {
         v: &mut Value,
         ack_id: &Option<i64>,
     ) -> Result<Self, Infallible> {
-        let ack = AckSender::from_message_parts(s, v, ack_id)?;
-        let TryData(payload) = TryData::<serde_json::Value>::from_message_parts(s, v, ack_id)?;
-        let Ok(State(rt)) = State::<Local<A>>::from_message_parts(s, v, ack_id) else {
-            unreachable!("the Socket.IO server is always built with its state");
-        };
-        let _span = info_span!("request", socket = %s.id, event = C::EVENT).entered();
-        match rt.limits.request(s.id) {
-            Verdict::Allowed => {}
-            Verdict::Refused { first, tell } => {
-                if first {
-                    warn!(client = %client_of(s), "requests refused: over CLIENT_REQUESTS_PER_SEC (logged once per socket)");
-                }
-                let why = "too many requests from this socket (CLIENT_REQUESTS_PER_SEC); slow down"
-                    .to_owned();
-                let reply = RequestError::limited(RequestError::RATE_LIMITED, why, None);
-                if tell {
-                    answer_refusal(s, &rt.metrics, &reply, ack);
-                } else {
-                    ack_refusal(&reply, ack);
-                }
-                return Ok(Self(PhantomData));
-            }
-            Verdict::Disconnect { first } => {
-                if first {
-                    warn!(client = %client_of(s), "disconnecting a socket that kept flooding past CLIENT_REQUESTS_PER_SEC");
-                    let s = s.clone();
-                    // Not from inside the packet read: closing runs the disconnect handlers.
-                    tokio::spawn(async move {
-                        let _ = s.disconnect();
-                    });
-                }
-                return Ok(Self(PhantomData));
-            }
+        let event = Event::from_message_parts(s, v, ack_id);
+        match event.as_deref() {
+            Ok(Subscribe::EVENT) => in_order::<A, Subscribe>(s, v, ack_id),
+            Ok(Unsubscribe::EVENT) => in_order::<A, Unsubscribe>(s, v, ack_id),
+            _ => debug!(socket = %s.id, "event with no handler ignored"),
         }
-        let payload = payload.ok();
-        if let Some(run) = super::runs::run_request(payload.as_ref()) {
-            match run {
-                Ok(request) => C::take_run(s, &rt, request, ack),
-                Err(why) => super::runs::refuse(s, why, ack),
+        Ok(Self)
+    }
+}
+
+/// Takes the request `C`, in the order the packets arrived.
+fn in_order<A: Adapter, C: Request>(s: &Arc<Socket<A>>, v: &mut Value, ack_id: &Option<i64>) {
+    let Ok(ack) = AckSender::from_message_parts(s, v, ack_id);
+    let Ok(TryData(payload)) = TryData::<serde_json::Value>::from_message_parts(s, v, ack_id);
+    let Ok(State(rt)) = State::<Local<A>>::from_message_parts(s, v, ack_id) else {
+        unreachable!("the Socket.IO server is always built with its state");
+    };
+    let _span = info_span!("request", socket = %s.id, event = C::EVENT).entered();
+    match rt.limits.request(s.id) {
+        Verdict::Allowed => {}
+        Verdict::Refused { first, tell } => {
+            if first {
+                warn!(socket = %s.id, "requests refused: over CLIENT_REQUESTS_PER_SEC (logged once per socket)");
             }
-            return Ok(Self(PhantomData));
+            let why = "too many requests from this socket (CLIENT_REQUESTS_PER_SEC); slow down"
+                .to_owned();
+            let reply = RequestError::limited(RequestError::RATE_LIMITED, why, None);
+            if tell {
+                answer_refusal(s, &rt.metrics, &reply, ack);
+            } else {
+                ack_refusal(&reply, ack);
+            }
+            return;
         }
-        match SessionRequest::parse(payload.as_ref()) {
-            Ok(request) => C::take(s, &rt, request, ack),
-            Err(refusal) => refuse(s, &rt, refusal, ack),
+        Verdict::Disconnect { first } => {
+            if first {
+                warn!(socket = %s.id, "disconnecting a socket that kept flooding past CLIENT_REQUESTS_PER_SEC");
+                let s = s.clone();
+                // Not from inside the packet read: closing runs the disconnect handlers.
+                tokio::spawn(async move {
+                    let _ = s.disconnect();
+                });
+            }
+            return;
         }
-        Ok(Self(PhantomData))
+    }
+    let payload = payload.ok();
+    if let Some(run) = super::runs::run_request(payload.as_ref()) {
+        match run {
+            Ok(request) => C::take_run(s, &rt, request, ack),
+            Err(why) => super::runs::refuse(s, why, ack),
+        }
+        return;
+    }
+    match SessionRequest::parse(payload.as_ref()) {
+        Ok(request) => C::take(s, &rt, request, ack),
+        Err(refusal) => refuse(s, &rt, refusal, ack),
     }
 }
 
@@ -496,18 +510,4 @@ fn ack_refusal<A: Adapter>(reply: &RequestError<'_>, ack: AckSender<A>) {
         code: Some(reply.code),
         ..Ack::default()
     });
-}
-
-/// The socket and the client address it was admitted for, for log lines
-/// about a client over a limit.
-fn client_of<A: Adapter>(s: &Socket<A>) -> String {
-    match s
-        .req_parts()
-        .extensions
-        .get::<Admitted>()
-        .and_then(Admitted::address)
-    {
-        Some(address) => format!("{} from {address}", s.id),
-        None => s.id.to_string(),
-    }
 }

@@ -42,7 +42,6 @@ use tracing::debug;
 use crate::{limits::Admitted, metrics::Metrics};
 
 /// How the plain WebSocket endpoints treat their clients.
-#[derive(Clone)]
 pub(crate) struct Settings {
     pub ping_interval: Duration,
     pub client_timeout: Duration,
@@ -156,7 +155,7 @@ pub(crate) trait Handler: Send {
 
 /// Answers a WebSocket upgrade request and serves the connection with the
 /// handler `make` builds once it is open.
-pub(crate) fn upgrade<H, F>(mut req: Request, settings: &Settings, make: F) -> Response
+pub(crate) fn upgrade<H, F>(mut req: Request, settings: &Arc<Settings>, make: F) -> Response
 where
     H: Handler + 'static,
     F: FnOnce(Arc<Outbox>) -> H,
@@ -168,7 +167,7 @@ where
     // event published once the client sees it open reaches it: frames wait
     // in its queue until the connection is up.
     let outbox = Arc::new(Outbox::new(settings.buffer_frames));
-    let handler = make(outbox.clone());
+    let mut handler = make(outbox.clone());
     let settings = settings.clone();
     // The connection's place in MAX_CONNECTIONS and the per-address cap
     // (taken by the admission layer) lasts as long as the connection, not
@@ -183,7 +182,21 @@ where
         let Ok(upgraded) = upgrading.await else {
             return;
         };
-        serve(upgraded, &outbox, &settings, handler).await;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .max_message_size(Some(settings.max_payload))
+            .max_frame_size(Some(settings.max_payload));
+        // Boxed, and so freed once built: awaited inline, the building's
+        // state (368 bytes) would be part of every idle connection's task.
+        let mut ws = Box::pin(WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(config),
+        ))
+        .await;
+        // The stream and the handler live here and `serve` borrows them:
+        // moved into it, each would take its room twice in the task.
+        serve(&mut ws, &outbox, &settings, &mut handler).await;
         outbox.close();
     };
     tokio::spawn(task);
@@ -202,6 +215,14 @@ where
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
+/// What woke a connection's loop.
+enum Woke {
+    Incoming(Option<Result<Message, tungstenite::Error>>),
+    Queued,
+    HoldOver,
+    Beat,
+}
+
 /// The connection's one loop: frames in, frames out, heartbeat.
 ///
 /// Frames queued together are written together, with one flush: each flush
@@ -212,18 +233,12 @@ type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// end, as the Socket.IO transport does (vendor/engineioxide coalesce.rs).
 /// Answers are never held: a client that spoke within the linger may be
 /// waiting for one.
-async fn serve<H: Handler>(
-    upgraded: hyper::upgrade::Upgraded,
-    outbox: &Outbox,
-    settings: &Settings,
-    mut handler: H,
-) {
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .max_message_size(Some(settings.max_payload))
-        .max_frame_size(Some(settings.max_payload));
-    let mut ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+///
+/// Its state is part of every idle connection's task, so what is rare (a
+/// client's request, the heartbeat, a close) runs boxed, its state allocated
+/// only while it runs; only the writing of queued frames, the hot path, is
+/// awaited inline, in a few words.
+async fn serve<H: Handler>(ws: &mut Ws, outbox: &Outbox, settings: &Settings, handler: &mut H) {
     // A timer in the task rather than an `Interval`, which boxes its own.
     let beat = tokio::time::sleep(settings.ping_interval);
     tokio::pin!(beat);
@@ -231,85 +246,114 @@ async fn serve<H: Handler>(
     // Boxed: it exists only under load, and every connection holds the slot.
     let mut hold: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
-        tokio::select! {
-            incoming = ws.next() => {
+        let woke = tokio::select! {
+            incoming = ws.next() => Woke::Incoming(incoming),
+            () = std::future::poll_fn(|cx| outbox.poll_queued(cx)), if hold.is_none() => Woke::Queued,
+            () = async { hold.as_mut().expect("guarded").await }, if hold.is_some() => Woke::HoldOver,
+            () = &mut beat => Woke::Beat,
+        };
+        let open = match woke {
+            Woke::Incoming(incoming) => {
                 last_heard = Instant::now();
-                let replies = match incoming {
-                    // Boxed: awaited inline, the request's state would be part
-                    // of every idle connection's task.
-                    Some(Ok(Message::Text(text))) => Box::pin(handler.on_text(text.as_str())).await,
-                    Some(Ok(Message::Binary(_))) => handler.on_binary().into_iter().collect(),
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => Vec::new(),
-                    Some(Err(tungstenite::Error::Capacity(e))) => {
-                        debug!("plain WebSocket frame over MAX_PAYLOAD_BYTES: {e}");
-                        let close = CloseFrame {
-                            code: CloseCode::Size,
-                            reason: "frame over MAX_PAYLOAD_BYTES".into(),
-                        };
-                        let _ = ws.close(Some(close)).await;
-                        break;
-                    }
-                    Some(Err(_)) => break,
-                };
                 // The client may be waiting: what was held goes out at the
                 // next turn, unheld, as `last_heard` is recent.
                 hold = None;
-                let written = async {
-                    for reply in replies {
-                        ws.feed(Message::text(reply)).await?;
+                Box::pin(answer(ws, handler, incoming)).await
+            }
+            Woke::Queued => {
+                feed_queued(ws, outbox).await.is_ok()
+                    && match linger(settings, last_heard) {
+                        Some(linger) => {
+                            hold = Some(Box::pin(tokio::time::sleep(linger)));
+                            true
+                        }
+                        None => ws.flush().await.is_ok(),
                     }
-                    ws.flush().await
-                };
-                if written.await.is_err() {
-                    break;
-                }
             }
-            () = std::future::poll_fn(|cx| outbox.poll_queued(cx)), if hold.is_none() => {
-                if feed_queued(&mut ws, outbox).await.is_err() {
-                    break;
-                }
-                match linger(settings, last_heard) {
-                    Some(linger) => hold = Some(Box::pin(tokio::time::sleep(linger))),
-                    None => if ws.flush().await.is_err() { break },
-                }
-            }
-            () = async { hold.as_mut().expect("guarded").await }, if hold.is_some() => {
+            Woke::HoldOver => {
                 // What waited out a hold is not held again.
                 hold = None;
-                if feed_queued(&mut ws, outbox).await.is_err() || ws.flush().await.is_err() {
-                    break;
-                }
+                feed_queued(ws, outbox).await.is_ok() && ws.flush().await.is_ok()
             }
-            () = &mut beat => {
-                beat.as_mut().reset(tokio::time::Instant::now() + settings.ping_interval);
-                if handler.until() <= crate::auth::unix_now() {
-                    debug!("plain WebSocket client's token expired: closing it");
-                    let close = CloseFrame { code: CloseCode::Policy, reason: "token expired".into() };
-                    let _ = ws.close(Some(close)).await;
-                    break;
-                }
-                if outbox.kicked() {
-                    let close = CloseFrame { code: CloseCode::Again, reason: "too far behind".into() };
-                    let _ = ws.close(Some(close)).await;
-                    break;
-                }
-                if last_heard.elapsed() >= settings.client_timeout {
-                    debug!("plain WebSocket client silent for too long: closing it");
-                    break;
-                }
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
-                }
+            Woke::Beat => {
+                beat.as_mut()
+                    .reset(tokio::time::Instant::now() + settings.ping_interval);
+                Box::pin(heartbeat(ws, outbox, settings, handler.until(), last_heard)).await
             }
+        };
+        if !open {
+            break;
         }
     }
 }
 
-/// Hands every queued frame to the socket, unflushed.
+/// Answers what the client sent; false when the connection is to end.
+async fn answer<H: Handler>(
+    ws: &mut Ws,
+    handler: &mut H,
+    incoming: Option<Result<Message, tungstenite::Error>>,
+) -> bool {
+    let replies = match incoming {
+        Some(Ok(Message::Text(text))) => handler.on_text(text.as_str()).await,
+        Some(Ok(Message::Binary(_))) => handler.on_binary().into_iter().collect(),
+        Some(Ok(Message::Close(_))) | None => return false,
+        Some(Ok(_)) => Vec::new(),
+        Some(Err(tungstenite::Error::Capacity(e))) => {
+            debug!("plain WebSocket frame over MAX_PAYLOAD_BYTES: {e}");
+            close(ws, CloseCode::Size, "frame over MAX_PAYLOAD_BYTES").await;
+            return false;
+        }
+        Some(Err(_)) => return false,
+    };
+    for reply in replies {
+        if ws.feed(Message::text(reply)).await.is_err() {
+            return false;
+        }
+    }
+    ws.flush().await.is_ok()
+}
+
+/// A heartbeat tick: closes a client whose token expired, that fell too far
+/// behind or that went silent, and pings the others; false when closed.
+async fn heartbeat(
+    ws: &mut Ws,
+    outbox: &Outbox,
+    settings: &Settings,
+    until: u64,
+    last_heard: Instant,
+) -> bool {
+    if until <= crate::auth::unix_now() {
+        debug!("plain WebSocket client's token expired: closing it");
+        close(ws, CloseCode::Policy, "token expired").await;
+        return false;
+    }
+    if outbox.kicked() {
+        close(ws, CloseCode::Again, "too far behind").await;
+        return false;
+    }
+    if last_heard.elapsed() >= settings.client_timeout {
+        debug!("plain WebSocket client silent for too long: closing it");
+        return false;
+    }
+    ws.send(Message::Ping(Default::default())).await.is_ok()
+}
+
+async fn close(ws: &mut Ws, code: CloseCode, reason: &'static str) {
+    let _ = ws
+        .close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+        .await;
+}
+
+/// Hands every queued frame to the socket, unflushed. Awaited inline on
+/// every delivery, so it keeps no more than the frames' iterator: it waits
+/// only for the socket to take a frame, which it nearly always does at once.
 async fn feed_queued(ws: &mut Ws, outbox: &Outbox) -> Result<(), tungstenite::Error> {
     for frame in outbox.take() {
-        ws.feed(Message::Text(frame)).await?;
+        std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?;
+        ws.start_send_unpin(Message::Text(frame))?;
     }
     Ok(())
 }

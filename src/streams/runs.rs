@@ -78,8 +78,9 @@ struct Claims {
 }
 
 impl RunClient {
-    fn offer(&self, frame: &Utf8Bytes, bit: RunTypes, seq: Option<u64>) -> bool {
-        if self.until.load(Ordering::Relaxed) <= unix_now() {
+    /// `now`: Unix seconds, read once per event rather than per client.
+    fn offer(&self, frame: &Utf8Bytes, bit: RunTypes, seq: Option<u64>, now: u64) -> bool {
+        if self.until.load(Ordering::Relaxed) <= now {
             return false;
         }
         let types = RunTypes(self.types.load(Ordering::Relaxed));
@@ -101,7 +102,7 @@ type Index<K> = DashMap<K, Vec<Arc<RunClient>>>;
 
 /// Every `/ws` client of this instance, indexed by what events address.
 pub(crate) struct RunHub {
-    settings: Settings,
+    settings: Arc<Settings>,
     clients: DashMap<usize, Arc<RunClient>>,
     by_run: Index<SessionId>,
     by_project: Index<Box<str>>,
@@ -126,7 +127,7 @@ fn index_remove<K: std::hash::Hash + Eq>(index: &Index<K>, k: &K, client: &Arc<R
 }
 
 impl RunHub {
-    pub(crate) fn new(settings: Settings, verifier: Option<Arc<Verifier>>) -> Self {
+    pub(crate) fn new(settings: Arc<Settings>, verifier: Option<Arc<Verifier>>) -> Self {
         Self {
             settings,
             clients: DashMap::new(),
@@ -211,9 +212,10 @@ impl FanOut for RunHub {
             // Serialized once here; every client's queue shares these bytes.
             let frame = Utf8Bytes::from(event.payload.get().to_string());
             let mut delivered = 0u64;
+            let now = unix_now();
             let mut send = |clients: &[Arc<RunClient>], seq| {
                 for c in clients {
-                    delivered += u64::from(c.offer(&frame, bit, seq));
+                    delivered += u64::from(c.offer(&frame, bit, seq, now));
                 }
             };
             let addressed = || serde_json::from_str::<Addressed>(event.payload.get()).ok();
@@ -237,10 +239,12 @@ impl FanOut for RunHub {
                         send(&clients, None);
                     }
                 }
+                // Walked in place: an offer only takes its client's queue
+                // lock, never one of the map's.
                 Scope::All => {
-                    let all: Vec<Arc<RunClient>> =
-                        self.clients.iter().map(|c| c.value().clone()).collect();
-                    send(&all, None);
+                    for c in self.clients.iter() {
+                        delivered += u64::from(c.offer(&frame, bit, None, now));
+                    }
                 }
             }
             self.settings.metrics.events_delivered.inc_by(delivered);

@@ -28,7 +28,7 @@ use crate::{
 
 /// Every workflow-stream client of this instance.
 pub(crate) struct WorkflowHub {
-    settings: Settings,
+    settings: Arc<Settings>,
     /// Clients of `/ws/workflows`, keyed by their outbox's address.
     every_run: DashMap<usize, Arc<Outbox>>,
     /// Clients of `/ws/workflows/{runId}`.
@@ -38,7 +38,7 @@ pub(crate) struct WorkflowHub {
 }
 
 impl WorkflowHub {
-    pub(crate) fn new(settings: Settings, verifier: Option<Arc<Verifier>>) -> Self {
+    pub(crate) fn new(settings: Arc<Settings>, verifier: Option<Arc<Verifier>>) -> Self {
         Self {
             settings,
             verifier,

@@ -12,6 +12,7 @@ mod proc;
 mod publish;
 mod scan;
 mod subscribe;
+mod ws;
 
 #[derive(Parser)]
 #[command(name = "herald-loadgen", version, about)]
@@ -32,6 +33,8 @@ enum Mode {
     Publish(PublishArgs),
     /// Print memory, CPU and thread figures of a process
     Proc(ProcArgs),
+    /// Plain `/ws` clients (ResearchFlow, seed 001), and run events to them.
+    Ws(WsArgs),
 }
 
 #[derive(Args)]
@@ -146,6 +149,33 @@ pub struct PublishArgs {
     ignore_stdin: bool,
 }
 
+/// `ws`: the options of `bench/node-reference/ws-load.mjs`, which it replaces
+/// for `ws-fanout`.
+#[derive(Args)]
+pub struct WsArgs {
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:3000")]
+    url: Vec<String>,
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Client i authenticates to run `<run-prefix>-<i mod runs>`.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    #[arg(long, default_value = "bench-run")]
+    run_prefix: String,
+    /// Then publishes this many `stage.progress` events to run 0, one after
+    /// another, and waits until every client has all of them.
+    #[arg(long, default_value_t = 0)]
+    publish: u64,
+    #[arg(long, default_value_t = 128)]
+    connect_concurrency: usize,
+    /// Seconds to connect every client.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// Seconds to wait for what is still on its way after the last publish.
+    #[arg(long, default_value_t = 20.0)]
+    grace: f64,
+}
+
 #[derive(Args)]
 pub struct ProcArgs {
     /// Process to sample (default: this one)
@@ -163,6 +193,7 @@ fn main() {
         Mode::Proc(args) => proc::run(args),
         Mode::Subscribe(args) => runtime(threads).block_on(subscribe::run(args, threads)),
         Mode::Publish(args) => runtime(threads).block_on(publish::run(args, threads)),
+        Mode::Ws(args) => runtime(threads).block_on(ws::run(args)),
     };
     if let Err(e) = result {
         eprintln!("herald-loadgen: {e}");

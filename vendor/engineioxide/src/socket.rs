@@ -222,9 +222,22 @@ where
     /// handshake needed (see [`kept_head`])
     pub req_parts: Parts,
 
+    /// What the application attached to the handshake request as a
+    /// [`SessionGuard`], kept and dropped with the session.
+    guard: Option<SessionGuard>,
+
     /// If the client supports binary packets (via polling XHR2)
     pub(crate) supports_binary: bool,
 }
+
+/// A value the application attaches to a session's handshake request, in
+/// its extensions, to be kept, and dropped, with the session: say a
+/// connection-limit slot that must be given back when the session ends,
+/// however it ends. It is moved out of the request's extensions into a field
+/// of the socket, so that a socket whose extensions hold nothing else keeps
+/// no extension map (about 0.2 KiB for a single entry).
+#[derive(Clone)]
+pub struct SessionGuard(pub Arc<dyn std::any::Any + Send + Sync>);
 
 impl<D> Socket<D>
 where
@@ -234,10 +247,11 @@ where
         protocol: ProtocolVersion,
         transport: TransportType,
         config: &EngineIoConfig,
-        req_parts: Parts,
+        mut req_parts: Parts,
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         supports_binary: bool,
     ) -> Self {
+        let guard = req_parts.extensions.remove::<SessionGuard>();
         Self {
             id: Sid::new(),
             protocol,
@@ -256,9 +270,15 @@ where
 
             data: D::default(),
             req_parts: kept_head(req_parts),
+            guard,
 
             supports_binary,
         }
+    }
+
+    /// What the application attached to the handshake as a [`SessionGuard`].
+    pub fn guard(&self) -> Option<&SessionGuard> {
+        self.guard.as_ref()
     }
 
     /// Sends a packet to the connection.
@@ -618,6 +638,7 @@ where
 
             data: D::default(),
             req_parts: http::Request::<()>::default().into_parts().0,
+            guard: None,
 
             supports_binary: true,
         };
@@ -663,5 +684,28 @@ mod tests {
         assert_eq!(kept.headers["x-token"], "secret");
         assert_eq!(kept.uri, "/engine.io/?EIO=4&transport=websocket");
         assert_eq!(kept.extensions.get::<u8>(), Some(&42));
+    }
+
+    #[test]
+    fn a_session_guard_is_kept_apart_from_the_head_and_dropped_with_the_socket() {
+        let (mut parts, ()) = http::Request::get("/engine.io/?EIO=4&transport=websocket")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let held = Arc::new(());
+        parts.extensions.insert(SessionGuard(held.clone()));
+        let socket = Socket::<()>::new(
+            ProtocolVersion::V4,
+            TransportType::Websocket,
+            &EngineIoConfig::default(),
+            parts,
+            Box::new(|_, _| ()),
+            false,
+        );
+        assert!(socket.req_parts.extensions.is_empty());
+        assert!(socket.guard().is_some());
+        assert_eq!(Arc::strong_count(&held), 2);
+        drop(socket);
+        assert_eq!(Arc::strong_count(&held), 1);
     }
 }
