@@ -6,17 +6,25 @@
 //! workers never rest, one `send` per event per socket (a fixed kernel cost
 //! each) is most of the work, and writing a socket's events together lets
 //! the same CPUs deliver more (bench/: publishes/s, see docs/performance.md).
-//! How long to hold is adjusted to the load: the linger doubles
-//! each sample the runtime stays saturated, up to `WRITE_LINGER_MS`, and
-//! halves each sample it has room to spare, so events wait only as long as
-//! the load makes them. Answers to a client (connect, acks) never wait:
-//! engineioxide writes those at once.
+//!
+//! How long to hold is steered, not stepped: every sample moves the hold by
+//! the ratio of the busy share to a target just under saturation (squared,
+//! so that far from it the hold moves fast), so it settles at the shortest
+//! hold that leaves the runtime a little idle time, and shrinks as soon as
+//! the runtime has more. A hold that doubled on every saturated sample and
+//! stayed while the runtime was between 75% and 90% busy sat near the cap
+//! at half of herald's peak (issue 15: p99 94 ms there), though a few
+//! milliseconds were all the load needed. Answers to a client (connect,
+//! acks) never wait: engineioxide writes those at once.
 //!
 //! Measured as wall-clock time the workers spent running tasks rather than
 //! as CPU time: on a virtual machine the hypervisor takes CPU time away
-//! (steal), so a runtime with no idle moment can show well under 90% CPU,
-//! and a CPU-time signal would turn coalescing off exactly when the machine
-//! is most overloaded.
+//! (steal), and on loopback much of a `send`'s cost is the receiver's TCP
+//! work, run in softirq and not counted as herald's CPU time, so a runtime
+//! with no idle moment can show well under 90% CPU. Both still leave the
+//! runtime with too little time for one `send` per event, which holding
+//! remedies, and a CPU-time signal would turn coalescing off exactly when
+//! the machine is most overloaded (docs/performance.md, issue 15's section).
 
 use std::{sync::Arc, time::Duration};
 
@@ -34,15 +42,22 @@ use crate::metrics::Metrics;
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
 /// Share of the workers' wall-clock time spent running tasks at or above
-/// which the runtime counts as saturated, and the linger grows.
+/// which the runtime counts as saturated, and a hold begins.
 const SATURATED_AT: f64 = 0.9;
 
-/// Share below which the linger shrinks. Between the two it stays, so that
-/// a linger that brought the load just under saturation is kept.
-const RELAXED_BELOW: f64 = 0.75;
+/// The busy share a hold steers towards: under `SATURATED_AT`, so that a
+/// settled hold leaves room for a burst, and close to it, so that the hold
+/// is no longer than the load needs.
+const TARGET_BUSY: f64 = 0.85;
 
-/// The first linger once saturated; a halved linger below it is zero.
-const LINGER_FLOOR: Duration = Duration::from_millis(1);
+/// The first hold once saturated. A hold steered below half of it is zero:
+/// that short, it gathers next to nothing and still costs a timer.
+const LINGER_FLOOR: Duration = Duration::from_micros(500);
+
+/// Packets per WebSocket write past which a longer hold is not worth its
+/// wait: the sends left cost a sixteenth of one per packet, so holding
+/// longer could save at most that, and every held event would wait longer.
+const GATHERED_ENOUGH: f64 = 16.0;
 
 /// Samples the current runtime's busy time until dropped, and sets the
 /// engine's `linger` from it, never above `max_linger` (zero: never hold).
@@ -54,20 +69,27 @@ pub(crate) async fn watch(max_linger: Duration, metrics: Arc<Metrics>, linger: L
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut lingering = Lingering::new(max_linger);
-    let (mut then, mut busy_then) = (Instant::now(), busy(&runtime));
+    let (mut then, mut busy_then, mut written_then) =
+        (Instant::now(), busy(&runtime), linger.written());
     loop {
         ticks.tick().await;
-        let (now, busy_now) = (Instant::now(), busy(&runtime));
+        let (now, busy_now, written_now) = (Instant::now(), busy(&runtime), linger.written());
         let capacity = now.duration_since(then) * runtime.num_workers() as u32;
-        let busy = busy_now.saturating_sub(busy_then);
-        let saturated = busy >= capacity.mul_f64(SATURATED_AT);
-        let relaxed = busy < capacity.mul_f64(RELAXED_BELOW);
-        if let Some(changed) = lingering.update(saturated, relaxed) {
+        let share =
+            busy_now.saturating_sub(busy_then).as_secs_f64() / capacity.as_secs_f64().max(1e-9);
+        let writes = written_now.writes.saturating_sub(written_then.writes);
+        let gathered = (writes > 0).then(|| {
+            written_now.packets.saturating_sub(written_then.packets) as f64 / writes as f64
+        });
+        if let Some(changed) = lingering.update(share, gathered) {
             linger.set(changed);
             metrics.write_linger.set(changed.as_secs_f64());
         }
-        metrics.saturated.set(i64::from(saturated));
-        (then, busy_then) = (now, busy_now);
+        if let Some(gathered) = gathered {
+            metrics.packets_per_write.set(gathered);
+        }
+        metrics.saturated.set(i64::from(share >= SATURATED_AT));
+        (then, busy_then, written_then) = (now, busy_now, written_now);
     }
 }
 
@@ -92,16 +114,30 @@ impl Lingering {
         }
     }
 
-    /// The next linger after a sample, if it changed.
-    fn update(&mut self, saturated: bool, relaxed: bool) -> Option<Duration> {
-        let next = if saturated {
-            (self.now * 2).clamp(LINGER_FLOOR, self.max)
-        } else if relaxed {
-            Some(self.now / 2)
-                .filter(|half| *half >= LINGER_FLOOR)
-                .unwrap_or_default()
+    /// The next linger after a sample in which the workers were busy for
+    /// `busy` of their time and WebSockets wrote `gathered` packets per
+    /// write (None: nothing written), if it changed. A saturated runtime
+    /// grows the hold by at most (1 / 0.85)^2, 1.38x a sample (from the
+    /// floor to 100 ms in 160 ms), unless writes already gather enough; one
+    /// with half its time idle cuts it to a third.
+    fn update(&mut self, busy: f64, gathered: Option<f64>) -> Option<Duration> {
+        let next = if self.now.is_zero() {
+            if busy >= SATURATED_AT {
+                LINGER_FLOOR.min(self.max)
+            } else {
+                Duration::ZERO
+            }
         } else {
-            self.now
+            let mut factor = (busy.clamp(0.0, 1.0) / TARGET_BUSY).powi(2);
+            if gathered.is_some_and(|gathered| gathered >= GATHERED_ENOUGH) {
+                factor = factor.min(1.0);
+            }
+            let steered = self.now.mul_f64(factor).min(self.max);
+            if steered < LINGER_FLOOR / 2 {
+                Duration::ZERO
+            } else {
+                steered
+            }
         };
         (next != self.now).then(|| {
             self.now = next;
@@ -115,47 +151,127 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
-    const US: Duration = Duration::from_micros(1);
+
+    /// The hold after each of `samples` (busy shares), from none.
+    fn steer(max: Duration, samples: &[f64]) -> Vec<Duration> {
+        let mut linger = Lingering::new(max);
+        samples
+            .iter()
+            .map(|&busy| {
+                linger.update(busy, Some(1.0));
+                linger.now
+            })
+            .collect()
+    }
 
     #[test]
-    fn grows_while_saturated_and_shrinks_when_relaxed() {
-        let mut linger = Lingering::new(20 * MS);
+    fn holds_nothing_while_the_runtime_has_idle_time() {
+        let holds = steer(100 * MS, &[0.5, 0.85, 0.89, 0.3]);
+        assert!(holds.iter().all(Duration::is_zero), "{holds:?}");
+    }
+
+    #[test]
+    fn grows_while_saturated_up_to_the_most() {
+        let holds = steer(100 * MS, &[1.0; 20]);
+        assert_eq!(
+            holds[0], LINGER_FLOOR,
+            "the first saturated sample starts at the floor"
+        );
+        assert!(holds.windows(2).all(|w| w[1] >= w[0]), "{holds:?}");
+        let at_most = holds.iter().position(|h| *h == 100 * MS);
+        assert_eq!(
+            at_most,
+            Some(17),
+            "floor to 100 ms in 17 samples: {holds:?}"
+        );
+        assert!(holds[16] < 100 * MS);
+    }
+
+    #[test]
+    fn settles_where_the_load_is_just_under_saturation() {
+        // A runtime whose busy share falls as the hold grows (each ms held
+        // saves 2% of its time up to 20 ms): the hold must settle where the
+        // share meets the target, not run to the cap.
+        let mut linger = Lingering::new(100 * MS);
+        let busy = |hold: Duration| (1.1 - 0.02 * hold.as_secs_f64() * 1e3).max(0.7);
         let mut seen = Vec::new();
-        for (saturated, relaxed) in [
-            (true, false),
-            (true, false),
-            (true, false),
-            (true, false),
-            (true, false),
-            (true, false),
-            (false, false),
-            (false, true),
-            (false, true),
-            (false, true),
-            (false, true),
-            (false, true),
-            (false, true),
-        ] {
-            linger.update(saturated, relaxed);
+        for _ in 0..200 {
+            linger.update(busy(linger.now), Some(2.0));
             seen.push(linger.now);
         }
+        let settled = &seen[100..];
+        // busy(h) = 0.85 at h = 12.5 ms.
+        assert!(
+            settled.iter().all(|h| (11 * MS..=14 * MS).contains(h)),
+            "settled between 11 and 14 ms: {:?}",
+            &settled[..10]
+        );
+    }
+
+    #[test]
+    fn shrinks_to_nothing_once_the_load_is_gone() {
+        let mut linger = Lingering::new(100 * MS);
+        for _ in 0..30 {
+            linger.update(1.0, None);
+        }
+        assert_eq!(linger.now, 100 * MS);
+        let mut samples = 0;
+        while !linger.now.is_zero() {
+            linger.update(0.3, None);
+            samples += 1;
+        }
+        // 0.3 / 0.85 squared is 0.125: 100 ms to under 0.25 ms in 3 samples.
+        assert_eq!(samples, 3);
+        // Just under the target, it shrinks slowly instead of staying.
+        for _ in 0..30 {
+            linger.update(1.0, None);
+        }
+        let before = linger.now;
+        linger.update(0.8, None);
+        assert!(
+            linger.now < before && linger.now > before * 8 / 10,
+            "{:?}",
+            linger.now
+        );
+    }
+
+    #[test]
+    fn stops_growing_once_writes_gather_enough() {
+        let mut linger = Lingering::new(100 * MS);
+        for _ in 0..5 {
+            linger.update(1.0, Some(3.0));
+        }
+        let held = linger.now;
+        assert!(held > LINGER_FLOOR);
+        assert_eq!(linger.update(1.0, Some(GATHERED_ENOUGH)), None, "kept");
         assert_eq!(
-            seen,
-            [1, 2, 4, 8, 16, 20, 20, 10, 5]
-                .map(|n| n * MS)
-                .into_iter()
-                .chain([2500 * US, 1250 * US, Duration::ZERO, Duration::ZERO])
-                .collect::<Vec<_>>()
+            linger.update(1.0, None),
+            Some(held.mul_f64((1.0 / 0.85f64).powi(2)))
+        );
+        let held = linger.now;
+        assert!(
+            linger.update(0.5, Some(40.0)).is_some_and(|h| h < held),
+            "idle time still shrinks it"
         );
     }
 
     #[test]
     fn reports_only_changes() {
         let mut linger = Lingering::new(MS);
-        assert_eq!(linger.update(false, true), None, "already zero");
-        assert_eq!(linger.update(true, false), Some(MS));
-        assert_eq!(linger.update(true, false), None, "at the most");
-        assert_eq!(linger.update(false, false), None, "kept");
-        assert_eq!(linger.update(false, true), Some(Duration::ZERO));
+        assert_eq!(linger.update(0.5, None), None, "already zero");
+        assert_eq!(linger.update(0.95, None), Some(LINGER_FLOOR));
+        assert_eq!(
+            linger.update(1.0, None),
+            Some(LINGER_FLOOR.mul_f64((1.0 / 0.85f64).powi(2)))
+        );
+        assert!(linger.update(1.0, None).is_some_and(|h| h < MS));
+        assert_eq!(linger.update(1.0, None), Some(MS));
+        assert_eq!(linger.update(1.0, None), None, "at the most");
+        assert_eq!(
+            linger.update(TARGET_BUSY, None),
+            None,
+            "at the target, kept"
+        );
+        assert_eq!(linger.update(0.1, None), Some(Duration::ZERO));
     }
 }
