@@ -21,10 +21,13 @@
 //! as CPU time: on a virtual machine the hypervisor takes CPU time away
 //! (steal), and on loopback much of a `send`'s cost is the receiver's TCP
 //! work, run in softirq and not counted as herald's CPU time, so a runtime
-//! with no idle moment can show well under 90% CPU. Both still leave the
-//! runtime with too little time for one `send` per event, which holding
-//! remedies, and a CPU-time signal would turn coalescing off exactly when
-//! the machine is most overloaded (docs/performance.md, issue 15's section).
+//! with no idle moment can show well under 90% CPU; both leave too little
+//! time for one `send` per event, which holding remedies. What is taken out
+//! is the time a worker waited for its core while another process ran (the
+//! scheduler's run delay, from `/proc`): the runtime counts it as busy, but
+//! a hold does not shorten it, and on a machine shared with other work it
+//! made every hold grow to the cap (docs/performance.md, issue 15's
+//! section).
 
 use std::{sync::Arc, time::Duration};
 
@@ -33,7 +36,7 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
-use engineioxide::coalesce::Linger;
+use engineioxide::coalesce::{Linger, Written};
 
 use crate::metrics::Metrics;
 
@@ -69,35 +72,91 @@ pub(crate) async fn watch(max_linger: Duration, metrics: Arc<Metrics>, linger: L
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut lingering = Lingering::new(max_linger);
-    let (mut then, mut busy_then, mut written_then) =
-        (Instant::now(), busy(&runtime), linger.written());
+    let mut then = Reading::take(&runtime, &linger);
     loop {
         ticks.tick().await;
-        let (now, busy_now, written_now) = (Instant::now(), busy(&runtime), linger.written());
-        let capacity = now.duration_since(then) * runtime.num_workers() as u32;
-        let share =
-            busy_now.saturating_sub(busy_then).as_secs_f64() / capacity.as_secs_f64().max(1e-9);
-        let writes = written_now.writes.saturating_sub(written_then.writes);
+        let now = Reading::take(&runtime, &linger);
+        let capacity = now.at.duration_since(then.at) * runtime.num_workers() as u32;
+        let share = busy_share(
+            capacity,
+            now.busy.saturating_sub(then.busy),
+            now.waited.saturating_sub(then.waited),
+        );
+        let writes = now.written.writes.saturating_sub(then.written.writes);
         let gathered = (writes > 0).then(|| {
-            written_now.packets.saturating_sub(written_then.packets) as f64 / writes as f64
+            now.written.packets.saturating_sub(then.written.packets) as f64 / writes as f64
         });
-        if let Some(changed) = lingering.update(share, gathered) {
-            linger.set(changed);
-            metrics.write_linger.set(changed.as_secs_f64());
+        // A sample in which herald hardly ran says nothing about its load.
+        if let Some(share) = share {
+            if let Some(changed) = lingering.update(share, gathered) {
+                linger.set(changed);
+                metrics.write_linger.set(changed.as_secs_f64());
+            }
+            metrics.saturated.set(i64::from(share >= SATURATED_AT));
         }
         if let Some(gathered) = gathered {
             metrics.packets_per_write.set(gathered);
         }
-        metrics.saturated.set(i64::from(share >= SATURATED_AT));
-        (then, busy_then, written_then) = (now, busy_now, written_now);
+        then = now;
     }
 }
 
-/// How long all the runtime's workers together have spent running tasks.
-fn busy(runtime: &RuntimeMetrics) -> Duration {
-    (0..runtime.num_workers())
-        .map(|worker| runtime.worker_total_busy_duration(worker))
-        .sum()
+/// What the runtime and the engine's WebSockets had done by one moment.
+struct Reading {
+    at: Instant,
+    /// The workers' wall-clock time running tasks.
+    busy: Duration,
+    /// herald's threads' time runnable but not running (zero where unknown).
+    waited: Duration,
+    written: Written,
+}
+
+impl Reading {
+    fn take(runtime: &RuntimeMetrics, linger: &Linger) -> Self {
+        Self {
+            at: Instant::now(),
+            busy: (0..runtime.num_workers())
+                .map(|worker| runtime.worker_total_busy_duration(worker))
+                .sum(),
+            waited: waited().unwrap_or_default(),
+            written: linger.written(),
+        }
+    }
+}
+
+/// The share of the workers' time herald could run in which they ran
+/// tasks: busy time, less the time a worker was runnable but another
+/// process had its core (the scheduler's run delay, which counts as busy
+/// for the runtime, as the worker was in the middle of a task). That time
+/// is not herald's work, and a hold does not shorten it: a worker
+/// preempted by a build on its core comes back to a backlog, and writes it
+/// in larger batches by itself. Time in the kernel for herald (a `send`,
+/// and on loopback the receiver's TCP work in softirq) stays busy: holding
+/// is what saves it. None when herald could run for under a quarter of the
+/// sample.
+fn busy_share(capacity: Duration, busy: Duration, waited: Duration) -> Option<f64> {
+    let waited = waited.min(busy);
+    let could_run = capacity.saturating_sub(waited);
+    (could_run >= capacity / 4 && !could_run.is_zero())
+        .then(|| (busy - waited).as_secs_f64() / could_run.as_secs_f64())
+}
+
+/// The time herald's threads have spent runnable, waiting for a CPU
+/// (`/proc/self/task/*/schedstat`, second field, in nanoseconds): all of
+/// them, as tokio does not name its workers' thread ids; the others sleep
+/// nearly all the time, and a sleeping thread does not wait. None where
+/// there is no such file.
+fn waited() -> Option<Duration> {
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        nanos += stat
+            .split_ascii_whitespace()
+            .nth(1)
+            .and_then(|field| field.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(Duration::from_nanos(nanos))
 }
 
 /// The linger as the load moves it.
@@ -253,6 +312,32 @@ mod tests {
             linger.update(0.5, Some(40.0)).is_some_and(|h| h < held),
             "idle time still shrinks it"
         );
+    }
+
+    #[test]
+    fn time_another_process_took_is_not_busy() {
+        let wall = 10 * MS;
+        assert_eq!(busy_share(wall, wall, Duration::ZERO), Some(1.0));
+        // Busy throughout, but preempted for 4 of the 10 ms: 6 of 6 ms.
+        assert_eq!(busy_share(wall, wall, 4 * MS), Some(1.0));
+        // Busy for 8 ms of which 4 preempted: 4 ms of work in 6 ms it could run.
+        let share = busy_share(wall, 8 * MS, 4 * MS).unwrap();
+        assert!((share - 4.0 / 6.0).abs() < 1e-9, "{share}");
+        // Run delay outside busy time (waking from idle) takes nothing from busy.
+        let share = busy_share(wall, 2 * MS, 3 * MS).unwrap();
+        assert!(share.abs() < 1e-9, "{share}");
+        assert_eq!(busy_share(wall, wall, 8 * MS), None, "hardly ran");
+        assert_eq!(
+            busy_share(Duration::ZERO, Duration::ZERO, Duration::ZERO),
+            None
+        );
+    }
+
+    #[test]
+    fn run_delay_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(waited().is_some());
+        }
     }
 
     #[test]
