@@ -8,10 +8,11 @@
 //! the same CPUs deliver more (bench/: publishes/s, see docs/performance.md).
 //!
 //! How long to hold is steered, not stepped: every sample moves the hold by
-//! the ratio of the busy share to a target just under saturation (squared,
-//! so that far from it the hold moves fast), so it settles at the shortest
-//! hold that leaves the runtime a little idle time, and shrinks as soon as
-//! the runtime has more. A hold that doubled on every saturated sample and
+//! the ratio of the busy share to a target just under saturation (squared
+//! above it, so that a saturated runtime grows the hold fast; below it, by
+//! the share of the last few samples, so that a brief lull does not shed
+//! it), so it settles at the shortest hold that leaves the runtime a little
+//! idle time, and shrinks once the runtime has more. A hold that doubled on every saturated sample and
 //! stayed while the runtime was between 75% and 90% busy sat near the cap
 //! at half of herald's peak (issue 15: p99 94 ms there), though a few
 //! milliseconds were all the load needed. Answers to a client (connect,
@@ -165,23 +166,34 @@ fn waited() -> Option<Duration> {
 struct Lingering {
     now: Duration,
     max: Duration,
+    /// The busy share of the last samples, each weighing `RECENT_WEIGHT`.
+    recent: f64,
 }
+
+/// The weight of a new sample in `Lingering::recent`: about the last four
+/// samples (40 ms) count.
+const RECENT_WEIGHT: f64 = 0.25;
 
 impl Lingering {
     fn new(max: Duration) -> Self {
         Self {
             now: Duration::ZERO,
             max: max.max(LINGER_FLOOR),
+            recent: 0.0,
         }
     }
 
     /// The next linger after a sample in which the workers were busy for
     /// `busy` of their time and WebSockets wrote `gathered` packets per
-    /// write (None: nothing written), if it changed. A saturated runtime
-    /// grows the hold by at most (1 / 0.85)^2, 1.38x a sample (from the
-    /// floor to 100 ms in 160 ms), unless writes already gather enough; one
-    /// with half its time idle cuts it to a third.
+    /// write (None: nothing written), if it changed. A saturated sample
+    /// grows the hold at once, by at most (1 / 0.85)^2, 1.38x (from the
+    /// floor to 100 ms in 170 ms), unless writes already gather enough. It
+    /// shrinks in proportion to the idle time of the last samples, not of
+    /// this one alone: at herald's peak a hold shed on every brief lull
+    /// cost publishes/s (its sends came back until it regrew).
     fn update(&mut self, busy: f64, gathered: Option<f64>) -> Option<Duration> {
+        let busy = busy.clamp(0.0, 1.0);
+        self.recent += RECENT_WEIGHT * (busy - self.recent);
         let next = if self.now.is_zero() {
             if busy >= SATURATED_AT {
                 LINGER_FLOOR.min(self.max)
@@ -189,7 +201,11 @@ impl Lingering {
                 Duration::ZERO
             }
         } else {
-            let mut factor = (busy.clamp(0.0, 1.0) / TARGET_BUSY).powi(2);
+            let mut factor = if busy >= TARGET_BUSY {
+                (busy / TARGET_BUSY).powi(2)
+            } else {
+                busy.max(self.recent).min(TARGET_BUSY) / TARGET_BUSY
+            };
             if gathered.is_some_and(|gathered| gathered >= GATHERED_ENOUGH) {
                 factor = factor.min(1.0);
             }
@@ -281,16 +297,26 @@ mod tests {
             linger.update(0.3, None);
             samples += 1;
         }
-        // 0.3 / 0.85 squared is 0.125: 100 ms to under 0.25 ms in 3 samples.
-        assert_eq!(samples, 3);
-        // Just under the target, it shrinks slowly instead of staying.
+        // By the share of the last samples, which falls from 1.0 towards
+        // 0.3: 100 ms to under 0.25 ms in 11 samples (0.3 alone: 6).
+        assert_eq!(samples, 11);
+    }
+
+    #[test]
+    fn a_brief_lull_keeps_the_hold_a_long_one_shrinks_it() {
+        let mut linger = Lingering::new(100 * MS);
         for _ in 0..30 {
             linger.update(1.0, None);
         }
-        let before = linger.now;
-        linger.update(0.8, None);
+        assert_eq!(linger.update(0.5, None), None, "one idle sample: kept");
+        linger.update(1.0, None);
+        assert_eq!(linger.now, 100 * MS);
+        // Just under the target it shrinks slowly instead of staying.
+        for _ in 0..20 {
+            linger.update(0.8, None);
+        }
         assert!(
-            linger.now < before && linger.now > before * 8 / 10,
+            linger.now < 100 * MS && linger.now > 25 * MS,
             "{:?}",
             linger.now
         );
@@ -359,6 +385,12 @@ mod tests {
             None,
             "at the target, kept"
         );
-        assert_eq!(linger.update(0.1, None), Some(Duration::ZERO));
+        let shrinking: Vec<_> = (0..5).map(|_| linger.update(0.1, None)).collect();
+        assert_eq!(
+            shrinking.iter().flatten().last(),
+            Some(&Duration::ZERO),
+            "{shrinking:?}"
+        );
+        assert_eq!(shrinking.last(), Some(&None), "zero, kept");
     }
 }
