@@ -12,10 +12,10 @@
 //! above it, so that a saturated runtime grows the hold fast; below it, by
 //! the share of the last few samples, so that a brief lull does not shed
 //! it), so it settles at the shortest hold that leaves the runtime a little
-//! idle time, and shrinks once the runtime has more. A hold that doubled on every saturated sample and
-//! stayed while the runtime was between 75% and 90% busy sat near the cap
-//! at half of herald's peak (issue 15: p99 94 ms there), though a few
-//! milliseconds were all the load needed. Answers to a client (connect,
+//! idle time, and shrinks once the runtime has more. A hold that doubled on
+//! every saturated sample and stayed while the runtime was between 75% and
+//! 90% busy sat near the cap at half of herald's peak (issue 15: p99 94 ms
+//! there), though a few milliseconds were all the load needed. Answers to a client (connect,
 //! acks) never wait: engineioxide writes those at once.
 //!
 //! Measured as wall-clock time the workers spent running tasks rather than
@@ -61,7 +61,7 @@ const LINGER_FLOOR: Duration = Duration::from_micros(500);
 /// Packets per WebSocket write past which a longer hold is not worth its
 /// wait: the sends left cost under 2% of one per packet, so holding longer
 /// saves next to nothing, and every held event would wait longer. Not
-/// lower: at herald's peak its holds gather 20-40 packets a write, and a
+/// lower: at herald's peak its holds gather 20-50 packets a write, and a
 /// bound there would cost publishes/s.
 const GATHERED_ENOUGH: f64 = 64.0;
 
