@@ -81,6 +81,9 @@ pub(crate) struct Metrics {
     pub saturated: Gauge,
     /// How long WebSockets may hold events now, in seconds (see `saturation`).
     pub write_linger: Gauge<f64, AtomicU64>,
+    /// Packets per Socket.IO WebSocket write over the last sample: what the
+    /// hold buys (see `saturation`).
+    pub packets_per_write: Gauge<f64, AtomicU64>,
     /// Open plain WebSocket connections, by endpoint (`ws`, `workflows`).
     pub stream_connections: Family<EndpointLabel, Gauge>,
     /// Seconds spent in publishes that succeeded, from the call to the seq
@@ -126,6 +129,7 @@ impl Metrics {
             sessions_evicted: Counter::default(),
             saturated: Gauge::default(),
             write_linger: Gauge::default(),
+            packets_per_write: Gauge::default(),
             stream_connections: Family::default(),
             publish_seconds: Counter::default(),
             recent_refusals: Default::default(),
@@ -272,6 +276,11 @@ impl Metrics {
             "write_linger_seconds",
             "How long a WebSocket may hold events to write them together; grows while herald is saturated",
             self.write_linger.clone(),
+        );
+        r.register(
+            "ws_packets_per_write",
+            "Packets per Socket.IO WebSocket write in the last 10 ms: what holding writes gathers",
+            self.packets_per_write.clone(),
         );
         r.register(
             "limit_refusals",

@@ -6,17 +6,29 @@
 //! workers never rest, one `send` per event per socket (a fixed kernel cost
 //! each) is most of the work, and writing a socket's events together lets
 //! the same CPUs deliver more (bench/: publishes/s, see docs/performance.md).
-//! How long to hold is adjusted to the load: the linger doubles
-//! each sample the runtime stays saturated, up to `WRITE_LINGER_MS`, and
-//! halves each sample it has room to spare, so events wait only as long as
-//! the load makes them. Answers to a client (connect, acks) never wait:
-//! engineioxide writes those at once.
+//!
+//! How long to hold is steered, not stepped: every sample moves the hold by
+//! the ratio of the busy share to a target just under saturation (squared
+//! above it, so that a saturated runtime grows the hold fast; below it, by
+//! the share of the last few samples, so that a brief lull does not shed
+//! it), so it settles at the shortest hold that leaves the runtime a little
+//! idle time, and shrinks once the runtime has more. A hold that doubled on
+//! every saturated sample and stayed while the runtime was between 75% and
+//! 90% busy sat near the cap at half of herald's peak (issue 15: p99 94 ms
+//! there), though a few milliseconds were all the load needed. Answers to a client (connect,
+//! acks) never wait: engineioxide writes those at once.
 //!
 //! Measured as wall-clock time the workers spent running tasks rather than
 //! as CPU time: on a virtual machine the hypervisor takes CPU time away
-//! (steal), so a runtime with no idle moment can show well under 90% CPU,
-//! and a CPU-time signal would turn coalescing off exactly when the machine
-//! is most overloaded.
+//! (steal), and on loopback much of a `send`'s cost is the receiver's TCP
+//! work, run in softirq and not counted as herald's CPU time, so a runtime
+//! with no idle moment can show well under 90% CPU; both leave too little
+//! time for one `send` per event, which holding remedies. What is taken out
+//! is the time a worker waited for its core while another process ran (the
+//! scheduler's run delay, from `/proc`): the runtime counts it as busy, but
+//! a hold does not shorten it, and on a machine shared with other work it
+//! made every hold grow to the cap (docs/performance.md, issue 15's
+//! section).
 
 use std::{sync::Arc, time::Duration};
 
@@ -25,7 +37,7 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
-use engineioxide::coalesce::Linger;
+use engineioxide::coalesce::{Linger, Written};
 
 use crate::metrics::Metrics;
 
@@ -34,15 +46,24 @@ use crate::metrics::Metrics;
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
 /// Share of the workers' wall-clock time spent running tasks at or above
-/// which the runtime counts as saturated, and the linger grows.
+/// which the runtime counts as saturated, and a hold begins.
 const SATURATED_AT: f64 = 0.9;
 
-/// Share below which the linger shrinks. Between the two it stays, so that
-/// a linger that brought the load just under saturation is kept.
-const RELAXED_BELOW: f64 = 0.75;
+/// The busy share a hold steers towards: under `SATURATED_AT`, so that a
+/// settled hold leaves room for a burst, and close to it, so that the hold
+/// is no longer than the load needs.
+const TARGET_BUSY: f64 = 0.85;
 
-/// The first linger once saturated; a halved linger below it is zero.
-const LINGER_FLOOR: Duration = Duration::from_millis(1);
+/// The first hold once saturated. A hold steered below half of it is zero:
+/// that short, it gathers next to nothing and still costs a timer.
+const LINGER_FLOOR: Duration = Duration::from_micros(500);
+
+/// Packets per WebSocket write past which a longer hold is not worth its
+/// wait: the sends left cost under 2% of one per packet, so holding longer
+/// saves next to nothing, and every held event would wait longer. Not
+/// lower: at herald's peak its holds gather 20-50 packets a write, and a
+/// bound there would cost publishes/s.
+const GATHERED_ENOUGH: f64 = 64.0;
 
 /// Samples the current runtime's busy time until dropped, and sets the
 /// engine's `linger` from it, never above `max_linger` (zero: never hold).
@@ -54,54 +75,146 @@ pub(crate) async fn watch(max_linger: Duration, metrics: Arc<Metrics>, linger: L
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut lingering = Lingering::new(max_linger);
-    let (mut then, mut busy_then) = (Instant::now(), busy(&runtime));
+    let mut then = Reading::take(&runtime, &linger);
     loop {
         ticks.tick().await;
-        let (now, busy_now) = (Instant::now(), busy(&runtime));
-        let capacity = now.duration_since(then) * runtime.num_workers() as u32;
-        let busy = busy_now.saturating_sub(busy_then);
-        let saturated = busy >= capacity.mul_f64(SATURATED_AT);
-        let relaxed = busy < capacity.mul_f64(RELAXED_BELOW);
-        if let Some(changed) = lingering.update(saturated, relaxed) {
-            linger.set(changed);
-            metrics.write_linger.set(changed.as_secs_f64());
+        let now = Reading::take(&runtime, &linger);
+        let capacity = now.at.duration_since(then.at) * runtime.num_workers() as u32;
+        let share = busy_share(
+            capacity,
+            now.busy.saturating_sub(then.busy),
+            now.waited.saturating_sub(then.waited),
+        );
+        let writes = now.written.writes.saturating_sub(then.written.writes);
+        let gathered = (writes > 0).then(|| {
+            now.written.packets.saturating_sub(then.written.packets) as f64 / writes as f64
+        });
+        // A sample in which herald hardly ran says nothing about its load.
+        if let Some(share) = share {
+            if let Some(changed) = lingering.update(share, gathered) {
+                linger.set(changed);
+                metrics.write_linger.set(changed.as_secs_f64());
+            }
+            metrics.saturated.set(i64::from(share >= SATURATED_AT));
         }
-        metrics.saturated.set(i64::from(saturated));
-        (then, busy_then) = (now, busy_now);
+        if let Some(gathered) = gathered {
+            metrics.packets_per_write.set(gathered);
+        }
+        then = now;
     }
 }
 
-/// How long all the runtime's workers together have spent running tasks.
-fn busy(runtime: &RuntimeMetrics) -> Duration {
-    (0..runtime.num_workers())
-        .map(|worker| runtime.worker_total_busy_duration(worker))
-        .sum()
+/// What the runtime and the engine's WebSockets had done by one moment.
+struct Reading {
+    at: Instant,
+    /// The workers' wall-clock time running tasks.
+    busy: Duration,
+    /// herald's threads' time runnable but not running (zero where unknown).
+    waited: Duration,
+    written: Written,
+}
+
+impl Reading {
+    fn take(runtime: &RuntimeMetrics, linger: &Linger) -> Self {
+        Self {
+            at: Instant::now(),
+            busy: (0..runtime.num_workers())
+                .map(|worker| runtime.worker_total_busy_duration(worker))
+                .sum(),
+            waited: waited().unwrap_or_default(),
+            written: linger.written(),
+        }
+    }
+}
+
+/// The share of the workers' time herald could run in which they ran
+/// tasks: busy time, less the time a worker was runnable but another
+/// process had its core (the scheduler's run delay, which counts as busy
+/// for the runtime, as the worker was in the middle of a task). That time
+/// is not herald's work, and a hold does not shorten it: a worker
+/// preempted by a build on its core comes back to a backlog, and writes it
+/// in larger batches by itself. Time in the kernel for herald (a `send`,
+/// and on loopback the receiver's TCP work in softirq) stays busy: holding
+/// is what saves it. None when herald could run for under a quarter of the
+/// sample.
+fn busy_share(capacity: Duration, busy: Duration, waited: Duration) -> Option<f64> {
+    let waited = waited.min(busy);
+    let could_run = capacity.saturating_sub(waited);
+    (could_run >= capacity / 4 && !could_run.is_zero())
+        .then(|| (busy - waited).as_secs_f64() / could_run.as_secs_f64())
+}
+
+/// The time herald's threads have spent runnable, waiting for a CPU
+/// (`/proc/self/task/*/schedstat`, second field, in nanoseconds): all of
+/// them, as tokio does not name its workers' thread ids; the others sleep
+/// nearly all the time, and a sleeping thread does not wait. None where
+/// there is no such file.
+fn waited() -> Option<Duration> {
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        nanos += stat
+            .split_ascii_whitespace()
+            .nth(1)
+            .and_then(|field| field.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(Duration::from_nanos(nanos))
 }
 
 /// The linger as the load moves it.
 struct Lingering {
     now: Duration,
     max: Duration,
+    /// The busy share of the last samples, each weighing `RECENT_WEIGHT`.
+    recent: f64,
 }
+
+/// The weight of a new sample in `Lingering::recent`: about the last four
+/// samples (40 ms) count.
+const RECENT_WEIGHT: f64 = 0.25;
 
 impl Lingering {
     fn new(max: Duration) -> Self {
         Self {
             now: Duration::ZERO,
             max: max.max(LINGER_FLOOR),
+            recent: 0.0,
         }
     }
 
-    /// The next linger after a sample, if it changed.
-    fn update(&mut self, saturated: bool, relaxed: bool) -> Option<Duration> {
-        let next = if saturated {
-            (self.now * 2).clamp(LINGER_FLOOR, self.max)
-        } else if relaxed {
-            Some(self.now / 2)
-                .filter(|half| *half >= LINGER_FLOOR)
-                .unwrap_or_default()
+    /// The next linger after a sample in which the workers were busy for
+    /// `busy` of their time and WebSockets wrote `gathered` packets per
+    /// write (None: nothing written), if it changed. A saturated sample
+    /// grows the hold at once, by at most (1 / 0.85)^2, 1.38x (from the
+    /// floor to 100 ms in 170 ms), unless writes already gather enough. It
+    /// shrinks in proportion to the idle time of the last samples, not of
+    /// this one alone: at herald's peak a hold shed on every brief lull
+    /// cost publishes/s (its sends came back until it regrew).
+    fn update(&mut self, busy: f64, gathered: Option<f64>) -> Option<Duration> {
+        let busy = busy.clamp(0.0, 1.0);
+        self.recent += RECENT_WEIGHT * (busy - self.recent);
+        let next = if self.now.is_zero() {
+            if busy >= SATURATED_AT {
+                LINGER_FLOOR.min(self.max)
+            } else {
+                Duration::ZERO
+            }
         } else {
-            self.now
+            let mut factor = if busy >= TARGET_BUSY {
+                (busy / TARGET_BUSY).powi(2)
+            } else {
+                busy.max(self.recent).min(TARGET_BUSY) / TARGET_BUSY
+            };
+            if gathered.is_some_and(|gathered| gathered >= GATHERED_ENOUGH) {
+                factor = factor.min(1.0);
+            }
+            let steered = self.now.mul_f64(factor).min(self.max);
+            if steered < LINGER_FLOOR / 2 {
+                Duration::ZERO
+            } else {
+                steered
+            }
         };
         (next != self.now).then(|| {
             self.now = next;
@@ -115,47 +228,169 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
-    const US: Duration = Duration::from_micros(1);
+
+    /// The hold after each of `samples` (busy shares), from none.
+    fn steer(max: Duration, samples: &[f64]) -> Vec<Duration> {
+        let mut linger = Lingering::new(max);
+        samples
+            .iter()
+            .map(|&busy| {
+                linger.update(busy, Some(1.0));
+                linger.now
+            })
+            .collect()
+    }
 
     #[test]
-    fn grows_while_saturated_and_shrinks_when_relaxed() {
-        let mut linger = Lingering::new(20 * MS);
+    fn holds_nothing_while_the_runtime_has_idle_time() {
+        let holds = steer(100 * MS, &[0.5, 0.85, 0.89, 0.3]);
+        assert!(holds.iter().all(Duration::is_zero), "{holds:?}");
+    }
+
+    #[test]
+    fn grows_while_saturated_up_to_the_most() {
+        let holds = steer(100 * MS, &[1.0; 20]);
+        assert_eq!(
+            holds[0], LINGER_FLOOR,
+            "the first saturated sample starts at the floor"
+        );
+        assert!(holds.windows(2).all(|w| w[1] >= w[0]), "{holds:?}");
+        let at_most = holds.iter().position(|h| *h == 100 * MS);
+        assert_eq!(
+            at_most,
+            Some(17),
+            "floor to 100 ms in 17 samples: {holds:?}"
+        );
+        assert!(holds[16] < 100 * MS);
+    }
+
+    #[test]
+    fn settles_where_the_load_is_just_under_saturation() {
+        // A runtime whose busy share falls as the hold grows (each ms held
+        // saves 2% of its time up to 20 ms): the hold must settle where the
+        // share meets the target, not run to the cap.
+        let mut linger = Lingering::new(100 * MS);
+        let busy = |hold: Duration| (1.1 - 0.02 * hold.as_secs_f64() * 1e3).max(0.7);
         let mut seen = Vec::new();
-        for (saturated, relaxed) in [
-            (true, false),
-            (true, false),
-            (true, false),
-            (true, false),
-            (true, false),
-            (true, false),
-            (false, false),
-            (false, true),
-            (false, true),
-            (false, true),
-            (false, true),
-            (false, true),
-            (false, true),
-        ] {
-            linger.update(saturated, relaxed);
+        for _ in 0..200 {
+            linger.update(busy(linger.now), Some(2.0));
             seen.push(linger.now);
         }
-        assert_eq!(
-            seen,
-            [1, 2, 4, 8, 16, 20, 20, 10, 5]
-                .map(|n| n * MS)
-                .into_iter()
-                .chain([2500 * US, 1250 * US, Duration::ZERO, Duration::ZERO])
-                .collect::<Vec<_>>()
+        let settled = &seen[100..];
+        // busy(h) = 0.85 at h = 12.5 ms.
+        assert!(
+            settled.iter().all(|h| (11 * MS..=14 * MS).contains(h)),
+            "settled between 11 and 14 ms: {:?}",
+            &settled[..10]
         );
+    }
+
+    #[test]
+    fn shrinks_to_nothing_once_the_load_is_gone() {
+        let mut linger = Lingering::new(100 * MS);
+        for _ in 0..30 {
+            linger.update(1.0, None);
+        }
+        assert_eq!(linger.now, 100 * MS);
+        let mut samples = 0;
+        while !linger.now.is_zero() {
+            linger.update(0.3, None);
+            samples += 1;
+        }
+        // By the share of the last samples, which falls from 1.0 towards
+        // 0.3: 100 ms to under 0.25 ms in 11 samples (0.3 alone: 6).
+        assert_eq!(samples, 11);
+    }
+
+    #[test]
+    fn a_brief_lull_keeps_the_hold_a_long_one_shrinks_it() {
+        let mut linger = Lingering::new(100 * MS);
+        for _ in 0..30 {
+            linger.update(1.0, None);
+        }
+        assert_eq!(linger.update(0.5, None), None, "one idle sample: kept");
+        linger.update(1.0, None);
+        assert_eq!(linger.now, 100 * MS);
+        // Just under the target it shrinks slowly instead of staying.
+        for _ in 0..20 {
+            linger.update(0.8, None);
+        }
+        assert!(
+            linger.now < 100 * MS && linger.now > 25 * MS,
+            "{:?}",
+            linger.now
+        );
+    }
+
+    #[test]
+    fn stops_growing_once_writes_gather_enough() {
+        let mut linger = Lingering::new(100 * MS);
+        for _ in 0..5 {
+            linger.update(1.0, Some(3.0));
+        }
+        let held = linger.now;
+        assert!(held > LINGER_FLOOR);
+        assert_eq!(linger.update(1.0, Some(GATHERED_ENOUGH)), None, "kept");
+        assert_eq!(
+            linger.update(1.0, None),
+            Some(held.mul_f64((1.0 / 0.85f64).powi(2)))
+        );
+        let held = linger.now;
+        assert!(
+            linger.update(0.5, Some(40.0)).is_some_and(|h| h < held),
+            "idle time still shrinks it"
+        );
+    }
+
+    #[test]
+    fn time_another_process_took_is_not_busy() {
+        let wall = 10 * MS;
+        assert_eq!(busy_share(wall, wall, Duration::ZERO), Some(1.0));
+        // Busy throughout, but preempted for 4 of the 10 ms: 6 of 6 ms.
+        assert_eq!(busy_share(wall, wall, 4 * MS), Some(1.0));
+        // Busy for 8 ms of which 4 preempted: 4 ms of work in 6 ms it could run.
+        let share = busy_share(wall, 8 * MS, 4 * MS).unwrap();
+        assert!((share - 4.0 / 6.0).abs() < 1e-9, "{share}");
+        // Run delay outside busy time (waking from idle) takes nothing from busy.
+        let share = busy_share(wall, 2 * MS, 3 * MS).unwrap();
+        assert!(share.abs() < 1e-9, "{share}");
+        assert_eq!(busy_share(wall, wall, 8 * MS), None, "hardly ran");
+        assert_eq!(
+            busy_share(Duration::ZERO, Duration::ZERO, Duration::ZERO),
+            None
+        );
+    }
+
+    #[test]
+    fn run_delay_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(waited().is_some());
+        }
     }
 
     #[test]
     fn reports_only_changes() {
         let mut linger = Lingering::new(MS);
-        assert_eq!(linger.update(false, true), None, "already zero");
-        assert_eq!(linger.update(true, false), Some(MS));
-        assert_eq!(linger.update(true, false), None, "at the most");
-        assert_eq!(linger.update(false, false), None, "kept");
-        assert_eq!(linger.update(false, true), Some(Duration::ZERO));
+        assert_eq!(linger.update(0.5, None), None, "already zero");
+        assert_eq!(linger.update(0.95, None), Some(LINGER_FLOOR));
+        assert_eq!(
+            linger.update(1.0, None),
+            Some(LINGER_FLOOR.mul_f64((1.0 / 0.85f64).powi(2)))
+        );
+        assert!(linger.update(1.0, None).is_some_and(|h| h < MS));
+        assert_eq!(linger.update(1.0, None), Some(MS));
+        assert_eq!(linger.update(1.0, None), None, "at the most");
+        assert_eq!(
+            linger.update(TARGET_BUSY, None),
+            None,
+            "at the target, kept"
+        );
+        let shrinking: Vec<_> = (0..5).map(|_| linger.update(0.1, None)).collect();
+        assert_eq!(
+            shrinking.iter().flatten().last(),
+            Some(&Duration::ZERO),
+            "{shrinking:?}"
+        );
+        assert_eq!(shrinking.last(), Some(&None), "zero, kept");
     }
 }

@@ -19,6 +19,11 @@
 //! keeps a clone and sets it as its load changes, and each engine reads its
 //! own, so two engines in one process (two servers, or tests) do not share
 //! one setting.
+//!
+//! The handle also counts what the engine's WebSockets wrote: packets, and
+//! the writes (flushes) that carried them. Packets per write is what a hold
+//! buys, so an application steering the linger can tell a hold that gathers
+//! from one that only waits (herald patch 16).
 
 use std::sync::{
     Arc, OnceLock,
@@ -28,25 +33,61 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How long the WebSockets of an engine may hold the packets they are given.
-/// Cheap to clone; clones share the setting. Zero, the default, holds
-/// nothing.
+/// How long the WebSockets of an engine may hold the packets they are given,
+/// and what they wrote. Cheap to clone; clones share the setting and the
+/// counts. Zero, the default, holds nothing.
 #[derive(Debug, Clone, Default)]
-pub struct Linger(Arc<AtomicU64>);
+pub struct Linger(Arc<Shared>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    micros: AtomicU64,
+    packets: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// What the WebSockets reading one [`Linger`] have written so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Packets written.
+    pub packets: u64,
+    /// Flushes that carried them: one `send` each, or a few for a large one.
+    pub writes: u64,
+}
 
 impl Linger {
     /// Holds packets queued from now on for up to `linger`; zero writes each
     /// at once.
     pub fn set(&self, linger: Duration) {
         let micros = u64::try_from(linger.as_micros()).unwrap_or(u64::MAX);
-        self.0.store(micros, Ordering::Relaxed);
+        self.0.micros.store(micros, Ordering::Relaxed);
     }
 
     /// How long packets queued now may be held, if at all.
     pub fn get(&self) -> Option<Duration> {
-        match self.0.load(Ordering::Relaxed) {
+        match self.0.micros.load(Ordering::Relaxed) {
             0 => None,
             micros => Some(Duration::from_micros(micros)),
+        }
+    }
+
+    /// Counts `packets` handed to a writer. Once per batch, not per packet:
+    /// every socket of the engine shares these counters.
+    pub fn wrote(&self, packets: u64) {
+        self.0.packets.fetch_add(packets, Ordering::Relaxed);
+    }
+
+    /// Counts one flush of what was handed to a writer.
+    pub fn flushed(&self) {
+        self.0.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far; the difference of two readings is what was written
+    /// between them.
+    pub fn written(&self) -> Written {
+        Written {
+            packets: self.0.packets.load(Ordering::Relaxed),
+            writes: self.0.writes.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Write coalescing (herald patch 11): with a linger set, a WebSocket holds
 //! what it is given, except the answer to a frame its client just sent; and
-//! each engine holds by its own linger.
+//! each engine holds by its own linger; and the linger counts what each
+//! write gathered (patch 16).
 
 use std::{sync::Arc, time::Duration};
 
@@ -150,5 +151,37 @@ async fn each_engine_holds_by_its_own_linger() {
     assert_eq!(
         next(&mut held_client, LINGER).await,
         Some(Message::text("4held"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_linger_counts_what_each_write_gathered() {
+    let linger = Linger::default();
+    let (mut client, socket) = engine_with(&linger).await;
+    let before = linger.written();
+    linger.set(LINGER);
+    for msg in ["a", "b", "c"] {
+        socket.emit(msg).unwrap();
+    }
+    for expected in ["4a", "4b", "4c"] {
+        assert_eq!(
+            next(&mut client, 2 * LINGER).await,
+            Some(Message::text(expected))
+        );
+    }
+    let held = linger.written();
+    assert_eq!(
+        (held.packets - before.packets, held.writes - before.writes),
+        (3, 1),
+        "three packets held together: one write"
+    );
+
+    linger.set(Duration::ZERO);
+    socket.emit("d").unwrap();
+    assert_eq!(next(&mut client, PROMPT).await, Some(Message::text("4d")));
+    let after = linger.written();
+    assert_eq!(
+        (after.packets - held.packets, after.writes - held.writes),
+        (1, 1)
     );
 }

@@ -330,11 +330,16 @@ where
                     Poll::Ready(None) => return Poll::Ready(Ok(End::SessionClosed)),
                     Poll::Pending => break,
                 };
+                let mut packets = 0;
                 for packet in batch.into_packets().flatten() {
                     if let Some(msg) = to_message(socket.protocol, packet) {
                         ws.start_send_unpin(msg)?;
-                        unflushed = true;
+                        packets += 1;
                     }
+                }
+                if packets > 0 {
+                    engine.config.write_linger.wrote(packets);
+                    unflushed = true;
                 }
             }
             if unflushed && linger.is_none() {
@@ -350,7 +355,10 @@ where
                     #[cfg(feature = "tracing")]
                     tracing::trace!(sid = %socket.id, "ws flush");
                     match ws.poll_flush_unpin(cx) {
-                        Poll::Ready(Ok(())) => unflushed = false,
+                        Poll::Ready(Ok(())) => {
+                            engine.config.write_linger.flushed();
+                            unflushed = false;
+                        }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
                         Poll::Pending => {}
                     }
