@@ -136,7 +136,10 @@ test('the dashboard shows the cluster, its figures, charts and a live session ta
       published: now.eventsPublished,
       delivered: now.eventsDelivered,
     };
-    return { ok: JSON.stringify(shown) === JSON.stringify(want), shown, want };
+    // Each instance reports once a second: wait for reports that have seen
+    // every connection and publish, not just for the page to agree with them.
+    const settled = want.connections === 5 && want.subscriptions === 5 && want.published === 7;
+    return { ok: settled && JSON.stringify(shown) === JSON.stringify(want), shown, want };
   });
   assert.equal(totals.shown.connections, 5);
   assert.equal(totals.shown.subscriptions, 5);
