@@ -9,13 +9,16 @@
 // refuses a wrong one (401, its message shown), lists both instances, shows
 // the counts /api/v1/stats gives, draws its charts, and tails a session
 // (history first, then a new event within a second, its payload viewable).
-// Its last screenshot is docs/dashboard.png, which README.md shows. Whether
+// It takes a screenshot: into the temporary directory, or with
+// HERALD_UPDATE_SCREENSHOT=1 over docs/dashboard.png, which README.md shows
+// (so that a test run leaves the checkout as it found it). Whether
 // the dashboard is off beyond loopback without ADMIN_TOKEN is checked in
 // Rust (tests/dashboard.rs): these heralds listen on 127.0.0.1 only.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CHROMIUM_BIN, launchChromium } from './chromium.mjs';
@@ -26,7 +29,9 @@ import { startRedis } from '../node/lib/redis.mjs';
 const TOKEN = 'dashboard-test-token';
 const BUSY = `dash-busy-${process.pid}`;
 const QUIET = `dash-quiet-${process.pid}`;
-const SCREENSHOT = path.join(REPO_ROOT, 'docs/dashboard.png');
+const SCREENSHOT = process.env.HERALD_UPDATE_SCREENSHOT
+  ? path.join(REPO_ROOT, 'docs/dashboard.png')
+  : path.join(os.tmpdir(), `herald-dashboard-${process.pid}.png`);
 const STEP_TIMEOUT_MS = 8000;
 
 let redis;
