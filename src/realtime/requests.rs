@@ -309,7 +309,7 @@ fn in_order<A: Adapter, C: Request>(s: &Arc<Socket<A>>, v: &mut Value, ack_id: &
     if let Some(run) = super::runs::run_request(payload.as_ref()) {
         match run {
             Ok(request) => C::take_run(s, &rt, request, ack),
-            Err(why) => super::runs::refuse(s, why, ack),
+            Err(why) => super::runs::refuse(s, &rt, why, ack),
         }
         return;
     }

@@ -147,11 +147,9 @@ pub(super) fn run_request(payload: Option<&Value>) -> Option<Result<RunRequest, 
 }
 
 /// Refuses a malformed run request, keeping the socket.
-pub(super) fn refuse<A: Adapter>(s: &Socket<A>, why: String, ack: AckSender<A>) {
+pub(super) fn refuse<A: Adapter>(s: &Socket<A>, rt: &Local<A>, why: String, ack: AckSender<A>) {
     info!(socket = %s.id, %why, "refused");
-    let reply = json!({ "error": why, "code": "INVALID_RUN_ID", "timestamp": Timestamp::now() });
-    let _ = s.emit("error", &reply);
-    let _ = ack.send(&json!({ "ok": false, "error": why, "code": "INVALID_RUN_ID" }));
+    refuse_run(s, rt, "INVALID_RUN_ID", None, why, ack);
 }
 
 /// Refuses a run the socket's tokens do not grant, as sessions are refused
@@ -165,10 +163,31 @@ pub(super) fn forbid<A: Adapter>(
 ) {
     rt.metrics.auth_refused("forbidden");
     info!(socket = %s.id, run = %run, %why, "subscribe forbidden");
-    let reply = json!({ "error": why, "code": "FORBIDDEN", "runId": run.as_ref(), "timestamp": Timestamp::now() });
+    refuse_run(s, rt, "FORBIDDEN", Some(run), why, ack);
+}
+
+/// Sends a refused run request its `error` (kept among the dashboard's
+/// recent refusals, as session refusals are) and its ack.
+fn refuse_run<A: Adapter>(
+    s: &Socket<A>,
+    rt: &Local<A>,
+    code: &'static str,
+    run: Option<&SessionId>,
+    why: String,
+    ack: AckSender<A>,
+) {
+    rt.metrics
+        .recent_refusals
+        .record("socket", code.into(), &why, s.id.to_string());
+    let mut reply = json!({ "error": why, "code": code });
+    if let Some(run) = run {
+        reply["runId"] = json!(run.as_ref());
+    }
+    let mut answer = reply.clone();
+    answer["ok"] = json!(false);
+    reply["timestamp"] = json!(Timestamp::now());
     let _ = s.emit("error", &reply);
-    let _ =
-        ack.send(&json!({ "ok": false, "error": why, "code": "FORBIDDEN", "runId": run.as_ref() }));
+    let _ = ack.send(&answer);
 }
 
 pub(super) fn subscribe<A: Adapter>(
