@@ -14,7 +14,7 @@
 //! it settle rather than swing. A change to the hold shows only once what
 //! it held is written, about one hold later, so each step is paced by the
 //! hold's length; and a hold stops growing once writes gather enough that
-//! a longer one would save next to nothing. A controller without either
+//! a longer one would save little, unless the runtime is out of time. A controller without either
 //! swung between 13 and 100 ms at half of herald's peak, and its p99
 //! followed the swings (issue 15, docs/performance.md). Answers to a client
 //! (connect, acks) never wait: engineioxide writes those at once.
@@ -59,13 +59,20 @@ const TARGET_BUSY: f64 = 0.85;
 /// that short, it gathers next to nothing and still costs a timer.
 const LINGER_FLOOR: Duration = Duration::from_micros(500);
 
-/// Packets per WebSocket write past which a longer hold is not worth its
-/// wait: a `send` then costs a few percent of the work per packet, so
-/// doubling the hold would double every held event's wait to save that
-/// much. At three quarters of herald's peak the hold used to grow to the
-/// cap for 35 a write, as the runtime stays busy there whatever the hold;
-/// 16 cost publishes/s at the peak in paired runs, 24 did not.
+/// Packets per WebSocket write past which a longer hold is worth its wait
+/// only to a runtime out of time (`OVERRUN`): a `send` then costs a few
+/// percent of the work per packet, so doubling the hold would double every
+/// held event's wait to save that much. At three quarters of herald's peak,
+/// where the runtime stays busy whatever the hold, the hold used to grow to
+/// the cap for 35 packets a write. An overrun runtime (the closed-loop
+/// peak, a burst) still needs those few percent: capped here, the peak and
+/// CPU per delivery were 10-20% worse.
 const GATHERED_ENOUGH: f64 = 24.0;
+
+/// Packets per write past which the hold grows no more at all: the sends
+/// left cost under 2% of one per packet. Not lower: at herald's peak its
+/// holds gather 20-50 packets a write.
+const GATHERED_PLENTY: f64 = 64.0;
 
 /// Samples the current runtime's busy time until dropped, and sets the
 /// engine's `linger` from it, never above `max_linger` (zero: never hold).
@@ -236,7 +243,12 @@ impl Lingering {
                 let pace = SAMPLE_EVERY.as_secs_f64() / (SAMPLE_EVERY + self.now).as_secs_f64();
                 (gain * off * pace).clamp(-MAX_STEP, MAX_STEP)
             };
-            if gathered.is_some_and(|gathered| gathered >= GATHERED_ENOUGH) {
+            let enough = if busy >= OVERRUN {
+                GATHERED_PLENTY
+            } else {
+                GATHERED_ENOUGH
+            };
+            if gathered.is_some_and(|gathered| gathered >= enough) {
                 step = step.min(0.0);
             }
             let steered = self.now.mul_f64(step.exp()).min(self.max);
@@ -387,7 +399,15 @@ mod tests {
         }
         let held = linger.now;
         assert!(held > RAMP_UNTIL);
-        assert_eq!(linger.update(1.0, Some(GATHERED_ENOUGH)), None, "kept");
+        assert_eq!(linger.update(0.95, Some(GATHERED_ENOUGH)), None, "kept");
+        assert!(
+            linger
+                .update(1.0, Some(GATHERED_ENOUGH))
+                .is_some_and(|h| h > held),
+            "out of time, it grows on"
+        );
+        let held = linger.now;
+        assert_eq!(linger.update(1.0, Some(GATHERED_PLENTY)), None, "kept");
         assert!(
             linger.update(1.0, None).is_some_and(|h| h > held),
             "grows again once it gathers less"
