@@ -14,10 +14,11 @@
 //! it settle rather than swing. A change to the hold shows only once what
 //! it held is written, about one hold later, so each step is paced by the
 //! hold's length; and a hold stops growing once writes gather enough that
-//! a longer one would save little, unless the runtime is out of time. A controller without either
-//! swung between 13 and 100 ms at half of herald's peak, and its p99
-//! followed the swings (issue 15, docs/performance.md). Answers to a client
-//! (connect, acks) never wait: engineioxide writes those at once.
+//! a longer one would save little, unless the runtime is out of time. A
+//! controller without either swung between 13 and 100 ms at half of
+//! herald's peak, and its p99 followed the swings (issue 15,
+//! docs/performance.md). Answers to a client (connect, acks) never wait:
+//! engineioxide writes those at once.
 //!
 //! Measured as wall-clock time the workers spent running tasks rather than
 //! as CPU time: on a virtual machine the hypervisor takes CPU time away
@@ -66,7 +67,7 @@ const LINGER_FLOOR: Duration = Duration::from_micros(500);
 /// where the runtime stays busy whatever the hold, the hold used to grow to
 /// the cap for 35 packets a write. An overrun runtime (the closed-loop
 /// peak, a burst) still needs those few percent: capped here, the peak and
-/// CPU per delivery were 10-20% worse.
+/// CPU per delivery were 10-20% worse in a full bench run.
 const GATHERED_ENOUGH: f64 = 24.0;
 
 /// Packets per write past which the hold grows no more at all: the sends
@@ -219,11 +220,11 @@ impl Lingering {
     /// `busy` of their time and WebSockets wrote `gathered` packets per
     /// write (None: nothing written), if it changed.
     ///
-    /// The step is the log of the busy share over the target, from the
-    /// share of the last samples (a brief lull or burst does not move it
-    /// far) or from this one alone once the runtime is out of time, times
-    /// the gain, times the share of a sample in a sample and a hold: what a
-    /// hold changes shows about one hold later.
+    /// The step, in log space, is the log of the busy share over the
+    /// target (the share of the last samples, so that a brief lull or burst
+    /// does not move it far, or this one alone once the runtime is out of
+    /// time), times the gain, times sample / (sample + hold): what a hold
+    /// changes shows about one hold later.
     fn update(&mut self, busy: f64, gathered: Option<f64>) -> Option<Duration> {
         let busy = busy.clamp(0.0, 1.0);
         self.recent += RECENT_WEIGHT * (busy - self.recent);
