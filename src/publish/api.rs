@@ -105,13 +105,14 @@ impl Single {
         parse_json(&self.bytes)
     }
 
-    /// Its idempotency key, if it has one, with what a retry must repeat:
-    /// `sent` (the whole body when `None`).
-    pub(super) fn keyed(&self, sent: Option<Fingerprint>) -> Option<Keyed<'_>> {
+    /// Its idempotency key, if it has one, with the fingerprint of what a
+    /// retry must repeat, which `sent` takes from the body. Taken only for a
+    /// keyed publish: most have no key, and hashing is not free.
+    pub(super) fn keyed(&self, sent: impl FnOnce(&[u8]) -> Fingerprint) -> Option<Keyed<'_>> {
         let key = self.key.as_deref()?;
         Some(Keyed {
             key,
-            fingerprint: sent.unwrap_or_else(|| Fingerprint::of(&self.bytes)),
+            fingerprint: sent(&self.bytes),
         })
     }
 }
@@ -247,7 +248,7 @@ async fn publish_one(
     let publication =
         Publication::<SessionEvent>::from_json(single.id.clone(), &body.event, body.data)
             .map_err(ApiError::invalid)?;
-    let keyed = single.keyed(Some(session_fingerprint(&body.event, body.data)));
+    let keyed = single.keyed(|_| session_fingerprint(&body.event, body.data));
     api.publish_single(&caller, keyed, publication, |receipt| receipt)
         .await
 }

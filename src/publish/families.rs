@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 
 use super::{Emitter, Publication, PublishError, Receipt, api::ApiState};
 use crate::{
+    cluster::Fingerprint,
     http::{ApiError, Caller},
     protocol::{
         ApprovalDenied, ApprovalGranted, ArtifactCreated, GovernanceRequired, Invalid,
@@ -107,8 +108,13 @@ async fn publish_run(
         timestamp: body.timestamp,
         to,
     };
-    api.publish_single(&caller, single.keyed(None), publication, RunReceipt::from)
-        .await
+    api.publish_single(
+        &caller,
+        single.keyed(Fingerprint::of),
+        publication,
+        RunReceipt::from,
+    )
+    .await
 }
 
 #[derive(Serialize)]
@@ -129,12 +135,15 @@ async fn publish_workflow(
     let event =
         WorkflowEvent::from_request(&single.id, single.body()?).map_err(ApiError::invalid)?;
     let publication = Publication::<WorkflowFamily>::new(single.id.clone(), event);
-    api.publish_single(&caller, single.keyed(None), publication, |receipt| {
-        WorkflowReceipt {
+    api.publish_single(
+        &caller,
+        single.keyed(Fingerprint::of),
+        publication,
+        |receipt| WorkflowReceipt {
             run_id: receipt.session_id,
             seq: receipt.seq,
-        }
-    })
+        },
+    )
     .await
 }
 
