@@ -43,8 +43,16 @@ pub struct Config {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// PEM file of the public key tokens are signed with: RSA (RS256), EC
-    /// P-256 (ES256) or Ed25519 (EdDSA), told apart by the key.
+    /// File of HS256 secrets, one a line (`#` starts a comment), instead of
+    /// JWT_SECRET: a token signed with any of them is accepted, and the file
+    /// is re-read on SIGHUP, so that secrets rotate without a restart.
+    #[arg(long, env = "JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+
+    /// PEM file of the public keys tokens are signed with: RSA (RS256), EC
+    /// P-256 (ES256) or Ed25519 (EdDSA), told apart by the key. Several
+    /// keys may follow one another (any of them verifies a token), and the
+    /// file is re-read on SIGHUP, so that keys rotate without a restart.
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<std::path::PathBuf>,
 
@@ -245,6 +253,18 @@ impl Config {
         self.api_key_file.as_deref()
     }
 
+    /// Whether SIGHUP has a file to re-read: `API_KEY_FILE`,
+    /// `JWT_SECRET_FILE` or `JWT_PUBLIC_KEY_FILE`.
+    pub fn reloads_on_sighup(&self) -> bool {
+        [
+            &self.api_key_file,
+            &self.jwt_secret_file,
+            &self.jwt_public_key_file,
+        ]
+        .into_iter()
+        .any(|file| file.as_ref().is_some_and(|f| !f.as_os_str().is_empty()))
+    }
+
     /// Where to listen, for `TcpListener::bind` (which resolves host names).
     pub fn listen_on(&self) -> (&str, u16) {
         (self.host.as_str(), self.port)
@@ -277,6 +297,14 @@ impl Config {
     pub fn idempotency_ttl(&self) -> Duration {
         Duration::from_secs(self.idempotency_ttl_secs)
     }
+}
+
+/// The keys of a key file (`API_KEY_FILE`, `JWT_SECRET_FILE`): one a line,
+/// trimmed; blank lines and lines starting with `#` are skipped.
+pub fn key_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 #[cfg(test)]

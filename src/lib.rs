@@ -9,7 +9,7 @@
 //! Modules, in the direction data flows (docs/architecture.md has the whole
 //! picture):
 //! - `config`: settings from flags and environment;
-//! - `auth`: tokens (JWT): the key, what a token grants, expiry;
+//! - `auth`: tokens (JWT): the keys, what a token grants, expiry;
 //! - `protocol`: the wire contract as types, no I/O;
 //! - `publish`: the [`Emitter`] and the HTTP publish API: validate -> sequence;
 //! - `cluster`: the sequencer (seq and state of every session, run and workflow, in memory or
@@ -25,6 +25,7 @@
 //! - `streams`: the plain WebSocket endpoints (`/ws`, `/ws/workflows`),
 //!   fan-outs beside the Socket.IO one for the run and workflow families;
 //! - `serve`: the accept loop, with the timeouts a public server needs;
+//! - `reload`: what SIGHUP re-reads (the key files);
 //! - `saturation`: how busy the runtime is, and so how long WebSocket writes
 //!   may be held together.
 
@@ -39,6 +40,7 @@ mod ops;
 pub mod protocol;
 mod publish;
 mod realtime;
+mod reload;
 #[cfg(feature = "patched-engine")]
 mod saturation;
 mod serve;
@@ -178,11 +180,11 @@ impl Herald {
         let tokens = auth::Verifier::from_config(config)?.map(Arc::new);
         match &tokens {
             Some(verifier) => info!(
-                algorithm = ?verifier.algorithm(),
-                "tokens required: every socket must present a JWT, and may watch only the sessions it grants"
+                "tokens required: every socket must present a JWT, and may watch only the sessions it grants; {}",
+                verifier.describe()
             ),
             None => warn!(
-                "no JWT_SECRET or JWT_PUBLIC_KEY_FILE: sockets are anonymous and may watch any session"
+                "no JWT_SECRET, JWT_SECRET_FILE or JWT_PUBLIC_KEY_FILE: sockets are anonymous and may watch any session"
             ),
         }
         let max_connections = match config.max_connections {
@@ -266,8 +268,19 @@ impl Herald {
         )));
 
         let keys = KeyRing::load(config.api_key.as_deref(), config.api_key_file())?;
+        let mut reloads: Vec<reload::Reload> = Vec::new();
         if let Some(keys) = keys.clone().filter(|keys| keys.has_file()) {
-            tasks.push(Box::pin(keys.reload_on_sighup()));
+            reloads.push(Box::new(move || {
+                keys.reload()
+                    .map(|count| format!("{count} publish keys in force"))
+                    .map_err(|e| e.to_string())
+            }));
+        }
+        if let Some(tokens) = tokens.clone().filter(|tokens| tokens.file().is_some()) {
+            reloads.push(Box::new(move || tokens.reload().map_err(|e| e.to_string())));
+        }
+        if !reloads.is_empty() {
+            tasks.push(Box::pin(reload::on_sighup(reloads)));
         }
         let emitter = Emitter::new(sequencer.clone(), metrics.clone());
         let running = Arc::new(AtomicBool::new(false));

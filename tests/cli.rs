@@ -386,6 +386,51 @@ async fn tail_presents_a_token_and_stops_when_refused() {
     tail.stop();
 }
 
+/// `herald token --secret-file` signs with the file's first secret, the one
+/// a rotation adds first; herald, reading the same file, takes its token.
+#[tokio::test]
+async fn token_signs_with_the_first_secret_of_a_secret_file() {
+    let file = std::env::temp_dir().join(format!("herald-cli-secrets-{}", std::process::id()));
+    std::fs::write(&file, "# newest first\ncli-new\ncli-old\n").unwrap();
+    let path = file.to_str().unwrap();
+    let herald = Herald::start(&["--jwt-secret-file", path]).await;
+    publish_progress(&herald, "cli-rot", 7..=7).await;
+
+    let minted = herald_cli(&["token", "--sessions", "cli-*", "--secret-file", path])
+        .output()
+        .expect("herald token");
+    assert!(minted.status.success(), "{}", text(&minted.stderr));
+    let token = text(&minted.stdout).trim().to_string();
+    let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    for (secret, signed) in [("cli-new", true), ("cli-old", false)] {
+        let key = jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()).unwrap();
+        let decoded = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation);
+        assert_eq!(decoded.is_ok(), signed, "signed with {secret}?");
+    }
+    let tail = Tail::json(&herald, "cli-rot", &["--token", &token]);
+    assert_eq!(tail.events(1)[0]["data"]["progress"], 7);
+    tail.stop();
+
+    let both = herald_cli(&[
+        "token",
+        "--sessions",
+        "a",
+        "--secret",
+        "s",
+        "--secret-file",
+        path,
+    ])
+    .output()
+    .expect("herald token");
+    assert_eq!(both.status.code(), Some(1));
+    assert!(
+        text(&both.stderr).contains("not both"),
+        "{}",
+        text(&both.stderr)
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
 #[tokio::test]
 async fn tail_says_which_seqs_history_no_longer_holds() {
     let herald = Herald::start(&["--history-max-events", "3"]).await;

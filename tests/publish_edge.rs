@@ -150,7 +150,11 @@ async fn sighup_rereads_the_key_file() {
     );
     assert_eq!(publish("Bearer kept-key").await.0, 202);
     assert_eq!(publish("Bearer inline").await.0, 202, "API_KEY stays");
-    assert!(herald.log().contains("keys=3"), "{}", herald.log());
+    assert!(
+        herald.log().contains("SIGHUP: 3 publish keys in force"),
+        "{}",
+        herald.log()
+    );
 
     // A file gone on the next SIGHUP keeps the keys in force.
     std::fs::remove_file(&file).unwrap();

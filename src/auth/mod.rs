@@ -1,9 +1,10 @@
 //! Who may watch what: JWTs signed by the deployment's backend. This module
-//! owns the key herald checks tokens with ([`Verifier`], from `JWT_SECRET` or
-//! `JWT_PUBLIC_KEY_FILE`), what a valid token grants ([`Grant`]: its `sessions`
-//! claim), why a token is refused ([`Refusal`], one message per failure),
-//! the one timer that ends sockets whose token expired ([`Expiry`]), and the
-//! bearer check in front of the HTTP history routes ([`reads`]).
+//! owns the keys herald checks tokens with ([`Verifier`], from `JWT_SECRET`,
+//! `JWT_SECRET_FILE` or `JWT_PUBLIC_KEY_FILE`, see [`keys`]), what a valid
+//! token grants ([`Grant`]: its `sessions` claim), why a token is refused
+//! ([`Refusal`], one message per failure), the one timer that ends sockets
+//! whose token expired ([`Expiry`]), and the bearer check in front of the
+//! HTTP history routes ([`reads`]).
 //!
 //! The Socket.IO side (`realtime`) asks it at connect and at every
 //! `subscribe`; without a key configured nothing here runs and sockets are
@@ -11,11 +12,12 @@
 
 mod expiry;
 mod grant;
+mod keys;
 pub(crate) mod reads;
 
-use std::{
-    path::Path,
-    sync::atomic::{AtomicU64, Ordering},
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicU64, Ordering},
 };
 
 use base64::Engine as _;
@@ -24,38 +26,30 @@ use serde::Deserialize;
 
 pub(crate) use expiry::{Expiry, unix_now};
 pub(crate) use grant::Grant;
+pub use keys::KeyError;
 
+use self::keys::{Key, Source};
 use crate::Config;
 
-/// Why the configured key could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("set JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both")]
-    Both,
-    #[error("JWT_SECRET cannot be used as an HS256 key: {0}")]
-    Secret(jsonwebtoken::errors::Error),
-    #[error("cannot read JWT_PUBLIC_KEY_FILE {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error(
-        "JWT_PUBLIC_KEY_FILE {path} holds no RSA, EC (P-256) or Ed25519 public key in PEM form"
-    )]
-    NotAKey { path: String },
+/// The keys tokens are checked with, and what else a token must say.
+pub(crate) struct Verifier {
+    source: Source,
+    /// What every key's check shares: `exp`, and `aud`/`iss` when set.
+    validation: Validation,
+    keys: RwLock<Arc<[Checked]>>,
 }
 
-/// The key tokens are checked with, and what else a token must say.
-pub(crate) struct Verifier {
+/// A key and the validation that admits only its algorithm.
+struct Checked {
     key: DecodingKey,
-    validation: Validation,
     algorithm: Algorithm,
+    validation: Validation,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("algorithm", &self.algorithm)
+            .field("keys", &self.describe())
             .finish_non_exhaustive()
     }
 }
@@ -79,24 +73,13 @@ struct Claims {
 }
 
 impl Verifier {
-    /// The verifier the settings ask for, or `None` when no key is set (an
-    /// empty variable counts as unset).
+    /// The verifier the settings ask for, or `None` when no key is set.
     pub(crate) fn from_config(config: &Config) -> Result<Option<Self>, KeyError> {
-        let secret = config.jwt_secret.as_deref().filter(|s| !s.is_empty());
-        let file = config
-            .jwt_public_key_file
-            .as_deref()
-            .filter(|p| !p.as_os_str().is_empty());
-        let (key, algorithm) = match (secret, file) {
-            (None, None) => return Ok(None),
-            (Some(_), Some(_)) => return Err(KeyError::Both),
-            (Some(secret), None) => (
-                DecodingKey::from_secret(secret.as_bytes()).map_err(KeyError::Secret)?,
-                Algorithm::HS256,
-            ),
-            (None, Some(path)) => public_key(path)?,
+        let Some(source) = Source::from_config(config)? else {
+            return Ok(None);
         };
-        let mut validation = Validation::new(algorithm);
+        // Each key replaces the algorithm with its own (`Checked`).
+        let mut validation = Validation::new(Algorithm::HS256);
         // A token is good until its `exp` and not a second longer: herald
         // closes sockets at `exp`, so connect must agree with it.
         validation.leeway = 0;
@@ -110,80 +93,128 @@ impl Verifier {
             validation.set_issuer(&[iss]);
             validation.required_spec_claims.insert("iss".into());
         }
-        Ok(Some(Self {
-            key,
+        let verifier = Self {
+            source,
             validation,
-            algorithm,
-        }))
-    }
-
-    /// The algorithm tokens must be signed with.
-    pub(crate) fn algorithm(&self) -> Algorithm {
-        self.algorithm
-    }
-
-    /// Checks `token` and returns what it grants.
-    pub(crate) fn verify(&self, token: &str) -> Result<Grant, Refusal> {
-        match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
-            // A token is valid before its `exp` (RFC 7519), jsonwebtoken
-            // accepts it during that second too.
-            Ok(data) => {
-                let Claims {
-                    exp,
-                    sub,
-                    sessions,
-                    runs,
-                    projects,
-                } = data.claims;
-                let exp = exp.unwrap_or_default();
-                if exp <= expiry::unix_now() {
-                    return Err(Refusal::Expired);
-                }
-                Ok(Grant::new(sub, exp, &sessions).with_runs(&runs, &projects))
-            }
-            Err(e) => Err(self.refusal(token, e.kind())),
-        }
-    }
-
-    fn refusal(&self, token: &str, kind: &ErrorKind) -> Refusal {
-        let wrong_algorithm = || {
-            header_alg(token)
-                .filter(|alg| *alg != format!("{:?}", self.algorithm))
-                .map(|got| Refusal::WrongAlgorithm {
-                    got,
-                    want: self.algorithm,
-                })
+            keys: RwLock::new(Arc::from(Vec::new())),
         };
-        match kind {
-            ErrorKind::InvalidSignature => Refusal::BadSignature,
-            ErrorKind::ExpiredSignature => Refusal::Expired,
-            ErrorKind::InvalidAudience => Refusal::WrongAudience,
-            ErrorKind::InvalidIssuer => Refusal::WrongIssuer,
-            ErrorKind::MissingRequiredClaim(claim) => Refusal::MissingClaim(claim.clone()),
-            // `alg: none`, or an algorithm jsonwebtoken does not know, fails
-            // to parse as a header: still the wrong algorithm, not garbage.
-            _ => wrong_algorithm().unwrap_or_else(|| Refusal::Malformed(kind_text(kind))),
+        verifier.reload()?;
+        Ok(Some(verifier))
+    }
+
+    /// Reads the keys again from their file, if they come from one; keeps
+    /// the keys in force when it cannot. Says what is in force.
+    pub(crate) fn reload(&self) -> Result<String, KeyError> {
+        let keys: Vec<Checked> = self
+            .source
+            .load()?
+            .into_iter()
+            .map(|Key { key, algorithm }| {
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![algorithm];
+                Checked {
+                    key,
+                    algorithm,
+                    validation,
+                }
+            })
+            .collect();
+        *self.keys.write().unwrap() = Arc::from(keys);
+        Ok(self.describe())
+    }
+
+    /// The file SIGHUP re-reads, if the keys come from one.
+    pub(crate) fn file(&self) -> Option<&std::path::Path> {
+        self.source.file()
+    }
+
+    /// How many keys, of which algorithms, and from where: for the logs,
+    /// never the keys themselves.
+    pub(crate) fn describe(&self) -> String {
+        let keys = self.keys.read().unwrap().clone();
+        let count = match keys.len() {
+            1 => "1 token key".to_string(),
+            n => format!("{n} token keys"),
+        };
+        let from = match self.source.file() {
+            Some(path) => format!(" from {}", path.display()),
+            None => " from JWT_SECRET".to_string(),
+        };
+        format!("{count} ({}){from}", algorithms(&keys))
+    }
+
+    /// Checks `token` against each key in turn and returns what it grants.
+    pub(crate) fn verify(&self, token: &str) -> Result<Grant, Refusal> {
+        let keys = self.keys.read().unwrap().clone();
+        // A wrong algorithm, unless a key of the token's own was tried.
+        let mut failed = ErrorKind::InvalidAlgorithm;
+        for checked in keys.iter() {
+            match jsonwebtoken::decode::<Claims>(token, &checked.key, &checked.validation) {
+                Ok(data) => return grant(data.claims),
+                // Another key may be the one that signed it.
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {
+                    failed = ErrorKind::InvalidSignature;
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidAlgorithm) => {}
+                // Signed by this key and refused for its claims, or not a
+                // token at all: the same answer whichever key is tried.
+                Err(e) => return Err(refusal(token, e.kind(), &keys)),
+            }
         }
+        Err(refusal(token, &failed, &keys))
     }
 }
 
-/// Reads a PEM public key and the algorithm its type implies.
-fn public_key(path: &Path) -> Result<(DecodingKey, Algorithm), KeyError> {
-    let shown = path.display().to_string();
-    let pem = std::fs::read(path).map_err(|source| KeyError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-        return Ok((key, Algorithm::RS256));
+/// What a token whose signature checked out grants.
+fn grant(claims: Claims) -> Result<Grant, Refusal> {
+    let Claims {
+        exp,
+        sub,
+        sessions,
+        runs,
+        projects,
+    } = claims;
+    // A token is valid before its `exp` (RFC 7519), jsonwebtoken accepts it
+    // during that second too.
+    let exp = exp.unwrap_or_default();
+    if exp <= expiry::unix_now() {
+        return Err(Refusal::Expired);
     }
-    if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
-        return Ok((key, Algorithm::ES256));
+    Ok(Grant::new(sub, exp, &sessions).with_runs(&runs, &projects))
+}
+
+fn refusal(token: &str, kind: &ErrorKind, keys: &[Checked]) -> Refusal {
+    let wrong_algorithm = || {
+        let got = header_alg(token)?;
+        (!keys.iter().any(|k| format!("{:?}", k.algorithm) == got)).then(|| {
+            Refusal::WrongAlgorithm {
+                got,
+                want: algorithms(keys),
+            }
+        })
+    };
+    match kind {
+        ErrorKind::InvalidSignature => Refusal::BadSignature,
+        ErrorKind::ExpiredSignature => Refusal::Expired,
+        ErrorKind::InvalidAudience => Refusal::WrongAudience,
+        ErrorKind::InvalidIssuer => Refusal::WrongIssuer,
+        ErrorKind::MissingRequiredClaim(claim) => Refusal::MissingClaim(claim.clone()),
+        // `alg: none`, or an algorithm jsonwebtoken does not know, fails
+        // to parse as a header: still the wrong algorithm, not garbage.
+        _ => wrong_algorithm().unwrap_or_else(|| Refusal::Malformed(kind_text(kind))),
     }
-    if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
-        return Ok((key, Algorithm::EdDSA));
+}
+
+/// The algorithms of `keys`, each once, in their order: `RS256 or ES256`.
+fn algorithms(keys: &[Checked]) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for key in keys {
+        let name = format!("{:?}", key.algorithm);
+        if !names.contains(&name) {
+            names.push(name);
+        }
     }
-    Err(KeyError::NotAKey { path: shown })
+    names.join(" or ")
 }
 
 /// The `alg` a token's header names, read without trusting anything else.
@@ -222,8 +253,8 @@ pub(crate) enum Refusal {
     Malformed(String),
     #[error("bad signature")]
     BadSignature,
-    #[error("wrong algorithm: the token is signed with {got}, herald expects {want:?}")]
-    WrongAlgorithm { got: String, want: Algorithm },
+    #[error("wrong algorithm: the token is signed with {got}, herald expects {want}")]
+    WrongAlgorithm { got: String, want: String },
     #[error("token expired")]
     Expired,
     #[error("wrong audience")]
@@ -377,6 +408,179 @@ mod tests {
             v.verify(&none),
             Err(Refusal::WrongAlgorithm { got, .. }) if got == "none"
         ));
+    }
+
+    /// Test-only key pairs (made with `openssl genpkey`), never used
+    /// anywhere else.
+    const EC_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgxOWrdEhfXAs9neAK
+VdXobZkmJU+1CvJ61AhVcg/2MwGhRANCAATQGsfVaiPQVRgn6xViV3yfIH85HZ8p
+kzBJtRZeLYgq6W2rbWzETvasSXJGrQLFnk2seT90pStpECXMAxB240HK
+-----END PRIVATE KEY-----
+";
+    const EC_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE0BrH1Woj0FUYJ+sVYld8nyB/OR2f
+KZMwSbUWXi2IKultq21sxE72rElyRq0CxZ5NrHk/dKUraRAlzAMQduNByg==
+-----END PUBLIC KEY-----
+";
+    const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEILNWhEyZ6osIbbwVSIzHPzPUKppVDYTJ6O92i20cBgZG
+-----END PRIVATE KEY-----
+";
+    const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEA6gXVkHkk9ouoEImbmpTE3mDNK/6FRi+B+ZX7EBgDwlY=
+-----END PUBLIC KEY-----
+";
+
+    /// A file of its own under the temp dir, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("herald-auth-{}-{name}", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn from_args(args: &[&str]) -> Result<Option<Verifier>, KeyError> {
+        let mut all = vec!["herald"];
+        all.extend_from_slice(args);
+        Verifier::from_config(&Config::parse_from(all))
+    }
+
+    fn sign_with(claims: &serde_json::Value, algorithm: Algorithm, pem: &str) -> String {
+        let key = match algorithm {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()),
+            _ => unreachable!(),
+        };
+        encode(&Header::new(algorithm), claims, &key.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn any_secret_of_the_file_verifies_and_a_reload_rotates_them() {
+        let file = TempFile::new("secrets", "# newest first\nnew-secret\n\n  old-secret  \n");
+        let v = from_args(&["--jwt-secret-file", file.path()])
+            .unwrap()
+            .unwrap();
+        let claims = json!({"exp": now() + 60, "sessions": ["doc-1"]});
+        for secret in ["new-secret", "old-secret"] {
+            assert!(v.verify(&sign(claims.clone(), secret)).is_ok(), "{secret}");
+        }
+        assert_eq!(
+            v.verify(&sign(claims.clone(), "# newest first")),
+            Err(Refusal::BadSignature),
+            "a comment is not a secret"
+        );
+        assert!(
+            v.describe().starts_with("2 token keys (HS256) from "),
+            "{}",
+            v.describe()
+        );
+
+        std::fs::write(&file.0, "newer-secret\nnew-secret\n").unwrap();
+        v.reload().unwrap();
+        assert_eq!(
+            v.verify(&sign(claims.clone(), "old-secret")),
+            Err(Refusal::BadSignature)
+        );
+        assert!(v.verify(&sign(claims.clone(), "newer-secret")).is_ok());
+
+        // A file that cannot be read, or holds no secret, changes nothing.
+        std::fs::write(&file.0, "# all gone\n").unwrap();
+        assert!(matches!(v.reload(), Err(KeyError::NoSecret { .. })));
+        std::fs::remove_file(&file.0).unwrap();
+        assert!(matches!(v.reload(), Err(KeyError::Read { .. })));
+        assert!(v.verify(&sign(claims, "new-secret")).is_ok());
+    }
+
+    #[test]
+    fn a_public_key_file_may_hold_keys_of_several_types() {
+        let both = TempFile::new("both.pem", &format!("{EC_PUBLIC}\n{ED_PUBLIC}"));
+        let v = from_args(&["--jwt-public-key-file", both.path()])
+            .unwrap()
+            .unwrap();
+        let claims = json!({"exp": now() + 60, "sessions": ["doc-1"]});
+        assert!(
+            v.verify(&sign_with(&claims, Algorithm::ES256, EC_PRIVATE))
+                .is_ok()
+        );
+        assert!(
+            v.verify(&sign_with(&claims, Algorithm::EdDSA, ED_PRIVATE))
+                .is_ok()
+        );
+        assert!(
+            v.describe().starts_with("2 token keys (ES256 or EdDSA)"),
+            "{}",
+            v.describe()
+        );
+        // The classic confusion: a public key used as an HMAC secret.
+        assert_eq!(
+            v.verify(&sign(claims.clone(), EC_PUBLIC)),
+            Err(Refusal::WrongAlgorithm {
+                got: "HS256".into(),
+                want: "ES256 or EdDSA".into()
+            })
+        );
+        // A token of a type no key has is refused as such; a token of the
+        // key's own is checked for its claims once its signature holds.
+        let only_ec = TempFile::new("ec.pem", EC_PUBLIC);
+        let v = from_args(&["--jwt-public-key-file", only_ec.path()])
+            .unwrap()
+            .unwrap();
+        assert!(
+            v.verify(&sign_with(&claims, Algorithm::ES256, EC_PRIVATE))
+                .is_ok()
+        );
+        assert!(matches!(
+            v.verify(&sign_with(&claims, Algorithm::EdDSA, ED_PRIVATE)),
+            Err(Refusal::WrongAlgorithm { got, .. }) if got == "EdDSA"
+        ));
+        let mut expired = claims.clone();
+        expired["exp"] = json!(now() - 1);
+        assert_eq!(
+            v.verify(&sign_with(&expired, Algorithm::ES256, EC_PRIVATE)),
+            Err(Refusal::Expired)
+        );
+    }
+
+    #[test]
+    fn a_key_file_that_is_not_all_keys_stops_the_start() {
+        let private = TempFile::new("private.pem", &format!("{EC_PUBLIC}{ED_PRIVATE}"));
+        let err = from_args(&["--jwt-public-key-file", private.path()]).unwrap_err();
+        assert!(
+            err.to_string().ends_with(
+                "PEM block 2 (PRIVATE KEY) is not an RSA, EC (P-256) or Ed25519 public key"
+            ),
+            "{err}"
+        );
+        let text = TempFile::new("text.pem", "not a key\n");
+        assert!(matches!(
+            from_args(&["--jwt-public-key-file", text.path()]),
+            Err(KeyError::NotAKey { .. })
+        ));
+        let empty = TempFile::new("empty", "\n# nothing\n");
+        assert!(matches!(
+            from_args(&["--jwt-secret-file", empty.path()]),
+            Err(KeyError::NoSecret { .. })
+        ));
+        assert!(matches!(
+            from_args(&["--jwt-secret", "s", "--jwt-secret-file", empty.path()]),
+            Err(KeyError::Several)
+        ));
+        assert!(from_args(&["--jwt-secret", ""]).unwrap().is_none());
     }
 
     #[test]

@@ -39,8 +39,8 @@ struct Cli {
 enum Command {
     /// Serve (what plain `herald` does).
     Serve(Box<Config>),
-    /// Print a token (JWT) signed with JWT_SECRET or a private key, for
-    /// testing and scripts.
+    /// Print a token (JWT) signed with JWT_SECRET, the first secret of
+    /// JWT_SECRET_FILE, or a private key, for testing and scripts.
     Token(token::Args),
     /// Watch a session's events, one line each, resuming after reconnects.
     Tail(tail::Args),

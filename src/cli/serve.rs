@@ -70,7 +70,7 @@ pub(crate) async fn run(
     );
     let background = background.spawn();
     let served = herald
-        .serve(listener, shutdown_signal(config.api_key_file().is_some()))
+        .serve(listener, shutdown_signal(config.reloads_on_sighup()))
         .await;
     background.abort();
     match served {
@@ -147,8 +147,8 @@ fn init_logging(config: &Config) {
 
 /// Ends on Ctrl-C or SIGTERM. SIGHUP is caught too: operators send it to
 /// reload (`systemctl reload`, logrotate), and its default action would stop
-/// the server. With `API_KEY_FILE` the key ring re-reads on it; without, it
-/// only says so.
+/// the server. With a key file (`API_KEY_FILE`, `JWT_SECRET_FILE`,
+/// `JWT_PUBLIC_KEY_FILE`) `reload` re-reads it; without, this only says so.
 async fn shutdown_signal(reloads_keys: bool) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -162,7 +162,7 @@ async fn shutdown_signal(reloads_keys: bool) {
                 _ = &mut ctrl_c => break,
                 _ = term.recv() => break,
                 _ = hangup.recv() => if !reloads_keys {
-                    info!("SIGHUP: nothing to reload (no API_KEY_FILE); still serving");
+                    info!("SIGHUP: nothing to reload (no API_KEY_FILE, JWT_SECRET_FILE or JWT_PUBLIC_KEY_FILE); still serving");
                 },
             }
         }

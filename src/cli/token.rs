@@ -2,9 +2,9 @@
 //! script can try a deployment that requires them:
 //! `herald token --sessions 'doc-42,tenant-7:*' --ttl 1h` (or `--runs`,
 //! `--projects` for the ResearchFlow and workflow streams). Signed with
-//! JWT_SECRET (HS256) or, with `--private-key-file`, the private half of
-//! JWT_PUBLIC_KEY_FILE (the algorithm follows the key type, as on the
-//! server).
+//! JWT_SECRET or the first secret of JWT_SECRET_FILE (HS256) or, with
+//! `--private-key-file`, the private half of a JWT_PUBLIC_KEY_FILE key (the
+//! algorithm follows the key type, as on the server).
 
 use std::{
     path::PathBuf,
@@ -12,6 +12,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use herald::config::key_lines;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
@@ -51,6 +52,11 @@ pub(crate) struct Args {
     /// The HS256 secret; the server's JWT_SECRET by default.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     secret: Option<String>,
+
+    /// A file of HS256 secrets, as the server's JWT_SECRET_FILE: signs with
+    /// the first (list the newest first while rotating).
+    #[arg(long, env = "JWT_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
 
     /// A PEM private key to sign with instead of the secret: RSA (RS256),
     /// EC P-256 (ES256) or Ed25519 (EdDSA).
@@ -126,12 +132,31 @@ fn signing_key(args: &Args) -> Result<(EncodingKey, Algorithm), String> {
                 )
             });
     }
-    match args.secret.as_deref().filter(|s| !s.is_empty()) {
-        Some(secret) => EncodingKey::from_secret(secret.as_bytes())
-            .map(|key| (key, Algorithm::HS256))
-            .map_err(|e| e.to_string()),
-        None => Err("no key: set JWT_SECRET (or --secret), or pass --private-key-file".into()),
-    }
+    let secret = args.secret.clone().filter(|s| !s.is_empty());
+    let file = args
+        .secret_file
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty());
+    let secret = match (secret, file) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "set JWT_SECRET or JWT_SECRET_FILE (--secret or --secret-file), not both".into(),
+            );
+        }
+        (Some(secret), None) => secret,
+        (None, Some(path)) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let first = key_lines(&text).next().map(str::to_owned);
+            first.ok_or_else(|| format!("{} holds no secret", path.display()))?
+        }
+        (None, None) => {
+            return Err("no key: set JWT_SECRET or JWT_SECRET_FILE (or --secret, --secret-file), or pass --private-key-file".into());
+        }
+    };
+    EncodingKey::from_secret(secret.as_bytes())
+        .map(|key| (key, Algorithm::HS256))
+        .map_err(|e| e.to_string())
 }
 
 /// `90`, `90s`, `15m`, `1h`, `7d`.

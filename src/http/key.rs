@@ -22,9 +22,10 @@ use axum::{
 };
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, info_span, warn};
 
 use super::{ApiError, Authorized, body::drain};
+use crate::config::key_lines;
 
 /// Which key authorized a request, as logs and limits name it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -63,14 +64,6 @@ impl Key {
 /// The keys of `API_KEY`, comma-separated, each trimmed; empty items ignored.
 fn split_inline(keys: &str) -> impl Iterator<Item = &str> {
     keys.split(',').map(str::trim).filter(|k| !k.is_empty())
-}
-
-/// The keys of a key file: one a line, trimmed; blank lines and `#` comments
-/// ignored.
-fn parse_file(text: &str) -> impl Iterator<Item = &str> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 /// Every key that may publish, and where they come from.
@@ -130,7 +123,7 @@ impl KeyRing {
             .inline
             .iter()
             .map(String::as_str)
-            .chain(parse_file(&from_file))
+            .chain(key_lines(&from_file))
             .map(Key::new)
             .collect();
         let count = keys.len();
@@ -150,27 +143,6 @@ impl KeyRing {
         }
         let at = usize::try_from(found).ok()?.checked_sub(1)?;
         Some(keys[at].id.clone())
-    }
-
-    /// Re-reads the key file on every SIGHUP, for as long as it runs.
-    pub(crate) async fn reload_on_sighup(self: Arc<Self>) {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut hangups = match signal(SignalKind::hangup()) {
-                Ok(hangups) => hangups,
-                Err(e) => {
-                    error!("cannot watch SIGHUP, API_KEY_FILE will not be re-read: {e}");
-                    return;
-                }
-            };
-            while hangups.recv().await.is_some() {
-                match self.reload() {
-                    Ok(keys) => info!(keys, "SIGHUP: publish keys reloaded"),
-                    Err(e) => error!("SIGHUP: {e}; keeping the keys in force"),
-                }
-            }
-        }
     }
 
     /// Whether a key file is configured (and so SIGHUP means something).
@@ -251,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_key_file_skips_blanks_and_comments() {
-        let keys: Vec<&str> = parse_file("# rotated 2026-01\n\n  alpha \n#beta\ngamma\n").collect();
+        let keys: Vec<&str> = key_lines("# rotated 2026-01\n\n  alpha \n#beta\ngamma\n").collect();
         assert_eq!(keys, ["alpha", "gamma"]);
     }
 

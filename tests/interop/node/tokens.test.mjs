@@ -367,6 +367,82 @@ describe('tokens: public keys (RS256, ES256, EdDSA from the key type)', () => {
   }
 });
 
+describe('tokens: keys rotate without a restart (key files, SIGHUP)', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-rotate-'));
+  const heralds = [];
+  after(async () => {
+    closeAll();
+    for (const h of heralds) await h.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('JWT_SECRET_FILE: any secret of the file connects; after SIGHUP a removed one is refused, and connected sockets keep receiving', async () => {
+    const [older, current, newer] = ['older', 'current', 'newer'].map((n) => `${n}-secret-0123456789abcdef0123456789`);
+    const file = path.join(dir, 'secrets');
+    fs.writeFileSync(file, `# newest first\n${current}\n${older}\n`);
+    const herald = await startHerald({
+      args: ['--jwt-secret-file', file, '--jwt-audience', AUD, '--jwt-issuer', ISS],
+      logLevel: 'info',
+    });
+    heralds.push(herald);
+    assert.match(herald.logs(), /tokens required: .*2 token keys \(HS256\) from /);
+
+    const session = 'doc-rotate';
+    const onOlder = await connect(herald.url, { transports: ['websocket'], auth: { token: token([session], { key: older }) } });
+    await subscribe(onOlder, session);
+    const onCurrent = await connect(herald.url, { transports: ['websocket'], auth: { token: token([session], { key: current }) } });
+    await subscribe(onCurrent, session);
+    assert.match(await refusal(herald.url, { token: token([session], { key: newer }) }), /^unauthorized: bad signature/);
+
+    // The backend starts signing with `newer`; `older` is retired.
+    fs.writeFileSync(file, `${newer}\n${current}\n`);
+    herald.child.kill('SIGHUP');
+    await until(() => /SIGHUP: 2 token keys \(HS256\)/.test(herald.logs()), { what: 'the reload in the log' });
+    assert.match(await refusal(herald.url, { token: token([session], { key: older }) }), /^unauthorized: bad signature/);
+    const onNewer = await connect(herald.url, { transports: ['websocket'], auth: { token: token([session], { key: newer }) } });
+    await subscribe(onNewer, session);
+
+    // A socket admitted under a retired key keeps what its token granted
+    // until the token expires: a rotation disconnects no one.
+    const arrivals = [onOlder, onCurrent, onNewer].map((socket) => waitFor(socket, 'progress'));
+    await herald.publishOk(session, 'progress', sample('progress'));
+    for (const event of await Promise.all(arrivals)) assert.equal(event.sessionId, session);
+
+    // A file that cannot be read keeps the keys in force.
+    fs.rmSync(file);
+    herald.child.kill('SIGHUP');
+    await until(() => /keeping the keys in force/.test(herald.logs()), { what: 'the failed reload in the log' });
+    await connect(herald.url, { transports: ['websocket'], auth: { token: token([session], { key: newer }) } });
+    for (const secret of [older, current, newer]) assert.ok(!herald.logs().includes(secret), 'a secret was logged');
+  });
+
+  test('JWT_PUBLIC_KEY_FILE with an RSA and an EC key: tokens of either connect; SIGHUP drops the one removed', async () => {
+    const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const pem = (pair) => pair.publicKey.export({ type: 'spki', format: 'pem' });
+    const file = path.join(dir, 'keys.pem');
+    fs.writeFileSync(file, pem(rsa) + pem(ec));
+    const herald = await startHerald({ args: ['--jwt-public-key-file', file], logLevel: 'info' });
+    heralds.push(herald);
+    const signed = (pair, algorithm) => jwt.sign({ sessions: ['doc-pk'], exp: inAMinute() }, pair.privateKey, { algorithm });
+
+    for (const [pair, alg] of [[rsa, 'RS256'], [ec, 'ES256']]) {
+      const socket = await connect(herald.url, { transports: ['websocket'], auth: { token: signed(pair, alg) } });
+      await subscribe(socket, 'doc-pk');
+    }
+    assert.match(
+      await refusal(herald.url, { token: token(['*']) }),
+      /^unauthorized: wrong algorithm: the token is signed with HS256, herald expects RS256 or ES256/,
+    );
+
+    fs.writeFileSync(file, pem(ec));
+    herald.child.kill('SIGHUP');
+    await until(() => /SIGHUP: 1 token key \(ES256\)/.test(herald.logs()), { what: 'the reload in the log' });
+    assert.match(await refusal(herald.url, { token: signed(rsa, 'RS256') }), /^unauthorized: wrong algorithm: the token is signed with RS256, herald expects ES256/);
+    await connect(herald.url, { transports: ['websocket'], auth: { token: signed(ec, 'ES256') } });
+  });
+});
+
 describe('tokens: none configured', () => {
   let herald;
   before(async () => {
