@@ -1,6 +1,15 @@
 //! `publish`: events over the HTTP API, paced, with at most one request in
 //! flight per session so that each session's events are sequenced in the
 //! order they were sent.
+//!
+//! Each event carries the time it was due, which the subscribers measure
+//! latency from. Paced, an event is due at its slot on the schedule; a
+//! send held back by the server (every worker waiting for an answer, or the
+//! session's previous publish not answered yet) still counts from then, as
+//! a backend's event produced on time and published late is late to its
+//! watchers. Measuring from the send instead (as before 2026-11-29) left
+//! out exactly the waits of a server falling behind ("coordinated
+//! omission"). Unpaced, an event is due when it is sent.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,12 +54,14 @@ struct WorkerResult {
     statuses: BTreeMap<String, u64>,
     first_error: Option<String>,
     hist: Option<Histogram<u64>>,
+    /// How long after its due time each event was sent, µs (paced only).
+    lag: Option<Histogram<u64>>,
     last_done: Option<Instant>,
 }
 
-fn body(sent_ns: u64) -> Bytes {
+fn body(due_ns: u64) -> Bytes {
     Bytes::from(format!(
-        "{{\"event\":\"model_result\",\"data\":{{\"modelName\":\"bench\",\"duration\":0,\"result\":\"{sent_ns}\",\"status\":\"completed\"}}}}"
+        "{{\"event\":\"model_result\",\"data\":{{\"modelName\":\"bench\",\"duration\":0,\"result\":\"{due_ns}\",\"status\":\"completed\"}}}}"
     ))
 }
 
@@ -58,9 +69,11 @@ async fn worker(w: usize, plan: Arc<Plan>) -> WorkerResult {
     let target = &plan.targets[w % plan.targets.len()];
     let mut r = WorkerResult {
         hist: Some(common::new_histogram()),
+        lag: Some(common::new_histogram()),
         ..Default::default()
     };
     let hist = r.hist.as_mut().expect("set above");
+    let lag = r.lag.as_mut().expect("set above");
     let mut conn: Option<Conn> = None;
     let sessions = plan.paths.len() as u64;
     loop {
@@ -71,13 +84,20 @@ async fn worker(w: usize, plan: Arc<Plan>) -> WorkerResult {
         if plan.count.is_some_and(|c| k >= c) {
             break;
         }
-        if plan.interval_ns > 0.0 {
+        let due = if plan.interval_ns > 0.0 {
             let slot = plan.start + Duration::from_nanos((k as f64 * plan.interval_ns) as u64);
             if plan.deadline.is_some_and(|d| slot >= d) {
                 break;
             }
+            let taken = Instant::now();
             tokio::time::sleep_until(slot).await;
-        }
+            // Taken after its slot, every worker was waiting on the server:
+            // due at the slot. Taken before, due when the timer woke this
+            // worker, whose lateness (up to a timer tick) is ours.
+            Some(if taken > slot { slot } else { Instant::now() })
+        } else {
+            None
+        };
         if plan.deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
@@ -98,8 +118,12 @@ async fn worker(w: usize, plan: Arc<Plan>) -> WorkerResult {
             }
         }
         let c = conn.as_mut().expect("opened above");
-        let sent_ns = common::now_unix_ns();
         let t0 = Instant::now();
+        let late = due.map_or(Duration::ZERO, |due| t0 - due);
+        if due.is_some() {
+            lag.saturating_record(late.as_micros() as u64);
+        }
+        let due_ns = common::now_unix_ns().saturating_sub(late.as_nanos() as u64);
         r.sent += 1;
         let res = tokio::time::timeout(
             plan.request_timeout,
@@ -107,7 +131,7 @@ async fn worker(w: usize, plan: Arc<Plan>) -> WorkerResult {
                 target,
                 Method::POST,
                 &plan.paths[s],
-                Some(body(sent_ns)),
+                Some(body(due_ns)),
                 plan.api_key.as_deref(),
             ),
         )
@@ -221,6 +245,7 @@ pub async fn run(args: PublishArgs, threads: usize) -> Result<(), String> {
 
     let mut total = WorkerResult {
         hist: Some(common::new_histogram()),
+        lag: Some(common::new_histogram()),
         ..Default::default()
     };
     for r in results.into_iter().flatten() {
@@ -234,6 +259,9 @@ pub async fn run(args: PublishArgs, threads: usize) -> Result<(), String> {
             total.first_error = r.first_error;
         }
         if let (Some(t), Some(h)) = (total.hist.as_mut(), r.hist.as_ref()) {
+            let _ = t.add(h);
+        }
+        if let (Some(t), Some(h)) = (total.lag.as_mut(), r.lag.as_ref()) {
             let _ = t.add(h);
         }
         total.last_done = total.last_done.max(r.last_done);
@@ -258,6 +286,7 @@ pub async fn run(args: PublishArgs, threads: usize) -> Result<(), String> {
         "secs": common::round3(secs),
         "publishes_per_sec": if secs > 0.0 { common::round3(total.accepted as f64 / secs) } else { 0.0 },
         "latency_us": common::summary(total.hist.as_ref().expect("set above")),
+        "send_lag_us": common::summary(total.lag.as_ref().expect("set above")),
         "cpu_secs": common::round3(common::self_cpu_secs()),
         "cpu_util": busy.map(common::round3),
         "threads": threads,
