@@ -386,6 +386,65 @@ async fn tail_presents_a_token_and_stops_when_refused() {
     tail.stop();
 }
 
+/// `--token-command` is run before every connection: when herald closes
+/// the socket at its token's expiry, tail reconnects with a fresh token and
+/// misses nothing.
+#[tokio::test]
+async fn tail_renews_its_token_with_a_token_command() {
+    let herald = Herald::start(&["--jwt-secret", "cli-secret"]).await;
+    publish_progress(&herald, "cli-renew", 1..=1).await;
+    let runs = std::env::temp_dir().join(format!("herald-cli-token-runs-{}", std::process::id()));
+    let _ = std::fs::remove_file(&runs);
+    let command = format!(
+        "echo run >> {} && {} token --sessions cli-renew --secret cli-secret --ttl 2",
+        runs.display(),
+        env!("CARGO_BIN_EXE_herald")
+    );
+    let tail = Tail::json(
+        &herald,
+        "cli-renew",
+        &["--since", "0", "--token-command", &command],
+    );
+    assert_eq!(tail.events(1)[0]["data"]["progress"], 1);
+    // Past the first token's expiry, which closes the socket.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    publish_progress(&herald, "cli-renew", 2..=2).await;
+    assert_eq!(
+        tail.events(1)[0]["data"]["progress"],
+        2,
+        "nothing missed across the renewal"
+    );
+    let ran = std::fs::read_to_string(&runs)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let stderr = tail.stop();
+    assert!(
+        ran >= 2,
+        "the command ran {ran} time(s); tail said:\n{stderr}"
+    );
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    let _ = std::fs::remove_file(&runs);
+
+    let failing = run(
+        &mut herald_cli(&[
+            "tail",
+            "cli-renew",
+            "--url",
+            &herald.url(""),
+            "--token-command",
+            "exit 3",
+        ]),
+        "",
+    );
+    assert_eq!(failing.status.code(), Some(1));
+    assert!(
+        text(&failing.stderr).contains("the token command failed"),
+        "{}",
+        text(&failing.stderr)
+    );
+}
+
 /// `herald token --secret-file` signs with the file's first secret, the one
 /// a rotation adds first; herald, reading the same file, takes its token.
 #[tokio::test]

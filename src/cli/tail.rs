@@ -41,6 +41,15 @@ pub(crate) struct Args {
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
     token: Option<String>,
 
+    /// A shell command that prints a fresh token, run before every
+    /// connection, as socket.io-client's `auth` callback: for a watch that
+    /// outlives its tokens (herald closes a socket whose token expired, and
+    /// the reconnect brings a new one). For example `--token-command
+    /// 'herald token --sessions doc-42 --ttl 15m'`, or a call to the
+    /// backend that mints them.
+    #[arg(long, conflicts_with = "token")]
+    token_command: Option<String>,
+
     #[command(flatten)]
     target: Target,
 }
@@ -77,9 +86,16 @@ pub(crate) async fn run(args: &Args) -> Exit {
         epoch: None,
         snapshot_until: None,
     };
-    let auth = args.token.as_ref().map(|token| json!({ "token": token }));
     let mut backoff = BACKOFF.0;
     loop {
+        let token = match &args.token_command {
+            Some(command) => match run_token_command(command) {
+                Ok(token) => Some(token),
+                Err(why) => return refused(&why),
+            },
+            None => args.token.clone(),
+        };
+        let auth = token.map(|token| json!({ "token": token }));
         let why = match Socket::connect(&args.target.url, auth.as_ref()).await {
             Ok(mut socket) => match watch(&mut socket, args, &mut position, &mut backoff).await {
                 Ok(exit) => return exit,
@@ -96,6 +112,24 @@ pub(crate) async fn run(args: &Args) -> Exit {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF.1);
     }
+}
+
+/// The token `command` prints (`sh -c`), trimmed. Blocking: nothing else
+/// runs while tail connects.
+fn run_token_command(command: &str) -> Result<String, String> {
+    let output = std::process::Command::new("sh")
+        .args(["-c", command])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run the token command: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("the token command failed ({})", output.status));
+    }
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if token.is_empty() {
+        return Err("the token command printed no token".into());
+    }
+    Ok(token)
 }
 
 fn refused(why: &str) -> Exit {
