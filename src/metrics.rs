@@ -68,6 +68,13 @@ pub(crate) struct Metrics {
     pub dropped_deliveries: Counter,
     /// Cluster events this instance could not keep up with (Redis only).
     pub cluster_events_dropped: Counter,
+    /// Events this instance read from Redis, and the streams whose channel
+    /// it is subscribed to (Redis only: see `cluster::redis::interest`).
+    pub cluster_events_received: Counter,
+    pub cluster_streams: Gauge,
+    /// 1 while publishes go to each stream's own channel, 0 while they go
+    /// to the channel every instance reads (Redis only).
+    pub cluster_per_stream: Gauge,
     pub publish_rejections: Family<StatusLabel, Counter>,
     pub client_errors: Counter,
     /// Tokens refused (connect, subscribe, history reads) and sockets ended
@@ -122,6 +129,9 @@ impl Metrics {
             events_delivered: Counter::default(),
             dropped_deliveries: Counter::default(),
             cluster_events_dropped: Counter::default(),
+            cluster_events_received: Counter::default(),
+            cluster_streams: Gauge::default(),
+            cluster_per_stream: Gauge::default(),
             publish_rejections: Family::default(),
             client_errors: Counter::default(),
             auth_refusals: Family::default(),
@@ -140,7 +150,6 @@ impl Metrics {
         m
     }
 
-    /// Counts one event published through this instance.
     /// Counts one resume and what it replayed.
     pub(crate) fn resumed(&self, lost: Option<crate::protocol::Lost>, replayed: usize) {
         let result = lost.map_or("recovered", crate::protocol::Lost::reason);
@@ -205,6 +214,23 @@ impl Metrics {
             "Sessions with at least one subscriber",
             self.sessions_watched.clone(),
         );
+        if !keeps_sessions {
+            r.register(
+                "cluster_events_received",
+                "Events this instance read from Redis: those of the streams its clients watch, workflow runs, and events addressed beyond their stream",
+                self.cluster_events_received.clone(),
+            );
+            r.register(
+                "cluster_streams",
+                "Streams whose Redis channel this instance is subscribed to (watched now or in the last 10 s)",
+                self.cluster_streams.clone(),
+            );
+            r.register(
+                "cluster_per_stream",
+                "1 while this instance publishes each stream's events on the stream's own channel; 0 while on the channel every instance reads (an instance of an older release is live, or the registry was not read yet)",
+                self.cluster_per_stream.clone(),
+            );
+        }
         if keeps_sessions {
             r.register(
                 "sessions_known",

@@ -324,6 +324,9 @@ async fn a_redis_cluster_works_the_same() {
     let b = Herald::start(&["--redis-url", &urls, "--redis-cluster"]).await;
     a.wait_ready(200, Duration::from_secs(10)).await;
     b.wait_ready(200, Duration::from_secs(10)).await;
+    // Each stream's own channel, sharded: published from the script that
+    // takes the seq, on the node that owns the session's slot.
+    channels_per_stream(&[&a, &b], true).await;
     // Sessions hash to different nodes; each keeps its own order.
     let sessions = ["c-1", "c-2", "c-3"];
     let mut subs = Vec::new();
@@ -354,6 +357,118 @@ async fn a_redis_cluster_works_the_same() {
         (Some(20), Some(2)),
         "{state}"
     );
+    // Both watch every session: each read each event once.
+    for herald in [&a, &b] {
+        assert_eq!(herald.metric(RECEIVED).await, 60.0);
+    }
+}
+
+const PER_STREAM: &str = "herald_cluster_per_stream ";
+
+/// Waits until every instance publishes on the streams' own channels (or,
+/// with `false`, on the shared one).
+async fn channels_per_stream(heralds: &[&Herald], on: bool) {
+    for herald in heralds {
+        let value = if on { 1.0 } else { 0.0 };
+        herald
+            .wait_metric(PER_STREAM, value, Duration::from_secs(10))
+            .await;
+    }
+}
+const RECEIVED: &str = "herald_cluster_events_received_total ";
+const STREAMS: &str = "herald_cluster_streams ";
+
+/// Each stream's events travel on a channel of its own, which only the
+/// instances watching the stream subscribe to: an instance carries the
+/// events its clients watch, not the cluster's. The channel is left some
+/// seconds after the last watcher, and taken again by the next.
+#[tokio::test]
+async fn events_reach_only_the_instances_that_watch_their_stream() {
+    let redis = Redis::start().await;
+    let (a, b) = common::ready_pair(&redis).await;
+    channels_per_stream(&[&a, &b], true).await;
+    let mut on_a = RawSocket::subscribed(&a, "only-1").await;
+    for _ in 0..20 {
+        assert_eq!(b.publish("only-1", "error", sample("error")).await.0, 202);
+        assert_eq!(b.publish("nobody-1", "error", sample("error")).await.0, 202);
+    }
+    let want: Vec<u64> = (1..=20).collect();
+    assert_eq!(on_a.seqs("error", 20).await, want);
+    assert_eq!(a.metric(RECEIVED).await, 20.0, "only the watched stream");
+    assert_eq!(b.metric(RECEIVED).await, 0.0, "b watches nothing");
+    assert_eq!(
+        (a.metric(STREAMS).await, b.metric(STREAMS).await),
+        (1.0, 0.0)
+    );
+
+    // The last watcher leaves: the channel goes after its linger (10 s).
+    drop(on_a);
+    a.wait_metric(STREAMS, 0.0, Duration::from_secs(20)).await;
+    for _ in 0..5 {
+        assert_eq!(b.publish("only-1", "error", sample("error")).await.0, 202);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.metric(RECEIVED).await, 20.0, "a left the channel");
+
+    // A new watcher takes it again, with nothing missed between its
+    // snapshot (the last `error`, a final event) and the live events.
+    let mut again = RawSocket::subscribed(&a, "only-1").await;
+    assert_eq!(b.publish("only-1", "error", sample("error")).await.0, 202);
+    assert_eq!(again.seqs("error", 2).await, vec![25, 26]);
+    assert_eq!(a.metric(STREAMS).await, 1.0);
+}
+
+/// An instance of an older release reads only the shared channel: while one
+/// is live (its report in the registry carries no `streamChannels`), every
+/// instance publishes there, and goes back to the streams' own channels
+/// once it is gone.
+#[tokio::test]
+async fn while_an_older_instance_is_live_events_go_on_the_shared_channel() {
+    use futures_util::StreamExt;
+    let redis = Redis::start().await;
+    let (a, b) = common::ready_pair(&redis).await;
+    channels_per_stream(&[&a, &b], true).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let older = r#"{"id":"older","version":"0.9.0"}"#;
+    let () = redis::pipe()
+        .set_ex("{herald}:instance:older", older, 60)
+        .ignore()
+        .sadd("{herald}:instances", "older")
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    channels_per_stream(&[&a, &b], false).await;
+    let mut shared = client.get_async_pubsub().await.unwrap();
+    shared.subscribe("herald:events").await.unwrap();
+    let mut on_b = RawSocket::subscribed(&b, "old-1").await;
+    for via in [&a, &b, &a] {
+        assert_eq!(via.publish("old-1", "error", sample("error")).await.0, 202);
+    }
+    assert_eq!(on_b.seqs("error", 3).await, vec![1, 2, 3]);
+    let mut messages = shared.on_message();
+    for seq in 1..=3 {
+        let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("the older instance's channel carries the event")
+            .unwrap();
+        let text: String = message.get_payload().unwrap();
+        let lines: Vec<&str> = text.splitn(4, '\n').collect();
+        assert_eq!(&lines[..3], &["error", "old-1", &seq.to_string()]);
+    }
+
+    // It is gone: back to the streams' own channels.
+    let () = redis::cmd("DEL")
+        .arg("{herald}:instance:older")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    channels_per_stream(&[&a, &b], true).await;
+    assert_eq!(b.publish("old-1", "error", sample("error")).await.0, 202);
+    assert_eq!(on_b.seqs("error", 1).await, vec![4]);
+    let quiet = tokio::time::timeout(Duration::from_millis(300), messages.next()).await;
+    assert!(quiet.is_err(), "nothing more on the shared channel");
 }
 
 /// A batch interrupted by Redis dying answers with what was published (with

@@ -32,18 +32,6 @@ async fn bystander_gets_all(
     assert_eq!(bystander.seqs("progress", n as usize).await, want);
 }
 
-/// The value of a line of `/metrics` (`name{labels} value`), 0 when absent.
-async fn metric(herald: &Herald, line_start: &str) -> f64 {
-    herald
-        .metrics_text()
-        .await
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The next `error` event, skipping acks.
 async fn next_error(s: &mut RawSocket) -> Value {
     loop {
@@ -83,11 +71,9 @@ async fn a_subscribe_past_the_cap_is_refused_and_the_others_stay() {
     assert_eq!(s.next_event().await.0, "subscribed");
     bystander_gets_all(&herald, &mut bystander, "b", 1, 5).await;
     assert_eq!(
-        metric(
-            &herald,
-            r#"herald_limit_refusals_total{limit="subscriptions"}"#
-        )
-        .await,
+        herald
+            .metric(r#"herald_limit_refusals_total{limit="subscriptions"}"#)
+            .await,
         1.0
     );
 }
@@ -170,11 +156,9 @@ async fn a_flooding_socket_is_refused_then_disconnected_and_the_others_stay() {
     assert!(disconnected);
     bystander_gets_all(&herald, &mut bystander, "b", 4, 3).await;
     assert_eq!(
-        metric(
-            &herald,
-            r#"herald_limit_refusals_total{limit="request_flood"}"#
-        )
-        .await,
+        herald
+            .metric(r#"herald_limit_refusals_total{limit="request_flood"}"#)
+            .await,
         1.0
     );
 }
@@ -220,11 +204,9 @@ async fn connections_per_address_are_refused_at_the_handshake() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        metric(
-            &herald,
-            r#"herald_limit_refusals_total{limit="connections_per_address"}"#
-        )
-        .await
+        herald
+            .metric(r#"herald_limit_refusals_total{limit="connections_per_address"}"#)
+            .await
             >= 3.0
     );
 }
@@ -249,11 +231,9 @@ async fn a_connection_flood_past_the_cap_leaves_ops_publishes_and_sockets_answer
     assert_eq!((status, body["code"].as_str()), (503, Some("SERVER_FULL")));
     bystander_gets_all(&herald, &mut bystander, "b", 1, 5).await;
     assert_eq!(
-        metric(
-            &herald,
-            r#"herald_limit_refusals_total{limit="connections"}"#
-        )
-        .await,
+        herald
+            .metric(r#"herald_limit_refusals_total{limit="connections"}"#)
+            .await,
         21.0
     );
 }
@@ -325,11 +305,11 @@ async fn past_max_sessions_unwatched_sessions_are_forgotten_and_watched_ones_kep
         assert_eq!(status, 202);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&herald, "herald_sessions_known ").await > 10.0 {
+    while herald.metric("herald_sessions_known ").await > 10.0 {
         assert!(Instant::now() < deadline, "sessions were never evicted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(metric(&herald, "herald_sessions_evicted_total").await >= 30.0);
+    assert!(herald.metric("herald_sessions_evicted_total").await >= 30.0);
     // The watched session goes on where it was.
     bystander_gets_all(&herald, &mut bystander, "b", 3, 2).await;
 }
@@ -377,7 +357,7 @@ async fn a_stalled_reader_of_large_events_keeps_memory_bounded() {
     assert!(grew < 56 << 20, "RSS grew by {} MiB", grew >> 20);
     // The stalled socket is closed at its first refused event; it keeps its
     // room (and refuses each further event, counted) until its transport ends.
-    assert!(metric(&herald, "herald_dropped_deliveries_total").await >= 1.0);
+    assert!(herald.metric("herald_dropped_deliveries_total").await >= 1.0);
 }
 
 /// An Engine.IO polling session that never polls again nor upgrades is

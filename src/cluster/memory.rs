@@ -286,6 +286,11 @@ impl Sequencer for MemorySequencer {
         .boxed()
     }
 
+    /// Every event is delivered here: nothing to set up.
+    fn watch<'a>(&'a self, _id: &'a Topic) -> BoxFuture<'a, Result<(), SequencerError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn history<'a>(
         &'a self,
         id: &'a Topic,

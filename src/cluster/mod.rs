@@ -196,6 +196,9 @@ pub(crate) struct InstanceReport {
     /// A dashboard is open on this instance: every instance counts its
     /// publishes per session while one is, anywhere.
     pub dashboard_open: bool,
+    /// The instance reads each stream's own Redis channel; releases before
+    /// those channels report nothing here (see `redis::interest`).
+    pub stream_channels: bool,
 }
 
 /// What a Redis request was for, so that its failure says what did not happen.
@@ -264,6 +267,12 @@ pub(crate) trait Sequencer: Send + Sync + 'static {
     /// the reason it could not. Creates the session's state (and epoch) if
     /// it has none yet. Resolves once `join` has run.
     fn attach<'a>(&'a self, id: &'a Topic, start: Start, join: Join) -> BoxFuture<'a, ()>;
+
+    /// Makes sure this instance receives the session's live events from
+    /// the moment this resolves, for a client about to watch it without a
+    /// snapshot or replay (ResearchFlow's `auth { runId }`); the client must
+    /// count as watching ([`FanOut::watches`]) right after.
+    fn watch<'a>(&'a self, id: &'a Topic) -> BoxFuture<'a, Result<(), SequencerError>>;
 
     /// Up to `limit` held events after `since`, in seq order.
     fn history<'a>(

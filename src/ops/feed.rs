@@ -186,6 +186,7 @@ impl Feed {
             most_active: m.activity.take(TOP),
             // The sampler holds no receiver: each is an open dashboard.
             dashboard_open: self.latest.receiver_count() > 0,
+            stream_channels: true,
         }
     }
 }

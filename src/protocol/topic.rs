@@ -79,6 +79,20 @@ impl Family {
     }
 }
 
+impl Family {
+    /// Whether every client watching one of the family's streams tells the
+    /// sequencer first (`Sequencer::attach` or `watch`), so that a cluster
+    /// can send a stream's events only to the instances that asked for
+    /// them. MeatyMusic's `/ws/workflows` watches runs without a word, and
+    /// every run at once, so workflow events go to every instance.
+    pub(crate) fn per_stream_channels(self) -> bool {
+        match self {
+            Self::Session | Self::Run => true,
+            Self::Workflow => false,
+        }
+    }
+}
+
 /// What a family's keys are called in Redis.
 pub(crate) struct StorageNames {
     pub state: &'static str,

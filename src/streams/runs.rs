@@ -347,7 +347,7 @@ impl Handler for Connection {
             "ping" => vec![
                 json!({ "type": "pong", "timestamp": Timestamp::now(), "payload": {} }).to_string(),
             ],
-            "auth" => vec![self.auth(&payload)],
+            "auth" => vec![self.auth(&payload).await],
             "subscribe" if payload.get("runId").is_some() => vec![self.resume(&payload).await]
                 .into_iter()
                 .flatten()
@@ -441,7 +441,7 @@ impl Connection {
         }
     }
 
-    fn auth(&self, payload: &Value) -> String {
+    async fn auth(&self, payload: &Value) -> String {
         let failed = |message: String| reply("auth.failed", json!({ "message": message }));
         let read = (|| {
             Ok::<_, String>(RunAuth {
@@ -470,6 +470,14 @@ impl Connection {
                     return failed(message);
                 }
             }
+        }
+        // Its events must reach this instance before `auth.success` says
+        // they will.
+        if let Some(run) = &run
+            && let Some(sequencer) = self.hub.sequencer.get().and_then(Weak::upgrade)
+            && let Err(e) = sequencer.watch(&Topic::run(run.clone())).await
+        {
+            return failed(e.to_string());
         }
         let claims = Claims {
             user: auth.user_id.map(Into::into),

@@ -194,6 +194,33 @@ impl Herald {
         res.text().await.expect("/metrics body")
     }
 
+    /// The value of a line of `/metrics` (`name{labels} value`), 0 when absent.
+    pub async fn metric(&self, line_start: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until a line of `/metrics` reads `value`; panics after `wait`.
+    pub async fn wait_metric(&self, line_start: &str, value: f64, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let now = self.metric(line_start).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{line_start} is {now}, not {value}, after {wait:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The resident memory of the process, in bytes (Linux).
     pub fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

@@ -41,8 +41,12 @@ enum Route {
     /// socketioxide-redis's request and response channels: bounded, as its
     /// driver interface requires.
     Adapter(mpsc::Sender<ChanItem>),
-    /// herald's event channel: in order, bounded (see `queue`).
+    /// herald's shared event channel: in order, bounded (see `queue`).
     Events(EventQueue<Command>),
+    /// One stream's own event channel (see `interest`), into the same
+    /// queue; sharded pub/sub on a Redis Cluster, like the publish that
+    /// feeds it.
+    Stream(EventQueue<Command>),
     /// This instance's probe channel.
     Probe,
 }
@@ -221,7 +225,7 @@ impl Link {
         })
     }
 
-    fn sharded(&self) -> bool {
+    pub(super) fn sharded(&self) -> bool {
         matches!(*self.target, Target::Cluster(_))
     }
 
@@ -290,7 +294,9 @@ impl Link {
         let (mut plain, mut sharded) = (Vec::new(), Vec::new());
         for (channel, route) in self.shared.routes.read().unwrap().iter() {
             match route {
-                Route::Adapter(_) if self.sharded() => sharded.push(channel.clone()),
+                Route::Adapter(_) | Route::Stream(_) if self.sharded() => {
+                    sharded.push(channel.clone())
+                }
                 _ => plain.push(channel.clone()),
             }
         }
@@ -349,7 +355,7 @@ impl Shared {
             return;
         };
         match self.routes.read().unwrap().get(&channel) {
-            Some(Route::Events(queue)) => queue.push(message),
+            Some(Route::Events(queue) | Route::Stream(queue)) => queue.push(message),
             Some(Route::Adapter(tx)) => {
                 let sent = tx.try_send((channel, message));
                 if sent.is_err() {
@@ -405,7 +411,7 @@ impl Driver for Link {
         // down, and `watch` subscribes every route again once it is back.
         let link = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = link.subscribe_adapter(&chan).await {
+            if let Err(e) = link.subscribe_sharded(&chan).await {
                 debug!(%chan, "subscription deferred until Redis answers: {e}");
             }
         });
@@ -413,12 +419,8 @@ impl Driver for Link {
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), LinkError> {
-        self.shared.routes.write().unwrap().remove(&chan);
-        match self.connection()? {
-            Conn::Single(mut c) => c.unsubscribe(&chan).await?,
-            Conn::Cluster(mut c) => c.sunsubscribe(&chan).await?,
-        }
-        Ok(())
+        self.unroute(&chan);
+        Ok(self.unsubscribe_sharded(&chan).await?)
     }
 
     async fn num_serv(&self, chan: &str) -> Result<u16, LinkError> {
@@ -437,10 +439,31 @@ impl Driver for Link {
 }
 
 impl Link {
-    async fn subscribe_adapter(&self, chan: &str) -> Result<(), RedisError> {
+    /// Subscribes to a channel that is sharded on a Redis Cluster (its
+    /// messages go only through the node that owns its slot): the adapter's
+    /// and the streams'. Resolves once Redis confirmed it, so that every
+    /// message published from then on reaches this instance.
+    pub(super) async fn subscribe_sharded(&self, chan: &str) -> Result<(), RedisError> {
         match self.connection()? {
             Conn::Single(mut c) => c.subscribe(chan).await,
             Conn::Cluster(mut c) => c.ssubscribe(chan).await,
+        }
+    }
+
+    /// Routes a stream's channel to the event queue, from now on.
+    pub(super) fn route_stream(&self, channel: &str, events: EventQueue<Command>) {
+        let mut routes = self.shared.routes.write().unwrap();
+        routes.insert(channel.to_string(), Route::Stream(events));
+    }
+
+    pub(super) fn unroute(&self, channel: &str) {
+        self.shared.routes.write().unwrap().remove(channel);
+    }
+
+    pub(super) async fn unsubscribe_sharded(&self, channel: &str) -> Result<(), RedisError> {
+        match self.connection()? {
+            Conn::Single(mut c) => c.unsubscribe(channel).await,
+            Conn::Cluster(mut c) => c.sunsubscribe(channel).await,
         }
     }
 }

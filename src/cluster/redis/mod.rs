@@ -1,5 +1,6 @@
 //! Many herald instances sharing Redis: one seq per session for the whole
-//! cluster, and every event delivered in seq order on every instance.
+//! cluster, and every event delivered in seq order on every instance that
+//! watches its session.
 //!
 //! Ordering is the design constraint. socketioxide's adapter broadcasts to an
 //! instance's own sockets before Redis relays the event to the others, so a
@@ -8,17 +9,19 @@
 //! A, still on its way through Redis). herald therefore does not broadcast
 //! events through the adapter. A publish runs one Lua script that takes the
 //! session's next seq, records its state and PUBLISHes the finished payload
-//! on one channel, atomically; Redis runs scripts one at a time, so the
-//! channel carries every session's events in seq order. Every instance, the
-//! publishing one included, delivers what arrives on that channel to its own
-//! sockets, from one task, in arrival order. Concurrent publishers to one
-//! session are thereby ordered too: the order Redis ran their scripts is
-//! both their seq order and everyone's delivery order.
+//! on the session's channel, atomically; Redis runs scripts one at a time,
+//! so the channel carries the session's events in seq order. Every instance
+//! watching the session (see `interest`), the publishing one included,
+//! delivers what arrives on its channels to its own sockets, from one task,
+//! in arrival order. Concurrent publishers to one session are thereby
+//! ordered too: the order Redis ran their scripts is both their seq order
+//! and everyone's delivery order.
 //!
 //! The socketioxide-redis adapter is still installed: it answers the
 //! cluster-wide questions (how many sockets watch a session, which rooms
 //! exist), over the same reconnecting link.
 
+mod interest;
 mod link;
 mod queue;
 
@@ -26,7 +29,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -37,7 +40,7 @@ use serde_json::value::RawValue;
 use socketioxide::adapter::Emitter;
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::sync::{Semaphore, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub(crate) use link::Link;
 pub use link::LinkProblem;
@@ -82,7 +85,9 @@ const INSTANCE_TTL_SECS: u64 = 5;
 /// the braces). ARGV: payload head, payload tail, event channel, message
 /// header, flags (progress, completed, failed, ended as "0"/"1"), TTL in ms,
 /// an epoch for a new sequence, history length, event name, idempotency
-/// window in ms, the request's fingerprint. Returns the seq, the epoch and
+/// window in ms, the request's fingerprint, the publish command (`PUBLISH`,
+/// or `SPUBLISH` for a stream's channel on a Redis Cluster: that channel
+/// is in the session's slot). Returns the seq, the epoch and
 /// what happened (below). A new sequence (seq 1) starts
 /// with an empty history. With a third key (the publish's idempotency key,
 /// in the session's slot), a key already recorded answers its seq and
@@ -121,7 +126,7 @@ if tonumber(ARGV[8]) > 0 then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 if KEYS[3] then redis.call('SET', KEYS[3], seq .. ':' .. ARGV[11], 'PX', ARGV[10]) end
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. seq .. '\n' .. payload)
+redis.call(ARGV[12], ARGV[3], ARGV[4] .. seq .. '\n' .. payload)
 return {seq, epoch, 'sent'}
 "#;
 
@@ -179,8 +184,17 @@ impl Keys {
             self.prefix, names.idempotency, topic.id
         )
     }
+    /// The channel every instance reads: events of families without
+    /// per-stream channels, events addressed beyond their stream, and all
+    /// events while an instance of an older release is live.
     fn events(&self) -> String {
         format!("{}:events", self.prefix)
+    }
+    /// A stream's own channel, in its keys' slot (the braces), read by the
+    /// instances that watch it (see `interest`).
+    fn stream_channel(&self, topic: &Topic) -> String {
+        let names = topic.family.storage_names();
+        format!("{}:{}-events:{{{}}}", self.prefix, names.state, topic.id)
     }
     // The instance registry shares one slot (the braces), so it can be read
     // with one MGET on a Redis Cluster.
@@ -221,6 +235,7 @@ pub(crate) struct Setup {
     ttl_ms: u64,
     history_events: usize,
     idempotency_ms: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Setup {
@@ -234,7 +249,7 @@ impl Setup {
             prefix: settings.prefix.to_string(),
         };
         let uid = format!("{:016x}", random_u64());
-        let (queue, events, behind) = queue::bounded(settings.queue_events, metrics);
+        let (queue, events, behind) = queue::bounded(settings.queue_events, metrics.clone());
         let link = Link::new(
             settings.urls,
             settings.cluster,
@@ -255,6 +270,7 @@ impl Setup {
             ttl_ms: settings.session_ttl.as_millis().max(1) as u64,
             history_events: settings.history_events,
             idempotency_ms: settings.idempotency_ttl.as_millis().max(1) as u64,
+            metrics,
         };
         Ok((setup, adapter))
     }
@@ -299,6 +315,11 @@ pub(crate) struct RedisSequencer {
     in_flight: Semaphore,
     commands: queue::EventQueue<Command>,
     next_joiner: AtomicU64,
+    interest: interest::Interest,
+    /// Where topic events go: [`PER_STREAM`] unless an instance of an older
+    /// release is live ([`SHARED`]); [`UNKNOWN`] until the registry was read.
+    channels: AtomicU8,
+    metrics: Arc<Metrics>,
 }
 
 impl RedisSequencer {
@@ -318,7 +339,10 @@ impl RedisSequencer {
             ttl_ms,
             history_events,
             idempotency_ms,
+            metrics,
         } = setup;
+        let interest =
+            interest::Interest::new(link.clone(), keys.clone(), queue.clone(), metrics.clone());
         let sequencer = Arc::new(Self {
             link,
             behind,
@@ -331,11 +355,18 @@ impl RedisSequencer {
             in_flight: Semaphore::new(PUBLISHES_IN_FLIGHT),
             commands: queue,
             next_joiner: AtomicU64::new(0),
+            interest,
+            channels: AtomicU8::new(UNKNOWN),
+            metrics,
         });
         let run = {
             let sequencer = sequencer.clone();
             async move {
-                tokio::join!(deliver_all(events, fanout), sequencer.link.watch(),);
+                tokio::join!(
+                    deliver_all(events, fanout.clone()),
+                    sequencer.link.watch(),
+                    sequencer.interest.sweep(fanout.as_ref()),
+                );
             }
         };
         (sequencer, run.boxed())
@@ -391,11 +422,19 @@ impl RedisSequencer {
             script.key(self.keys.idempotency(out.topic, keyed.key));
         }
         let fingerprint = out.idempotency.map(|k| k.fingerprint.to_string());
+        let per_stream = out.scope == Scope::Topic
+            && out.topic.family.per_stream_channels()
+            && self.channels().await == PER_STREAM;
+        let (channel, command) = match per_stream {
+            true if self.link.sharded() => (self.keys.stream_channel(out.topic), "SPUBLISH"),
+            true => (self.keys.stream_channel(out.topic), "PUBLISH"),
+            false => (self.keys.events(), "PUBLISH"),
+        };
         let mut conn = self.link.connection().map_err(&failed)?;
         let (seq, _epoch, verdict): (u64, String, String) = script
             .arg(&out.encoded.head)
             .arg(&out.encoded.tail)
-            .arg(self.keys.events())
+            .arg(channel)
             .arg(header)
             .arg(flags)
             .arg(self.ttl_ms)
@@ -404,6 +443,7 @@ impl RedisSequencer {
             .arg(out.name)
             .arg(self.idempotency_ms)
             .arg(fingerprint.as_deref().unwrap_or(""))
+            .arg(command)
             .invoke_async(&mut conn)
             .await
             .map_err(sent_failed)?;
@@ -467,6 +507,25 @@ impl RedisSequencer {
         })
     }
 
+    /// Makes sure this instance receives the stream's events from the
+    /// moment this resolves: waits for the link, then for the stream's
+    /// channel. Nothing is published while the link is down, so a client
+    /// that waits for it misses nothing.
+    async fn receive(&self, id: &Topic) -> Result<Option<interest::Attaching<'_>>, SequencerError> {
+        if tokio::time::timeout(SUBSCRIBE_WAIT, self.link.live())
+            .await
+            .is_err()
+        {
+            let problem = self.link.problem().unwrap_or(LinkProblem::NotDelivering);
+            return Err(SequencerError::LinkDown(problem));
+        }
+        if !id.family.per_stream_channels() {
+            return Ok(None);
+        }
+        let attaching = self.interest.attach(id).await;
+        attaching.map(Some).map_err(redis_failed(Action::Subscribe))
+    }
+
     /// See [`Sequencer::attach`]: the delivery task keeps the session's
     /// events from before the history is read until the subscriber has
     /// joined, and runs the join itself, between two deliveries.
@@ -476,15 +535,11 @@ impl RedisSequencer {
             join(result);
             let _ = ran.send(());
         });
-        // Nothing is published while the link is down, so a subscriber that
-        // waits for it misses nothing, and gets its snapshot once it is back.
-        if tokio::time::timeout(SUBSCRIBE_WAIT, self.link.live())
-            .await
-            .is_err()
-        {
-            let problem = self.link.problem().unwrap_or(LinkProblem::NotDelivering);
-            return join(Err(SequencerError::LinkDown(problem)));
-        }
+        // Held until the subscriber has joined: then it counts as a watcher.
+        let _receiving = match self.receive(id).await {
+            Ok(receiving) => receiving,
+            Err(e) => return join(Err(e)),
+        };
         let joiner = self.next_joiner.fetch_add(1, Ordering::Relaxed);
         let (noted, taken) = oneshot::channel();
         let registered = self
@@ -608,9 +663,61 @@ impl RedisSequencer {
             }
         }
         live.sort_by(|a, b| a.id.cmp(&b.id));
+        self.choose_channels(&live);
         Some(live)
     }
 }
+
+impl RedisSequencer {
+    /// Where topic events go. The first publishes read the registry before
+    /// they are sent, so that an instance never switches channels at its
+    /// start (which, on a Redis Cluster, could let the first events on one
+    /// overtake the last on the other); while Redis cannot say, the shared
+    /// channel, which every release reads.
+    async fn channels(&self) -> u8 {
+        if self.channels.load(Ordering::Relaxed) == UNKNOWN {
+            self.reports().await;
+        }
+        match self.channels.load(Ordering::Relaxed) {
+            UNKNOWN => SHARED,
+            known => known,
+        }
+    }
+
+    /// Publishes on the streams' own channels unless an instance of an
+    /// older release, which reads only the shared channel, is live: a
+    /// rolling upgrade from one loses nothing. Every instance switches
+    /// within a second of the registry changing; meanwhile they may publish
+    /// either way, and this release reads both. On a Redis Cluster, events
+    /// published around a switch can reach a client out of order (the
+    /// shared channel crosses the cluster bus, a stream's does not); a
+    /// single Redis carries both on one connection, in order.
+    fn choose_channels(&self, live: &[InstanceReport]) {
+        let older = live.iter().find(|r| !r.stream_channels);
+        let channels = if older.is_none() { PER_STREAM } else { SHARED };
+        if self.channels.swap(channels, Ordering::Relaxed) == channels {
+            return;
+        }
+        self.metrics
+            .cluster_per_stream
+            .set(i64::from(channels == PER_STREAM));
+        match older {
+            None => info!(
+                "publishing each stream's events on its own channel: only the instances watching it receive them"
+            ),
+            Some(r) => warn!(
+                instance = %r.id,
+                version = %r.version,
+                "publishing every event on the shared channel: an instance of an older release reads only that one"
+            ),
+        }
+    }
+}
+
+/// Values of `RedisSequencer::channels`.
+const UNKNOWN: u8 = 0;
+const PER_STREAM: u8 = 1;
+const SHARED: u8 = 2;
 
 /// What to ask the read script.
 struct ReadAsk<'a> {
@@ -702,6 +809,12 @@ impl Sequencer for RedisSequencer {
 
     fn attach<'a>(&'a self, id: &'a Topic, start: Start, join: Join) -> BoxFuture<'a, ()> {
         RedisSequencer::attach(self, id, start, join).boxed()
+    }
+
+    fn watch<'a>(&'a self, id: &'a Topic) -> BoxFuture<'a, Result<(), SequencerError>> {
+        // The channel lingers after the guard: the client counts as a
+        // watcher long before the sweep looks.
+        async move { self.receive(id).await.map(drop) }.boxed()
     }
 
     fn history<'a>(
@@ -947,6 +1060,12 @@ mod tests {
         assert_eq!(
             keys.history(&Topic::run(SessionId::parse("a").unwrap())),
             "herald:run-history:{a}"
+        );
+        // The script publishes on it: on a Redis Cluster, SPUBLISH from a
+        // script must stay in the slot of the script's keys.
+        assert_eq!(
+            keys.stream_channel(&Topic::session(SessionId::parse("a").unwrap())),
+            "herald:session-events:{a}"
         );
     }
 }

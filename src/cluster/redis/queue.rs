@@ -105,6 +105,7 @@ impl<C> EventQueue<C> {
     }
 
     pub(crate) fn push(&self, message: Vec<u8>) {
+        self.state.metrics.cluster_events_received.inc();
         match self.tx.try_send(Item::Event(message)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
