@@ -14,11 +14,14 @@ if herald refuses the session id it exits 2.
 Note: the sync socketio.Client runs each event's handler in a thread of its
 own, so events that arrive in the same instant may print in any order; each
 event carries `seq` (1, 2, 3, ... per session) for code that needs the order.
+For the same reason each handler prints its lines in one piece (`say`), so
+that two events' lines never mix.
 """
 
 import json
 import os
 import sys
+import threading
 
 import socketio
 
@@ -30,6 +33,15 @@ if not session_id:
     sys.exit(2)
 
 exit_code = 0
+_printing = threading.Lock()
+
+
+def say(*lines):
+    """Prints one event's lines together: handlers run in threads of their own."""
+    with _printing:
+        sys.stdout.write(''.join(f'{line}\n' for line in lines))
+        sys.stdout.flush()
+
 
 # Create client
 sio = socketio.Client()
@@ -38,42 +50,40 @@ sio = socketio.Client()
 # Connect handlers
 @sio.on('connect')
 def on_connect():
-    print(f'Connected to WebSocket: {sio.get_sid()}', flush=True)
+    say(f'Connected to WebSocket: {sio.get_sid()}')
     sio.emit('subscribe', session_id)
 
 
 @sio.on('subscribed')
 def on_subscribed(data):
-    print(f"Subscribed to session: {data['sessionId']}", flush=True)
+    say(f"Subscribed to session: {data['sessionId']}")
 
 
 @sio.on('progress')
 def on_progress(data):
-    print(f"Progress: {data['progress']}%", flush=True)
-    print(f"Status: {data['status']}", flush=True)
+    say(f"Progress: {data['progress']}%", f"Status: {data['status']}")
 
 
 @sio.on('model_result')
 def on_model_result(data):
-    print(f"Model {data['modelName']}: {data['status']}", flush=True)
+    lines = [f"Model {data['modelName']}: {data['status']}"]
     if data['status'] == 'completed':
-        print(f"Result: {data['result']}", flush=True)
+        lines.append(f"Result: {data['result']}")
     elif data.get('error'):
-        print(f"Error: {data['error']}", flush=True)
+        lines.append(f"Error: {data['error']}")
+    say(*lines)
 
 
 @sio.on('clarification')
 def on_clarification(data):
-    print('Clarification needed:', flush=True)
-    print(f"Question: {data['question']}", flush=True)
-    print(f"Clarification ID: {data['clarificationId']}", flush=True)
+    say('Clarification needed:', f"Question: {data['question']}",
+        f"Clarification ID: {data['clarificationId']}")
     # Prompt the user to answer and POST to /api/wizard/clarifications/respond
 
 
 @sio.on('completed')
 def on_completed(data):
-    print('Session completed!', flush=True)
-    print(f"Result: {json.dumps(data['result'])}", flush=True)
+    say('Session completed!', f"Result: {json.dumps(data['result'])}")
     try:
         sio.call('unsubscribe', session_id, timeout=5)
     except socketio.exceptions.TimeoutError:
@@ -86,17 +96,17 @@ def on_error(data):
     global exit_code
     if 'code' in data:
         # A reply to a bad request (here: a session id herald refuses).
-        print(f"Subscribe refused ({data['code']}): {data['error']}", flush=True)
+        say(f"Subscribe refused ({data['code']}): {data['error']}")
         exit_code = 2
     else:
-        print(f"Session error: {data['error']}", flush=True)
+        say(f"Session error: {data['error']}")
         exit_code = 1
     sio.disconnect()
 
 
 @sio.on('disconnect')
 def on_disconnect(*reason):
-    print('Disconnected from WebSocket', flush=True)
+    say('Disconnected from WebSocket')
 
 
 # Connect
