@@ -21,7 +21,7 @@ use std::{
 use redis::RedisError;
 use tracing::debug;
 
-use super::{Command, Keys, Link, queue::EventQueue};
+use super::Link;
 use crate::{cluster::FanOut, metrics::Metrics, protocol::Topic};
 
 /// How long a stream's channel stays subscribed after its last watcher left.
@@ -32,8 +32,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 pub(super) struct Interest {
     link: Link,
-    keys: Keys,
-    events: EventQueue<Command>,
     streams: Mutex<HashMap<Topic, Watched>>,
     metrics: Arc<Metrics>,
 }
@@ -72,16 +70,9 @@ impl Drop for Attaching<'_> {
 }
 
 impl Interest {
-    pub(super) fn new(
-        link: Link,
-        keys: Keys,
-        events: EventQueue<Command>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub(super) fn new(link: Link, metrics: Arc<Metrics>) -> Self {
         Self {
             link,
-            keys,
-            events,
             streams: Mutex::new(HashMap::new()),
             metrics,
         }
@@ -89,13 +80,18 @@ impl Interest {
 
     /// Makes sure this instance receives the stream's events, from the
     /// moment this resolves until the returned guard is dropped and, after
-    /// that, for as long as a local client watches the stream.
-    pub(super) async fn attach(&self, topic: &Topic) -> Result<Attaching<'_>, RedisError> {
+    /// that, for as long as a local client watches the stream. `channel`
+    /// names the stream's channel.
+    pub(super) async fn attach(
+        &self,
+        topic: &Topic,
+        channel: impl FnOnce() -> String,
+    ) -> Result<Attaching<'_>, RedisError> {
         let channel = {
             let mut streams = self.streams.lock().unwrap();
             let watched = streams.entry(topic.clone()).or_insert_with(|| {
-                let name = self.keys.stream_channel(topic);
-                self.link.route_stream(&name, self.events.clone());
+                let name = channel();
+                self.link.route_stream(&name);
                 self.metrics.cluster_streams.inc();
                 Watched {
                     channel: Arc::new(Channel {

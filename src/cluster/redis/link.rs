@@ -41,18 +41,20 @@ enum Route {
     /// socketioxide-redis's request and response channels: bounded, as its
     /// driver interface requires.
     Adapter(mpsc::Sender<ChanItem>),
-    /// herald's shared event channel: in order, bounded (see `queue`).
-    Events(EventQueue<Command>),
+    /// herald's shared event channel: into the event queue, in order,
+    /// bounded (see `queue`).
+    Events,
     /// One stream's own event channel (see `interest`), into the same
     /// queue; sharded pub/sub on a Redis Cluster, like the publish that
     /// feeds it.
-    Stream(EventQueue<Command>),
+    Stream,
     /// This instance's probe channel.
     Probe,
 }
 
 struct Shared {
     routes: RwLock<HashMap<String, Route>>,
+    events: EventQueue<Command>,
     probe_channel: String,
     probe_seen: AtomicU64,
     probe_arrived: Notify,
@@ -164,10 +166,11 @@ impl Link {
         probe_channel: String,
     ) -> Result<Self, RedisError> {
         let mut routes = HashMap::new();
-        routes.insert(events_channel.to_string(), Route::Events(events));
+        routes.insert(events_channel.to_string(), Route::Events);
         routes.insert(probe_channel.clone(), Route::Probe);
         let shared = Arc::new(Shared {
             routes: RwLock::new(routes),
+            events,
             probe_channel,
             probe_seen: AtomicU64::new(0),
             probe_arrived: Notify::new(),
@@ -294,7 +297,7 @@ impl Link {
         let (mut plain, mut sharded) = (Vec::new(), Vec::new());
         for (channel, route) in self.shared.routes.read().unwrap().iter() {
             match route {
-                Route::Adapter(_) | Route::Stream(_) if self.sharded() => {
+                Route::Adapter(_) | Route::Stream if self.sharded() => {
                     sharded.push(channel.clone())
                 }
                 _ => plain.push(channel.clone()),
@@ -355,7 +358,7 @@ impl Shared {
             return;
         };
         match self.routes.read().unwrap().get(&channel) {
-            Some(Route::Events(queue) | Route::Stream(queue)) => queue.push(message),
+            Some(Route::Events | Route::Stream) => self.events.push(message),
             Some(Route::Adapter(tx)) => {
                 let sent = tx.try_send((channel, message));
                 if sent.is_err() {
@@ -451,9 +454,9 @@ impl Link {
     }
 
     /// Routes a stream's channel to the event queue, from now on.
-    pub(super) fn route_stream(&self, channel: &str, events: EventQueue<Command>) {
+    pub(super) fn route_stream(&self, channel: &str) {
         let mut routes = self.shared.routes.write().unwrap();
-        routes.insert(channel.to_string(), Route::Stream(events));
+        routes.insert(channel.to_string(), Route::Stream);
     }
 
     pub(super) fn unroute(&self, channel: &str) {

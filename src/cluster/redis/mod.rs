@@ -341,8 +341,7 @@ impl RedisSequencer {
             idempotency_ms,
             metrics,
         } = setup;
-        let interest =
-            interest::Interest::new(link.clone(), keys.clone(), queue.clone(), metrics.clone());
+        let interest = interest::Interest::new(link.clone(), metrics.clone());
         let sequencer = Arc::new(Self {
             link,
             behind,
@@ -522,7 +521,8 @@ impl RedisSequencer {
         if !id.family.per_stream_channels() {
             return Ok(None);
         }
-        let attaching = self.interest.attach(id).await;
+        let channel = || self.keys.stream_channel(id);
+        let attaching = self.interest.attach(id, channel).await;
         attaching.map(Some).map_err(redis_failed(Action::Subscribe))
     }
 
