@@ -21,7 +21,7 @@ use std::{
 use redis::RedisError;
 use tracing::debug;
 
-use super::Link;
+use super::link::Link;
 use crate::{cluster::FanOut, metrics::Metrics, protocol::Topic};
 
 /// How long a stream's channel stays subscribed after its last watcher left.
