@@ -177,6 +177,9 @@ pub(crate) struct InstanceReport {
     pub published: u64,
     /// Deliveries handed to this instance's sockets, since it started.
     pub delivered: u64,
+    /// Events this instance read from Redis, since it started: only those
+    /// of the streams its clients watch, and the shared channel's.
+    pub received: u64,
     /// Deliveries dropped (full socket buffers) and cluster events this
     /// instance fell behind on, since it started.
     pub dropped: u64,

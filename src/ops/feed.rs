@@ -56,6 +56,7 @@ struct InstanceRow {
     report: InstanceReport,
     published_per_sec: u64,
     delivered_per_sec: u64,
+    received_per_sec: u64,
 }
 
 /// What every open dashboard is sent each second.
@@ -171,6 +172,7 @@ impl Feed {
             subscriptions: level(m.subscriptions.get()),
             published: m.published_total.get(),
             delivered: m.events_delivered.get(),
+            received: m.cluster_events_received.get(),
             dropped: m.dropped_deliveries.get() + m.cluster_events_dropped.get(),
             publish_seconds: m.publish_seconds.get(),
             refusals: refusal_counts(m),
@@ -238,6 +240,7 @@ fn combine(
             report: report.clone(),
             published_per_sec: published,
             delivered_per_sec: delivered,
+            received_per_sec: delta(report.received, |b| b.received),
         });
     }
     sample.latency_ms = (latency.1 > 0).then(|| latency.0 * 1000.0 / latency.1 as f64);
@@ -317,6 +320,7 @@ mod tests {
         let report = |id: &str, published, seconds| InstanceReport {
             id: id.into(),
             published,
+            received: published * 2,
             connections: 2,
             publish_seconds: seconds,
             ..InstanceReport::default()
@@ -325,6 +329,7 @@ mod tests {
             [("a".to_string(), report("a", 10, 1.0))].into();
         let (rows, sample) = combine(&[report("a", 14, 1.02), report("b", 50, 9.0)], &before, 7);
         assert_eq!(rows[0].published_per_sec, 4);
+        assert_eq!(rows[0].received_per_sec, 8);
         assert_eq!(rows[1].published_per_sec, 0, "b is new: no rate yet");
         assert_eq!(sample.publishes, 4);
         assert_eq!(sample.connections, 4);

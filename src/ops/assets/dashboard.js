@@ -135,7 +135,7 @@ function renderInstances(snapshot) {
     if (i.id === snapshot.instance) id.append(el("span", " (this one)", "muted"));
     tr.append(
       id, el("td", i.version), ready, el("td", i.connections), el("td", i.streams),
-      el("td", i.subscriptions), el("td", i.publishedPerSec), el("td", i.deliveredPerSec),
+      el("td", i.subscriptions), el("td", i.publishedPerSec), el("td", i.deliveredPerSec), el("td", i.receivedPerSec),
       el("td", i.dropped), el("td", i.saturated ? "yes" : "no"), el("td", `${i.writeLingerMs.toFixed(1)} ms`),
     );
     return tr;
