@@ -480,6 +480,41 @@ impl RedisCluster {
         cluster
     }
 
+    /// Moves the slot of `key` to another node, its keys with it, the way
+    /// `redis-cli --cluster reshard` does; returns the new owner's port.
+    pub fn move_slot_of(&self, key: &str) -> u16 {
+        let cli = |port: u16, args: &[&str]| -> String {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port.to_string()])
+                .args(args)
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let slot = cli(self.ports[0], &["cluster", "keyslot", key]);
+        let slot_no: u16 = slot.parse().expect("a slot number");
+        let id_of = |port: u16| cli(port, &["cluster", "myid"]);
+        let owner = *self
+            .ports
+            .iter()
+            .find(|&&port| owns(&cli(port, &["cluster", "nodes"]), &id_of(port), slot_no))
+            .expect("an owner");
+        let target = *self.ports.iter().find(|&&p| p != owner).unwrap();
+        let (from, to) = (id_of(owner), id_of(target));
+        cli(target, &["cluster", "setslot", &slot, "importing", &from]);
+        cli(owner, &["cluster", "setslot", &slot, "migrating", &to]);
+        let keys = cli(owner, &["cluster", "getkeysinslot", &slot, "1000"]);
+        for key in keys.lines().filter(|k| !k.is_empty()) {
+            let port = target.to_string();
+            let migrated = cli(owner, &["migrate", "127.0.0.1", &port, key, "0", "5000"]);
+            assert_eq!(migrated, "OK", "MIGRATE {key}");
+        }
+        for port in &self.ports {
+            cli(*port, &["cluster", "setslot", &slot, "node", &to]);
+        }
+        target
+    }
+
     /// The seed nodes, as herald's `--redis-url` takes them.
     pub fn urls(&self) -> String {
         self.ports
@@ -488,6 +523,21 @@ impl RedisCluster {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+/// Whether the `CLUSTER NODES` line of `id` lists `slot` among its ranges.
+fn owns(nodes: &str, id: &str, slot: u16) -> bool {
+    let Some(line) = nodes.lines().find(|l| l.starts_with(id)) else {
+        return false;
+    };
+    line.split_whitespace().skip(8).any(|range| {
+        let mut ends = range.split('-').map(|n| n.parse::<u16>());
+        match (ends.next(), ends.next()) {
+            (Some(Ok(a)), Some(Ok(b))) => (a..=b).contains(&slot),
+            (Some(Ok(a)), None) => a == slot,
+            _ => false,
+        }
+    })
 }
 
 impl Drop for RedisCluster {

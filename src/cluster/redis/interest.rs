@@ -90,12 +90,10 @@ impl Interest {
         let channel = {
             let mut streams = self.streams.lock().unwrap();
             let watched = streams.entry(topic.clone()).or_insert_with(|| {
-                let name = channel();
-                self.link.route_stream(&name);
                 self.metrics.cluster_streams.inc();
                 Watched {
                     channel: Arc::new(Channel {
-                        name,
+                        name: channel(),
                         subscribed: tokio::sync::Mutex::new(false),
                     }),
                     attaching: 0,
@@ -111,6 +109,7 @@ impl Interest {
         };
         let mut subscribed = channel.subscribed.lock().await;
         if !*subscribed {
+            self.link.route_stream(&channel.name);
             self.link.subscribe_sharded(&channel.name).await?;
             *subscribed = true;
         }
@@ -151,9 +150,13 @@ impl Interest {
             return;
         }
         if *subscribed {
+            // Unrouted first, so that the link does not take Redis's
+            // confirmation for a moved slot (see `Link`).
+            self.link.unroute(&channel.name);
             if let Err(e) = self.link.unsubscribe_sharded(&channel.name).await {
                 // Kept, and tried again at the next sweep.
                 debug!(%topic, "could not leave the stream's channel yet: {e}");
+                self.link.route_stream(&channel.name);
                 return;
             }
             *subscribed = false;

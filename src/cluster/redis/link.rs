@@ -179,7 +179,7 @@ impl Link {
         });
         let router = shared.clone();
         let push = move |push: PushInfo| {
-            router.route(push);
+            Shared::route(&router, push);
             Ok::<(), std::convert::Infallible>(())
         };
         let target = if cluster {
@@ -336,7 +336,7 @@ impl Link {
 
 impl Shared {
     /// Called by the connection for every push message, in order; must not block.
-    fn route(&self, push: PushInfo) {
+    fn route(self: &Arc<Self>, push: PushInfo) {
         match push.kind {
             PushKind::Message | PushKind::SMessage => {}
             PushKind::Disconnection => {
@@ -344,6 +344,7 @@ impl Shared {
                 self.problem.send_replace(Some(LinkProblem::ConnectionLost));
                 return;
             }
+            PushKind::SUnsubscribe => return self.follow_moved_slot(push),
             _ => return,
         }
         let mut data = push.data.into_iter();
@@ -375,6 +376,46 @@ impl Shared {
             }
             None => {}
         }
+    }
+}
+
+impl Shared {
+    /// A Redis Cluster node ends the sharded subscriptions of a slot it no
+    /// longer owns (a reshard, a failover). A channel still routed here was
+    /// not left on purpose (leaving unroutes it first): subscribe to it
+    /// again, which the cluster client sends to the slot's new owner. Events
+    /// published to the stream in between do not reach this instance; its
+    /// clients see the gap in `seq`.
+    fn follow_moved_slot(self: &Arc<Self>, push: PushInfo) {
+        let Some(Ok(channel)) = push
+            .data
+            .into_iter()
+            .next()
+            .map(redis::from_redis_value::<String>)
+        else {
+            return;
+        };
+        let routed = matches!(
+            self.routes.read().unwrap().get(&channel),
+            Some(Route::Stream | Route::Adapter(_))
+        );
+        let Some(Conn::Cluster(mut conn)) = self.conn.read().unwrap().clone() else {
+            return;
+        };
+        if !routed {
+            return;
+        }
+        warn!(%channel, "Redis moved the channel's slot to another node: subscribing there");
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                match conn.ssubscribe(&channel).await {
+                    Ok(()) => return,
+                    Err(e) => debug!(%channel, "subscribing on the slot's new node: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            error!(%channel, "could not subscribe to the channel on its slot's new node");
+        });
     }
 }
 
