@@ -319,11 +319,7 @@ async fn a_killed_instance_stalls_no_one_and_its_clients_resume_elsewhere() {
 #[tokio::test]
 async fn a_redis_cluster_works_the_same() {
     let redis = RedisCluster::start().await;
-    let urls = redis.urls();
-    let a = Herald::start(&["--redis-url", &urls, "--redis-cluster"]).await;
-    let b = Herald::start(&["--redis-url", &urls, "--redis-cluster"]).await;
-    a.wait_ready(200, Duration::from_secs(10)).await;
-    b.wait_ready(200, Duration::from_secs(10)).await;
+    let [a, b]: [Herald; 2] = redis.instances(2).await.try_into().ok().unwrap();
     // Each stream's own channel, sharded: published from the script that
     // takes the seq, on the node that owns the session's slot.
     channels_per_stream(&[&a, &b], true).await;
@@ -371,11 +367,7 @@ async fn a_redis_cluster_works_the_same() {
 #[tokio::test]
 async fn a_session_whose_slot_moves_to_another_node_keeps_its_watchers() {
     let redis = RedisCluster::start().await;
-    let urls = redis.urls();
-    let a = Herald::start(&["--redis-url", &urls, "--redis-cluster"]).await;
-    let b = Herald::start(&["--redis-url", &urls, "--redis-cluster"]).await;
-    a.wait_ready(200, Duration::from_secs(10)).await;
-    b.wait_ready(200, Duration::from_secs(10)).await;
+    let [a, b]: [Herald; 2] = redis.instances(2).await.try_into().ok().unwrap();
     channels_per_stream(&[&a, &b], true).await;
     let mut on_a = RawSocket::subscribed(&a, "moving-1").await;
     for _ in 0..5 {

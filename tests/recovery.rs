@@ -24,17 +24,6 @@ async fn redis_instances(redis: &Redis, n: usize, extra: &[&str]) -> Vec<Herald>
 }
 
 /// `n` heralds on a Redis Cluster, ready.
-async fn cluster_instances(redis: &RedisCluster, n: usize) -> Vec<Herald> {
-    let urls = redis.urls();
-    let mut all = Vec::new();
-    for _ in 0..n {
-        let herald = Herald::start(&["--redis-url", &urls, "--redis-cluster"]).await;
-        herald.wait_ready(200, Duration::from_secs(10)).await;
-        all.push(herald);
-    }
-    all
-}
-
 /// Subscribes with `request`; returns the `subscribed` reply.
 async fn subscribe(socket: &mut RawSocket, request: Value) -> Value {
     socket.emit("subscribe", request).await;
@@ -178,7 +167,7 @@ async fn a_cut_client_resumes_with_everything_on_the_same_and_another_instance()
 #[tokio::test]
 async fn a_cut_client_resumes_with_everything_on_a_redis_cluster() {
     let redis = RedisCluster::start().await;
-    let all = cluster_instances(&redis, 2).await;
+    let all = redis.instances(2).await;
     for session in ["cc-1", "cc-2", "cc-3"] {
         cut_and_resume(&all[0], &all[1], session).await;
     }
@@ -197,7 +186,7 @@ async fn replay_racing_live_publishes_has_no_gap_and_no_duplicate() {
 #[tokio::test]
 async fn replay_racing_live_publishes_on_a_redis_cluster() {
     let redis = RedisCluster::start().await;
-    let all = cluster_instances(&redis, 2).await;
+    let all = redis.instances(2).await;
     race_resumes(&all).await;
 }
 

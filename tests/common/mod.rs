@@ -515,6 +515,18 @@ impl RedisCluster {
         target
     }
 
+    /// `n` heralds on this cluster, each ready.
+    pub async fn instances(&self, n: usize) -> Vec<Herald> {
+        let urls = self.urls();
+        let mut all = Vec::new();
+        for _ in 0..n {
+            let herald = Herald::start(&["--redis-url", &urls, "--redis-cluster"]).await;
+            herald.wait_ready(200, Duration::from_secs(10)).await;
+            all.push(herald);
+        }
+        all
+    }
+
     /// The seed nodes, as herald's `--redis-url` takes them.
     pub fn urls(&self) -> String {
         self.ports
