@@ -351,10 +351,11 @@ async fn a_stalled_reader_of_large_events_keeps_memory_bounded() {
     }
     let grew = herald.rss().saturating_sub(before);
     // 120 events are 108 MB (without the byte bound, 80 of them grew RSS by
-    // 90 MiB); the stalled reader may pin 4 MiB, one event past it, and what
-    // the kernel's socket buffers took; the rest is allocator slack, more
-    // when other tests run beside this one.
-    assert!(grew < 56 << 20, "RSS grew by {} MiB", grew >> 20);
+    // 90 MiB, so 120 would take about 135); the stalled reader may pin 4 MiB,
+    // one event past it, and what the kernel's socket buffers took; the rest
+    // is allocator slack, more when other tests run beside this one (56 MiB
+    // in all, once, in a fresh-clone CI run).
+    assert!(grew < 80 << 20, "RSS grew by {} MiB", grew >> 20);
     // The stalled socket is closed at its first refused event; it keeps its
     // room (and refuses each further event, counted) until its transport ends.
     assert!(herald.metric("herald_dropped_deliveries_total").await >= 1.0);
